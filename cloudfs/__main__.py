@@ -1,0 +1,3 @@
+from cloudfs.cli import main
+
+raise SystemExit(main())

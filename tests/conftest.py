@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from cloudfs import locals3
+
+
+@pytest.fixture(autouse=True)
+def _no_instance_metadata(monkeypatch):
+    # boto3 probes the EC2 metadata service when it has no credentials; on a
+    # machine without it that costs seconds per client.
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """One `rclone serve s3` for the whole session, on a free loopback port."""
+    server = locals3.start_rclone(tmp_path_factory.mktemp("s3-data"))
+    try:
+        yield server
+    finally:
+        locals3.stop(server.proc)
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """moto's S3, only for what rclone lacks (Object Lock, versioning)."""
+    server, handle = locals3.start_moto()
+    try:
+        yield server
+    finally:
+        handle.stop()
+
+
+@pytest.fixture
+def bucket(s3_server):
+    """A fresh, empty bucket on the rclone server."""
+    return s3_server.new_bucket()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """Point boto3 (in this process) at the rclone server's credentials."""
+    for key, value in s3_server.env().items():
+        if key.startswith(("AWS_", "CLOUDFS_")):
+            monkeypatch.setenv(key, value)
+    return s3_server
