@@ -93,8 +93,11 @@ class S3Server:
         return env
 
 
-def start_rclone(data_dir: Path) -> S3Server:
+def start_rclone(data_dir: Path, *, cert_file: Path | None = None,
+                 key_file: Path | None = None) -> S3Server:
+    """`rclone serve s3` over data_dir; over TLS when a certificate is given."""
     port = free_port()
+    tls = ["--cert", str(cert_file), "--key", str(key_file)] if cert_file else []
     proc = subprocess.Popen(
         [
             rclone_binary(), "serve", "s3", str(data_dir),
@@ -102,16 +105,18 @@ def start_rclone(data_dir: Path) -> S3Server:
             "--auth-key", f"{ACCESS_KEY},{SECRET_KEY}",
             "--config", "",
             "--log-level", "ERROR",
+            *tls,
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_for_port(port, proc)
     except Exception:
         stop(proc)
         raise
-    return S3Server(f"http://127.0.0.1:{port}", ACCESS_KEY, SECRET_KEY, data_dir, proc)
+    scheme = "https" if cert_file else "http"
+    return S3Server(f"{scheme}://127.0.0.1:{port}", ACCESS_KEY, SECRET_KEY, data_dir, proc)
 
 
 def start_moto() -> tuple[S3Server, object]:
@@ -131,3 +136,4 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+

@@ -1,0 +1,39 @@
+"""Small durable-file helpers shared by the local store, caches and state files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def write_durably(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Create `path` (it must not exist) with `data`, and fsync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_durably(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Atomically replace `path` with `data`: temp file, fsync, rename, fsync dir."""
+    temp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
+    temp.unlink(missing_ok=True)
+    try:
+        write_durably(temp, data, mode)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    fsync_directory(path.parent)

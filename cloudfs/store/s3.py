@@ -1,0 +1,252 @@
+"""An S3 store on boto3: AWS S3 and S3-compatible servers (MinIO, Ceph RGW, rclone).
+
+boto3 is blocking, so every request runs in a worker thread, at most
+`max_concurrency` at a time. boto3's own retries are off; ours retry timeouts,
+resets and 5xx/SlowDown with exponential backoff and full jitter, and never
+retry 403 or 404. Checksums: boto3's default flexible checksums (CRC trailers,
+aws-chunked bodies) are turned off because many S3-compatible servers reject
+them; instead each PUT carries an `x-amz-checksum-sha256` header (or
+Content-MD5, see `checksum`) that the server can verify.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+from dataclasses import dataclass, field
+
+import boto3
+import botocore.exceptions as bce
+import trio
+from botocore.config import Config
+
+from cloudfs.errors import (
+    AccessDenied,
+    BucketNotFound,
+    ObjectExists,
+    ObjectNotFound,
+    StoreError,
+    StoreUnavailable,
+)
+from cloudfs.store.base import ObjectInfo, Store
+from cloudfs.store.retry import RetryPolicy, retrying
+
+log = logging.getLogger(__name__)
+
+TRANSIENT_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling"}
+DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden", "403"}
+NETWORK_ERRORS = (
+    bce.EndpointConnectionError,
+    bce.ConnectionClosedError,
+    bce.ConnectTimeoutError,
+    bce.ReadTimeoutError,
+    bce.ResponseStreamingError,
+    bce.IncompleteReadError,
+    bce.ConnectionError,
+)
+
+
+@dataclass
+class S3Options:
+    endpoint_url: str | None = None      # None: AWS, or AWS_ENDPOINT_URL(_S3) from the environment
+    region: str | None = None            # None: boto3's chain (AWS_REGION, profile), else us-east-1
+    profile: str | None = None           # a profile of ~/.aws/config and credentials
+    addressing: str = "auto"             # path | virtual | auto (path with a custom endpoint)
+    ca_bundle: str | None = None         # PEM file of trusted CAs; TLS is always verified
+    checksum: str = "sha256"             # sha256 | md5 | none: header sent with each PUT
+    max_concurrency: int = 8
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+class S3Store(Store):
+    def __init__(self, bucket: str, prefix: str, options: S3Options):
+        if options.checksum not in ("sha256", "md5", "none"):
+            raise StoreError(f"unknown S3 checksum mode {options.checksum!r} (sha256, md5 or none)")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.options = options
+        self._limiter = trio.CapacityLimiter(options.max_concurrency)
+        self._client = _make_client(options)
+        self.endpoint = self._client.meta.endpoint_url
+        self.location = f"s3://{bucket}/{self.prefix}".rstrip("/")
+
+    # -- the Store interface ------------------------------------------------
+
+    async def put(self, name: str, data: bytes, *, exclusive: bool = False) -> None:
+        def request():
+            params = dict(Bucket=self.bucket, Key=self._key(name), Body=data)
+            params.update(self._checksum_params(data))
+            if exclusive:
+                params["IfNoneMatch"] = "*"
+            self._client.put_object(**params)
+
+        if exclusive and await self.exists(name):
+            raise ObjectExists(name)
+        await self._call(request, "PUT", name)
+
+    async def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        if length == 0:
+            return b""
+
+        def request():
+            params = dict(Bucket=self.bucket, Key=self._key(name))
+            if offset or length is not None:
+                end = "" if length is None else str(offset + length - 1)
+                params["Range"] = f"bytes={offset}-{end}"
+            response = self._client.get_object(**params)
+            body = response["Body"].read()
+            if "Range" in params and "ContentRange" not in response:
+                # The server ignored the range and sent the whole object.
+                body = body[offset:] if length is None else body[offset:offset + length]
+            return body
+
+        return await self._call(request, "GET", name)
+
+    async def head(self, name: str) -> ObjectInfo:
+        def request():
+            response = self._client.head_object(Bucket=self.bucket, Key=self._key(name))
+            return ObjectInfo(name, response["ContentLength"])
+
+        return await self._call(request, "HEAD", name)
+
+    async def list(self, prefix: str = "") -> list[ObjectInfo]:
+        def request():
+            found = []
+            paginator = self._client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+                for item in page.get("Contents", []):
+                    found.append(ObjectInfo(item["Key"][len(self.prefix):], item["Size"]))
+            return sorted(found, key=lambda info: info.name)
+
+        return await self._call(request, "LIST", prefix or "/")
+
+    async def delete(self, name: str) -> None:
+        await self._call(
+            lambda: self._client.delete_object(Bucket=self.bucket, Key=self._key(name)),
+            "DELETE", name,
+        )
+
+    async def check(self) -> None:
+        await self._call(lambda: self._client.head_bucket(Bucket=self.bucket), "HEAD bucket", "")
+
+    async def create_container(self) -> None:
+        """Create the bucket (for `init --create-bucket`); an existing one is fine."""
+        def request():
+            try:
+                self._client.head_bucket(Bucket=self.bucket)
+                return
+            except bce.ClientError as error:
+                if _status(error) != 404:
+                    raise
+            params = {"Bucket": self.bucket}
+            region = self._client.meta.region_name
+            if region and region != "us-east-1" and not self.options.endpoint_url:
+                params["CreateBucketConfiguration"] = {"LocationConstraint": region}
+            self._client.create_bucket(**params)
+
+        await self._call(request, "CREATE bucket", "")
+
+    async def aclose(self) -> None:
+        self._client.close()
+
+    # -- helpers --------------------------------------------------------------
+
+    def _key(self, name: str) -> str:
+        return self.prefix + name
+
+    def _checksum_params(self, data: bytes) -> dict:
+        if self.options.checksum == "sha256":
+            return {"ChecksumSHA256": base64.b64encode(hashlib.sha256(data).digest()).decode()}
+        if self.options.checksum == "md5":
+            return {"ContentMD5": base64.b64encode(hashlib.md5(data).digest()).decode()}
+        return {}
+
+    async def _call(self, request, verb: str, name: str):
+        async def attempt():
+            return await trio.to_thread.run_sync(request, limiter=self._limiter)
+
+        try:
+            return await retrying(
+                attempt,
+                policy=self.options.retry,
+                is_transient=_is_transient,
+                what=f"S3 {verb} {name}",
+            )
+        except (bce.BotoCoreError, bce.ClientError) as error:
+            raise self._translate(error, verb, name) from error
+
+    def _translate(self, error: Exception, verb: str, name: str) -> StoreError:
+        where = f"{self.endpoint} bucket {self.bucket!r}"
+        if isinstance(error, bce.NoCredentialsError):
+            return AccessDenied("no S3 credentials found: set AWS_ACCESS_KEY_ID and "
+                                "AWS_SECRET_ACCESS_KEY, or choose a profile")
+        if isinstance(error, bce.SSLError):
+            return StoreUnavailable(f"TLS verification of {self.endpoint} failed "
+                                    f"(pass --ca-bundle for a private CA): {error}")
+        if isinstance(error, NETWORK_ERRORS):
+            return StoreUnavailable(f"cannot reach {self.endpoint} ({verb} {name}): {error}")
+        if isinstance(error, bce.ClientError):
+            code = _code(error)
+            status = _status(error)
+            if code == "NoSuchBucket" or (verb == "HEAD bucket" and status == 404):
+                return BucketNotFound(f"bucket {self.bucket!r} does not exist at {self.endpoint}")
+            if code in DENIED_CODES or status == 403:
+                return AccessDenied(f"access denied by {where} ({code}): check the credentials "
+                                    "and the bucket policy")
+            if code in ("NoSuchKey", "404") or status == 404:
+                return ObjectNotFound(name)
+            if code == "PreconditionFailed" or status == 412:
+                return ObjectExists(name)
+            if status and status >= 500 or code in TRANSIENT_CODES:
+                return StoreUnavailable(f"{where} kept failing ({verb} {name}): {code}")
+            return StoreError(f"S3 {verb} {name} at {where} failed: {code} "
+                              f"{error.response.get('Error', {}).get('Message', '')}".rstrip())
+        return StoreError(f"S3 {verb} {name} at {where} failed: {error}")
+
+
+def _make_client(options: S3Options):
+    addressing = options.addressing
+    if addressing == "auto":
+        addressing = "path" if options.endpoint_url else "virtual"
+    session = boto3.session.Session(profile_name=options.profile)
+    region = options.region or session.region_name or "us-east-1"
+    config = Config(
+        s3={"addressing_style": addressing},
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        connect_timeout=options.connect_timeout,
+        read_timeout=options.read_timeout,
+        max_pool_connections=options.max_concurrency + 2,
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    try:
+        return session.client(
+            "s3",
+            endpoint_url=options.endpoint_url,
+            region_name=region,
+            verify=options.ca_bundle if options.ca_bundle else True,
+            config=config,
+        )
+    except ValueError as error:   # e.g. a malformed endpoint URL
+        raise StoreError(f"cannot use S3 endpoint {options.endpoint_url!r}: {error}") from None
+
+
+def _code(error: bce.ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def _status(error: bce.ClientError) -> int:
+    return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def _is_transient(error: BaseException) -> bool:
+    if isinstance(error, bce.SSLError):
+        return False
+    if isinstance(error, NETWORK_ERRORS):
+        return True
+    if isinstance(error, bce.ClientError):
+        return _status(error) >= 500 or _code(error) in TRANSIENT_CODES
+    return False
