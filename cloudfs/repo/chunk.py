@@ -1,0 +1,183 @@
+"""Chunks: about 64 MiB of sealed blobs back to back, then a sealed footer.
+
+    header   8 bytes            "CLFS", version, Kind.CHUNK, flags 0
+    record*  nonce(12) || AES-256-GCM(payload) || tag(16), one per blob
+    footer   nonce(12) || AES-256-GCM(msgpack {"blobs": [[id, kind, offset, length, raw_length], ...]}) || tag(16)
+    trailer  8 bytes            footer length (u32 LE) || b"CLFE"
+
+Each record is sealed on its own with the chunk's key (HKDF of the master key
+with the chunk id as salt) and associated data blob id || kind, so one blob is
+read with one ranged GET, and a record moved to another place, chunk or kind
+does not open. A payload is one flag byte (0 raw, 1 zstd) and the body. The
+footer's associated data is the header plus b"footer"; it makes every chunk
+self-describing, so the index can always be rebuilt from the chunks.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import struct
+import threading
+from dataclasses import dataclass
+
+import zstandard
+
+from cloudfs import crypto
+from cloudfs.errors import IntegrityError
+from cloudfs.repo.format import HEADER_SIZE, Kind, make_header, pack, parse_header, unpack
+
+CHUNKS_PREFIX = "chunks/"
+CHUNK_ID_SIZE = 32
+TRAILER = struct.Struct("<I4s")
+TRAILER_MAGIC = b"CLFE"
+PAYLOAD_RAW = 0
+PAYLOAD_ZSTD = 1
+
+
+class BlobKind(enum.IntEnum):
+    DATA = 0      # file content
+    TREE = 1      # directory nodes and block lists (see cloudfs.snapshot)
+
+
+@dataclass(frozen=True)
+class BlobLocation:
+    """Where one blob is stored."""
+
+    blob_id: bytes
+    kind: BlobKind
+    chunk_id: bytes
+    offset: int        # of the sealed record, from the start of the chunk
+    length: int        # of the sealed record
+    raw_length: int    # of the plaintext
+
+    def to_list(self) -> list:
+        return [self.blob_id, int(self.kind), self.offset, self.length, self.raw_length]
+
+    @classmethod
+    def from_list(cls, chunk_id: bytes, item: list) -> "BlobLocation":
+        blob_id, kind, offset, length, raw_length = item
+        return cls(bytes(blob_id), BlobKind(kind), chunk_id, offset, length, raw_length)
+
+
+def chunk_name(chunk_id: bytes) -> str:
+    hex_id = chunk_id.hex()
+    return f"{CHUNKS_PREFIX}{hex_id[:2]}/{hex_id}"
+
+
+def chunk_id_from_name(name: str) -> bytes:
+    return bytes.fromhex(name.rsplit("/", 1)[-1])
+
+
+# -- compression, one (de)compressor per thread (they are not thread-safe) -----------
+
+_local = threading.local()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    compressors = getattr(_local, "compressors", None)
+    if compressors is None:
+        compressors = _local.compressors = {}
+    if level not in compressors:
+        compressors[level] = zstandard.ZstdCompressor(level=level)
+    return compressors[level]
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    if not hasattr(_local, "decompressor"):
+        _local.decompressor = zstandard.ZstdDecompressor()
+    return _local.decompressor
+
+
+def make_payload(plaintext: bytes, compression_level: int | None) -> bytes:
+    """Flag byte and body; compressed only when that makes it smaller."""
+    if compression_level is not None and len(plaintext) > 64:
+        compressed = _compressor(compression_level).compress(plaintext)
+        if len(compressed) < len(plaintext):
+            return bytes([PAYLOAD_ZSTD]) + compressed
+    return bytes([PAYLOAD_RAW]) + plaintext
+
+
+def read_payload(payload: bytes, raw_length: int) -> bytes:
+    flag, body = payload[0], payload[1:]
+    if flag == PAYLOAD_RAW:
+        return body
+    if flag == PAYLOAD_ZSTD:
+        return _decompressor().decompress(body, max_output_size=raw_length)
+    raise ValueError(f"unknown payload encoding {flag}")
+
+
+def blob_associated_data(blob_id: bytes, kind: BlobKind) -> bytes:
+    return blob_id + bytes([kind])
+
+
+def open_record(master: crypto.MasterKey, location: BlobLocation, record: bytes, name: str) -> bytes:
+    """Decrypt, authenticate, decompress and hash-check one blob (I5)."""
+    if len(record) != location.length:
+        raise IntegrityError(name, f"blob {location.blob_id.hex()[:16]} is truncated")
+    try:
+        payload = crypto.unseal(master.chunk_key(location.chunk_id), record,
+                                blob_associated_data(location.blob_id, location.kind))
+        plaintext = read_payload(payload, location.raw_length)
+    except crypto.AuthenticationFailed:
+        raise IntegrityError(name, f"blob {location.blob_id.hex()[:16]} failed authentication") from None
+    except (ValueError, zstandard.ZstdError) as error:
+        raise IntegrityError(name, f"blob {location.blob_id.hex()[:16]} is unreadable ({error})") from None
+    if len(plaintext) != location.raw_length or master.blob_id(plaintext) != location.blob_id:
+        raise IntegrityError(name, f"blob {location.blob_id.hex()[:16]} does not match its hash")
+    return plaintext
+
+
+class ChunkBuilder:
+    """Seals blobs into one chunk in memory. Not thread-safe: one per worker."""
+
+    def __init__(self, master: crypto.MasterKey, compression_level: int | None):
+        self.chunk_id = os.urandom(CHUNK_ID_SIZE)
+        self.name = chunk_name(self.chunk_id)
+        self._key = master.chunk_key(self.chunk_id)
+        self._compression_level = compression_level
+        self._buffer = bytearray(make_header(Kind.CHUNK))
+        self.blobs: list[BlobLocation] = []
+
+    @property
+    def size(self) -> int:
+        return len(self._buffer)
+
+    def add(self, blob_id: bytes, kind: BlobKind, plaintext: bytes) -> BlobLocation:
+        payload = make_payload(plaintext, self._compression_level)
+        record = crypto.seal(self._key, payload, blob_associated_data(blob_id, kind))
+        location = BlobLocation(blob_id, kind, self.chunk_id, len(self._buffer), len(record), len(plaintext))
+        self._buffer += record
+        self.blobs.append(location)
+        return location
+
+    def finish(self) -> bytearray:
+        """Append footer and trailer; the builder must not be used afterwards."""
+        header = bytes(self._buffer[:HEADER_SIZE])
+        footer = crypto.seal(self._key, pack({"blobs": [b.to_list() for b in self.blobs]}),
+                             header + b"footer")
+        self._buffer += footer
+        self._buffer += TRAILER.pack(len(footer), TRAILER_MAGIC)
+        return self._buffer
+
+
+def parse_footer(master: crypto.MasterKey, name: str, chunk: bytes) -> list[BlobLocation]:
+    """The blobs a whole chunk says it holds (used to rebuild the index and by check)."""
+    parse_header(chunk, name, Kind.CHUNK)
+    if len(chunk) < HEADER_SIZE + TRAILER.size:
+        raise IntegrityError(name, "chunk is truncated")
+    footer_length, magic = TRAILER.unpack_from(chunk, len(chunk) - TRAILER.size)
+    footer_start = len(chunk) - TRAILER.size - footer_length
+    if magic != TRAILER_MAGIC or footer_start < HEADER_SIZE:
+        raise IntegrityError(name, "chunk is truncated or its trailer is damaged")
+    chunk_id = chunk_id_from_name(name)
+    try:
+        footer = crypto.unseal(master.chunk_key(chunk_id), chunk[footer_start:-TRAILER.size],
+                               chunk[:HEADER_SIZE] + b"footer")
+    except crypto.AuthenticationFailed:
+        raise IntegrityError(name, "chunk footer failed authentication") from None
+    blobs = [BlobLocation.from_list(chunk_id, item) for item in unpack(footer)["blobs"]]
+    for blob in blobs:
+        if blob.offset < HEADER_SIZE or blob.offset + blob.length > footer_start:
+            raise IntegrityError(name, "chunk footer points outside the chunk")
+    return blobs

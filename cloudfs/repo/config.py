@@ -1,0 +1,51 @@
+"""The repository's `config` object: identity and the parameters every writer must share."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+from cloudfs.crypto import MasterKey
+from cloudfs.errors import IntegrityError
+from cloudfs.repo.format import Kind, open_object, seal_object
+
+CONFIG_NAME = "config"
+DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024
+DEFAULT_BLOCK_SIZE = 64 * 1024
+COMPRESSIONS = ("zstd", "none")
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    repo_id: bytes = field(default_factory=lambda: os.urandom(16))
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    block_size: int = DEFAULT_BLOCK_SIZE
+    compression: str = "zstd"
+    compression_level: int = 1
+    blob_hash: str = "blake3-keyed"
+    cipher: str = "aes-256-gcm"
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+
+    def __post_init__(self):
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"unknown compression {self.compression!r}")
+        if self.block_size < 4096 or self.block_size & (self.block_size - 1):
+            raise ValueError("block size must be a power of two of at least 4096")
+        if self.chunk_size < self.block_size * 2:
+            raise ValueError("chunk size must be at least twice the block size")
+
+    @property
+    def repo_id_hex(self) -> str:
+        return self.repo_id.hex()
+
+    def seal(self, master: MasterKey) -> bytes:
+        return seal_object(Kind.CONFIG, master.config_key, CONFIG_NAME, asdict(self))
+
+    @classmethod
+    def open(cls, master: MasterKey, data: bytes) -> "RepoConfig":
+        values = open_object(Kind.CONFIG, master.config_key, CONFIG_NAME, data)
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as error:
+            raise IntegrityError(CONFIG_NAME, f"unusable settings ({error})") from None

@@ -1,0 +1,92 @@
+"""The envelope every repository object starts with, and sealed small objects.
+
+Every object begins with an 8-byte header, in the clear and authenticated:
+
+    offset 0  4 bytes  magic b"CLFS"
+    offset 4  1 byte   format version (FORMAT_VERSION)
+    offset 5  1 byte   object kind (Kind)
+    offset 6  2 bytes  flags, little-endian (bit 0: payload is zstd-compressed)
+
+Config, index and snapshot objects are a header followed by one sealed message
+whose associated data is the header and the object's name, so an object cannot
+be altered, swapped for another, or renamed without detection. Their plaintext
+is msgpack. See docs/format.md.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+
+import msgpack
+import zstandard
+
+from cloudfs import crypto
+from cloudfs.errors import IntegrityError, RepositoryError
+
+MAGIC = b"CLFS"
+FORMAT_VERSION = 1
+HEADER = struct.Struct("<4sBBH")
+HEADER_SIZE = HEADER.size
+FLAG_ZSTD = 0x0001
+
+
+class Kind(enum.IntEnum):
+    CONFIG = 1
+    KEY = 2
+    CHUNK = 3
+    INDEX = 4
+    SNAPSHOT = 5
+
+
+def make_header(kind: Kind, flags: int = 0) -> bytes:
+    return HEADER.pack(MAGIC, FORMAT_VERSION, kind, flags)
+
+
+def parse_header(data: bytes, name: str, expected: Kind) -> int:
+    """Check magic, version and kind; return the flags."""
+    if len(data) < HEADER_SIZE:
+        raise IntegrityError(name, "object is truncated")
+    magic, version, kind, flags = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise IntegrityError(name, "not a cloudfs object (bad magic)")
+    if version != FORMAT_VERSION:
+        raise RepositoryError(
+            f"{name} has repository format version {version}; this cloudfs reads version "
+            f"{FORMAT_VERSION}" + (": upgrade cloudfs" if version > FORMAT_VERSION else ""))
+    if kind != expected:
+        raise IntegrityError(name, f"expected a {expected.name.lower()} object, found kind {kind}")
+    return flags
+
+
+def pack(value) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def unpack(data: bytes):
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def seal_object(kind: Kind, key: bytes, name: str, value, compress: bool = False) -> bytes:
+    plaintext = pack(value)
+    flags = 0
+    if compress:
+        plaintext = zstandard.ZstdCompressor(level=3).compress(plaintext)
+        flags |= FLAG_ZSTD
+    header = make_header(kind, flags)
+    return header + crypto.seal(key, plaintext, header + name.encode())
+
+
+def open_object(kind: Kind, key: bytes, name: str, data: bytes):
+    flags = parse_header(data, name, kind)
+    header = data[:HEADER_SIZE]
+    try:
+        plaintext = crypto.unseal(key, data[HEADER_SIZE:], header + name.encode())
+    except crypto.AuthenticationFailed:
+        raise IntegrityError(name, "authentication failed: the object was modified or damaged") from None
+    if flags & FLAG_ZSTD:
+        plaintext = zstandard.ZstdDecompressor().decompress(plaintext)
+    try:
+        return unpack(plaintext)
+    except Exception as error:  # authenticated but unreadable: written by a broken writer
+        raise IntegrityError(name, f"unreadable content ({error})") from None

@@ -1,0 +1,344 @@
+"""A repository: the store plus the master key, the config and the blob index.
+
+Writes follow the commit-last rule (I4): chunks are stored and verified, then
+the index object naming them, and only then may a snapshot refer to them.
+Nothing here deletes an object except key management and failed-init cleanup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import trio
+
+from cloudfs import crypto
+from cloudfs.errors import (
+    IntegrityError,
+    ObjectNotFound,
+    RepositoryError,
+    UsageError,
+    WrongPassphrase,
+)
+from cloudfs.repo.cache import ObjectCache, default_cache_root
+from cloudfs.repo.chunk import (
+    CHUNKS_PREFIX,
+    BlobKind,
+    BlobLocation,
+    ChunkBuilder,
+    chunk_id_from_name,
+    chunk_name,
+    open_record,
+    parse_footer,
+)
+from cloudfs.repo.config import CONFIG_NAME, RepoConfig
+from cloudfs.repo.format import Kind, parse_header
+from cloudfs.repo.index import INDEX_PREFIX, BlobIndex, ChunkInfo, new_index_name, open_index, seal_index
+from cloudfs.repo.keys import KEYS_PREFIX, KeySlot
+from cloudfs.repo.snapshots import SNAPSHOTS_PREFIX, Snapshot
+from cloudfs.store.base import Store
+
+log = logging.getLogger(__name__)
+
+# Below this size the CPU work of a blob is cheaper than a hop to a worker thread.
+THREAD_THRESHOLD = 64 * 1024
+
+
+class Repository:
+    def __init__(self, store: Store, master: crypto.MasterKey, config: RepoConfig,
+                 slot: KeySlot, cache: ObjectCache):
+        self.store = store
+        self.master = master
+        self.config = config
+        self.slot = slot                  # the key slot this session was opened with
+        self.cache = cache
+        self.index = BlobIndex()
+        self.damaged_objects: dict[str, str] = {}   # name -> why it could not be used
+        self._builder: ChunkBuilder | None = None
+        self._builder_ids: set[bytes] = set()      # blobs in the chunk being filled
+        self._unindexed: list[ChunkInfo] = []     # stored chunks not yet in an index object
+        self._lock = trio.Lock()
+
+    # -- creating and opening ----------------------------------------------------
+
+    @classmethod
+    async def init(cls, store: Store, passphrase: bytes, *, config: RepoConfig | None = None,
+                   kdf: crypto.KdfParams | None = None, cache_root: Path | None = None,
+                   use_cache: bool = True, create_container: bool = False) -> "Repository":
+        """Create a repository in an empty location; refuse anything else."""
+        if not passphrase:
+            raise UsageError("the passphrase must not be empty")
+        if create_container:
+            await store.create_container()
+        await store.check()
+        if await store.exists(CONFIG_NAME):
+            raise RepositoryError(f"a repository already exists at {store.location}; nothing was changed")
+        existing = await store.list()
+        leftovers = [info.name for info in existing if info.name.startswith(KEYS_PREFIX)]
+        if len(leftovers) != len(existing):
+            raise RepositoryError(f"{store.location} is not empty; choose an empty location")
+        for name in leftovers:  # key slots of an init that stopped before writing config
+            await store.delete(name)
+        config = config or RepoConfig()
+        master = crypto.MasterKey.generate()
+        kdf = kdf or await trio.to_thread.run_sync(crypto.tune_kdf)
+        slot = await trio.to_thread.run_sync(
+            lambda: KeySlot.create(master, config.repo_id, passphrase, kdf, label="initial"))
+        await store.put(slot.name, slot.raw, exclusive=True)
+        await store.put(CONFIG_NAME, config.seal(master), exclusive=True)  # the commit point
+        return cls(store, master, config, slot, _cache_for(config, cache_root, use_cache))
+
+    @classmethod
+    async def open(cls, store: Store, passphrase: bytes, *, cache_root: Path | None = None,
+                   use_cache: bool = True) -> "Repository":
+        await store.check()
+        try:
+            config_data = await store.get(CONFIG_NAME)
+        except ObjectNotFound:
+            raise RepositoryError(f"no cloudfs repository at {store.location} "
+                                  "(create one with `cloudfs init`)") from None
+        parse_header(config_data, CONFIG_NAME, Kind.CONFIG)   # format version first
+        slot, master, repo_id = await _unlock(store, passphrase)
+        try:
+            config = RepoConfig.open(master, config_data)
+        except IntegrityError as error:
+            raise IntegrityError(CONFIG_NAME, f"{error.detail} (or key slot {slot.slot_id[:16]} "
+                                              "belongs to another repository)") from None
+        if config.repo_id != repo_id:
+            raise IntegrityError(slot.name, "key slot belongs to another repository")
+        repo = cls(store, master, config, slot, _cache_for(config, cache_root, use_cache))
+        await repo.load_index()
+        return repo
+
+    async def close(self) -> None:
+        await self.store.aclose()
+
+    # -- keys --------------------------------------------------------------------
+
+    async def key_slots(self) -> list[KeySlot]:
+        slots = []
+        for info in await self.store.list(KEYS_PREFIX):
+            slots.append(KeySlot.from_bytes(info.name, await self.store.get(info.name)))
+        return slots
+
+    async def add_key(self, passphrase: bytes, *, label: str = "",
+                      kdf: crypto.KdfParams | None = None) -> KeySlot:
+        if not passphrase:
+            raise UsageError("the passphrase must not be empty")
+        kdf = kdf or await trio.to_thread.run_sync(crypto.tune_kdf)
+        slot = await trio.to_thread.run_sync(
+            lambda: KeySlot.create(self.master, self.config.repo_id, passphrase, kdf, label))
+        await self.store.put(slot.name, slot.raw, exclusive=True)
+        return slot
+
+    async def remove_key(self, slot_id_prefix: str) -> KeySlot:
+        """Remove one key slot by (a unique prefix of) its id; never the last one,
+        and never the one this session was opened with."""
+        slots = await self.key_slots()
+        matches = [s for s in slots if s.slot_id.startswith(slot_id_prefix)]
+        if not slot_id_prefix or not matches:
+            raise UsageError(f"no key slot {slot_id_prefix!r}")
+        if len(matches) > 1:
+            raise UsageError(f"key slot id {slot_id_prefix!r} is ambiguous; give more characters")
+        slot = matches[0]
+        if slot.name == self.slot.name:
+            raise UsageError("refusing to remove the key slot in use; open the repository "
+                             "with another passphrase to remove this one")
+        await self.store.delete(slot.name)
+        return slot
+
+    async def change_passphrase(self, new_passphrase: bytes, *,
+                                kdf: crypto.KdfParams | None = None) -> KeySlot:
+        """Add a slot for the new passphrase, then remove the current one, so there
+        is never a moment without a working slot."""
+        new_slot = await self.add_key(new_passphrase, label=self.slot.label, kdf=kdf)
+        await self.store.delete(self.slot.name)
+        self.slot = new_slot
+        return new_slot
+
+    # -- the index -----------------------------------------------------------------
+
+    async def load_index(self) -> None:
+        """Read every index object not yet loaded (from the cache where possible)."""
+        listed = {info.name for info in await self.store.list(INDEX_PREFIX)}
+        self.cache.keep_only(INDEX_PREFIX, listed)
+        for name in sorted(listed - self.index.loaded_objects):
+            try:
+                chunks = await self._load_cached(name, open_index)
+            except (IntegrityError, ObjectNotFound, RepositoryError) as error:
+                # The blobs it lists are still in their chunks; check reports it and the
+                # index can be rebuilt from the chunk footers.
+                log.warning("skipping index object: %s", error)
+                self.damaged_objects[name] = str(error)
+                continue
+            self.index.add_object(name, chunks)
+
+    async def rebuild_index(self) -> tuple[int, list[str]]:
+        """Index every stored chunk that no readable index object lists, from the
+        chunk's own footer; then drop the damaged index objects it supersedes.
+        Returns how many chunks were indexed and which objects were dropped."""
+        await self.load_index()
+        unindexed = [info.name for info in await self.store.list(CHUNKS_PREFIX)
+                     if chunk_id_from_name(info.name) not in self.index.chunks]
+        for name in unindexed:
+            data = await self.store.get(name)
+            chunk = await trio.to_thread.run_sync(self._chunk_info_from_footer, name, data)
+            async with self._lock:
+                self.index.add_chunk(chunk)
+                self._unindexed.append(chunk)
+        await self.flush()
+        dropped = [name for name in self.damaged_objects if name.startswith(INDEX_PREFIX)]
+        for name in dropped:
+            await self.store.delete(name)
+            del self.damaged_objects[name]
+        return len(unindexed), dropped
+
+    def _chunk_info_from_footer(self, name: str, data: bytes) -> ChunkInfo:
+        blobs = parse_footer(self.master, name, data)
+        return ChunkInfo(chunk_id_from_name(name), len(data), hashlib.sha256(data).digest(), tuple(blobs))
+
+    async def _load_cached(self, name: str, opener):
+        """Open a write-once object from the cache, or fetch and cache it."""
+        data = self.cache.get(name)
+        if data is not None:
+            try:
+                return opener(self.master, name, data)
+            except IntegrityError:
+                log.warning("cached copy of %s is damaged; fetching it again", name)
+        data = await self.store.get(name)
+        value = opener(self.master, name, data)
+        self.cache.put(name, data)
+        return value
+
+    # -- blobs ---------------------------------------------------------------------
+
+    def blob_id(self, plaintext: bytes) -> bytes:
+        return self.master.blob_id(plaintext)
+
+    async def put_blob(self, kind: BlobKind, plaintext: bytes) -> bytes:
+        """Store a blob unless the repository has it already; return its id.
+
+        The blob is durable only after the next flush() (its chunk may still be
+        in memory, and its index entry is written at flush)."""
+        big = len(plaintext) >= THREAD_THRESHOLD
+        blob_id = await trio.to_thread.run_sync(self.blob_id, plaintext) if big else self.blob_id(plaintext)
+        async with self._lock:
+            if blob_id in self.index or blob_id in self._builder_ids:
+                return blob_id
+            if self._builder is None:
+                self._builder = ChunkBuilder(self.master, self._compression_level())
+            builder = self._builder
+            if big:
+                await trio.to_thread.run_sync(builder.add, blob_id, kind, plaintext)
+            else:
+                builder.add(blob_id, kind, plaintext)
+            self._builder_ids.add(blob_id)
+            if builder.size >= self.config.chunk_size:
+                await self._store_chunk(self._take_builder())
+        return blob_id
+
+    async def flush(self) -> None:
+        """Store the partly filled chunk, then one index object for every chunk
+        stored since the last flush. Afterwards every blob put so far is durable."""
+        async with self._lock:
+            if self._builder is not None and self._builder.blobs:
+                await self._store_chunk(self._take_builder())
+            if not self._unindexed:
+                return
+            name = new_index_name()
+            data = seal_index(self.master, name, self._unindexed)
+            await self.store.put(name, data)
+            self.cache.put(name, data)
+            self.index.loaded_objects.add(name)
+            self._unindexed = []
+
+    async def get_blob(self, blob_id: bytes) -> bytes:
+        """The verified plaintext of a stored blob (I5), or IntegrityError."""
+        location = self.index.get(blob_id)
+        if location is None:
+            raise IntegrityError(f"blob {blob_id.hex()[:16]}", "not in the index")
+        return await self.read_blob(location)
+
+    async def read_blob(self, location: BlobLocation) -> bytes:
+        name = chunk_name(location.chunk_id)
+        try:
+            record = await self.store.get(name, location.offset, location.length)
+        except ObjectNotFound:
+            raise IntegrityError(name, "chunk is missing from the store") from None
+        if location.raw_length >= THREAD_THRESHOLD:
+            return await trio.to_thread.run_sync(open_record, self.master, location, record, name)
+        return open_record(self.master, location, record, name)
+
+    def _take_builder(self) -> ChunkBuilder:
+        builder, self._builder = self._builder, None
+        self._builder_ids = set()
+        return builder
+
+    def _compression_level(self) -> int | None:
+        return self.config.compression_level if self.config.compression == "zstd" else None
+
+    async def _store_chunk(self, builder: ChunkBuilder) -> None:
+        data = builder.finish()
+        digest = await trio.to_thread.run_sync(lambda: hashlib.sha256(data).digest())
+        await self.store.put(builder.name, data)
+        stored = await self.store.head(builder.name)
+        if stored.size != len(data):
+            raise IntegrityError(builder.name, f"stored {stored.size} of {len(data)} bytes")
+        chunk = ChunkInfo(builder.chunk_id, len(data), digest, tuple(builder.blobs))
+        self.index.add_chunk(chunk)
+        self._unindexed.append(chunk)
+
+    # -- snapshots -------------------------------------------------------------------
+
+    async def save_snapshot(self, snapshot: Snapshot) -> Snapshot:
+        """Write the snapshot object last (I4): flush first, and refuse a root tree
+        that is not stored."""
+        await self.flush()
+        if snapshot.tree not in self.index:
+            raise IntegrityError("snapshot", "its root tree is not stored; refusing to commit")
+        snapshot = snapshot.with_name()
+        data = snapshot.seal(self.master)
+        await self.store.put(snapshot.name, data, exclusive=True)
+        self.cache.put(snapshot.name, data)
+        return snapshot
+
+    async def snapshots(self) -> list[Snapshot]:
+        """Every readable snapshot, oldest first (damaged ones go to damaged_objects)."""
+        listed = {info.name for info in await self.store.list(SNAPSHOTS_PREFIX)}
+        self.cache.keep_only(SNAPSHOTS_PREFIX, listed)
+        found = []
+        for name in sorted(listed):
+            try:
+                found.append(await self._load_cached(name, Snapshot.open))
+            except (IntegrityError, ObjectNotFound, RepositoryError) as error:
+                log.warning("skipping snapshot: %s", error)
+                self.damaged_objects[name] = str(error)
+        return found
+
+
+def _cache_for(config: RepoConfig, cache_root: Path | None, use_cache: bool) -> ObjectCache:
+    if not use_cache:
+        return ObjectCache(None)
+    return ObjectCache((cache_root or default_cache_root()) / config.repo_id_hex)
+
+
+async def _unlock(store: Store, passphrase: bytes) -> tuple[KeySlot, crypto.MasterKey, bytes]:
+    """Try the passphrase on every key slot; the first that opens wins."""
+    damaged = []
+    listed = await store.list(KEYS_PREFIX)
+    for info in listed:
+        try:
+            slot = KeySlot.from_bytes(info.name, await store.get(info.name))
+        except IntegrityError as error:
+            log.warning("%s", error)
+            damaged.append(info.name)
+            continue
+        unlocked = await trio.to_thread.run_sync(slot.unlock, passphrase)
+        if unlocked is not None:
+            return (slot, *unlocked)
+    if not listed:
+        raise RepositoryError(f"{store.location} has no key slots; the repository cannot be opened")
+    if damaged:
+        raise WrongPassphrase(f"wrong passphrase, or its key slot is damaged ({', '.join(damaged)})")
+    raise WrongPassphrase(f"wrong passphrase: no key slot of {store.location} opens with it")
