@@ -1,0 +1,118 @@
+"""Options and helpers shared by the subcommands that open a repository."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from pathlib import Path
+
+from cloudfs import crypto
+from cloudfs.errors import UsageError
+from cloudfs.repo import Repository
+from cloudfs.store import RetryPolicy, S3Options, Store, open_store
+
+
+def repository_options() -> argparse.ArgumentParser:
+    """A parent parser with the options that say which repository and how to reach it."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("repository")
+    group.add_argument("-r", "--repo", default=os.environ.get("CLOUDFS_REPO"),
+                       help="s3://BUCKET/PREFIX, s3+http(s)://HOST:PORT/BUCKET/PREFIX or a path "
+                            "(default $CLOUDFS_REPO)")
+    group.add_argument("--password-file", default=os.environ.get("CLOUDFS_PASSWORD_FILE"),
+                       help="read the passphrase from this file (else $CLOUDFS_PASSWORD, else a prompt)")
+    group.add_argument("--endpoint-url", default=os.environ.get("CLOUDFS_ENDPOINT_URL"),
+                       help="S3-compatible endpoint (default $CLOUDFS_ENDPOINT_URL, $AWS_ENDPOINT_URL or AWS)")
+    group.add_argument("--region", help="S3 region (default from the AWS environment or profile)")
+    group.add_argument("--profile", help="AWS profile for credentials and settings")
+    group.add_argument("--ca-bundle", help="PEM file of CAs to trust for TLS (TLS is always verified)")
+    group.add_argument("--s3-addressing", choices=("auto", "path", "virtual"), default="auto")
+    group.add_argument("--s3-checksum", choices=("sha256", "md5", "none"), default="sha256",
+                       help="checksum header each upload carries (default sha256)")
+    group.add_argument("--s3-connections", type=int, default=8, metavar="N",
+                       help="concurrent S3 requests (default 8)")
+    group.add_argument("--retries", type=int, default=6, metavar="N",
+                       help="tries of a failing request before giving up (default 6)")
+    group.add_argument("--cache-dir", type=Path, help="local cache (default ~/.cache/cloudfs)")
+    group.add_argument("--no-cache", action="store_true", help="do not cache index and snapshot objects")
+    return parser
+
+
+def kdf_options() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--kdf-time", type=float, default=0.5, metavar="SECONDS",
+                        help="how long deriving the key from a passphrase takes here (default 0.5)")
+    return parser
+
+
+def open_store_from(args) -> Store:
+    if not args.repo:
+        raise UsageError("no repository given: use --repo or set CLOUDFS_REPO")
+    if args.retries < 1 or args.s3_connections < 1:
+        raise UsageError("--retries and --s3-connections must be at least 1")
+    options = S3Options(
+        endpoint_url=args.endpoint_url,
+        region=args.region,
+        profile=args.profile,
+        addressing=args.s3_addressing,
+        ca_bundle=args.ca_bundle,
+        checksum=args.s3_checksum,
+        max_concurrency=args.s3_connections,
+        retry=RetryPolicy(attempts=args.retries),
+    )
+    return open_store(args.repo, options)
+
+
+async def open_repository(args) -> Repository:
+    store = open_store_from(args)
+    passphrase = read_passphrase(args)
+    return await Repository.open(store, passphrase, cache_root=args.cache_dir, use_cache=not args.no_cache)
+
+
+def tuned_kdf(args) -> crypto.KdfParams:
+    if args.kdf_time <= 0:
+        raise UsageError("--kdf-time must be positive")
+    return crypto.tune_kdf(args.kdf_time)
+
+
+def read_passphrase(args, *, confirm: bool = False) -> bytes:
+    """From --password-file, $CLOUDFS_PASSWORD, or a prompt on a terminal."""
+    if args.password_file:
+        return _read_password_file(args.password_file)
+    if "CLOUDFS_PASSWORD" in os.environ:
+        return os.environ["CLOUDFS_PASSWORD"].encode()
+    return _prompt("Passphrase: ", confirm)
+
+
+def read_new_passphrase(args) -> bytes:
+    """From --new-password-file, $CLOUDFS_NEW_PASSWORD, or a prompt (twice) on a terminal."""
+    if getattr(args, "new_password_file", None):
+        return _read_password_file(args.new_password_file)
+    if "CLOUDFS_NEW_PASSWORD" in os.environ:
+        return os.environ["CLOUDFS_NEW_PASSWORD"].encode()
+    return _prompt("New passphrase: ", confirm=True)
+
+
+def _read_password_file(path: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise UsageError(f"cannot read password file {path}: {error.strerror}") from None
+    return data[:-1] if data.endswith(b"\n") else data
+
+
+def _prompt(text: str, confirm: bool) -> bytes:
+    if not sys.stdin.isatty():
+        raise UsageError("no passphrase: use --password-file, set CLOUDFS_PASSWORD, or run in a terminal")
+    first = getpass.getpass(text)
+    if confirm and getpass.getpass("Repeat it: ") != first:
+        raise UsageError("the passphrases do not match")
+    return first.encode()
+
+
+def print_json(value) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")

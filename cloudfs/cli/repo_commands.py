@@ -1,0 +1,193 @@
+"""`cloudfs init`, `cloudfs key add|list|remove|passwd` and `cloudfs check`."""
+
+from __future__ import annotations
+
+import sys
+
+import trio
+from tqdm import tqdm
+
+from cloudfs.cli.common import (
+    kdf_options,
+    open_repository,
+    open_store_from,
+    print_json,
+    read_new_passphrase,
+    read_passphrase,
+    repository_options,
+    tuned_kdf,
+)
+from cloudfs.check import check_repository
+from cloudfs.errors import BucketNotFound, UsageError
+from cloudfs.repo import RepoConfig, Repository
+
+
+def register(subparsers) -> None:
+    repo, kdf = repository_options(), kdf_options()
+
+    init = subparsers.add_parser("init", parents=[repo, kdf], help="create a repository",
+                                 description="Create an encrypted repository in an empty location.")
+    init.add_argument("location", nargs="?", help="the repository (instead of --repo)")
+    init.add_argument("--create-bucket", action="store_true", help="create the S3 bucket if it is missing")
+    init.add_argument("--chunk-size-mib", type=int, default=64, help="target chunk size (default 64)")
+    init.add_argument("--block-size-kib", type=int, default=64,
+                      help="file block size, a power of two (default 64)")
+    init.add_argument("--compression", choices=("zstd", "none"), default="zstd")
+    init.set_defaults(run=run_init)
+
+    key = subparsers.add_parser("key", help="manage passphrases (key slots)")
+    key_commands = key.add_subparsers(dest="key_command", metavar="ACTION", required=True)
+    add = key_commands.add_parser("add", parents=[repo, kdf], help="add a passphrase")
+    add.add_argument("--new-password-file", help="read the new passphrase from this file")
+    add.add_argument("--label", default="", help="a note to tell the slot apart (shown by list)")
+    add.set_defaults(run=run_key_add)
+    listing = key_commands.add_parser("list", parents=[repo], help="list the key slots")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(run=run_key_list)
+    remove = key_commands.add_parser("remove", parents=[repo], help="remove a key slot")
+    remove.add_argument("slot_id", help="the slot's id, or a unique prefix of it")
+    remove.set_defaults(run=run_key_remove)
+    passwd = key_commands.add_parser("passwd", parents=[repo, kdf],
+                                     help="change the passphrase of the slot in use")
+    passwd.add_argument("--new-password-file", help="read the new passphrase from this file")
+    passwd.set_defaults(run=run_key_passwd)
+
+    check = subparsers.add_parser("check", parents=[repo], help="verify the repository",
+                                  description="Check that every object the repository refers to is "
+                                              "there and intact.")
+    check.add_argument("--read-data", action="store_true",
+                       help="also download and verify every chunk and every blob in it")
+    check.set_defaults(run=run_check)
+
+    repair = subparsers.add_parser("repair", help="repair repository metadata")
+    repair_commands = repair.add_subparsers(dest="repair_command", metavar="WHAT", required=True)
+    repair_index = repair_commands.add_parser(
+        "index", parents=[repo], help="rebuild the index from the chunks",
+        description="Index every chunk that no readable index object lists, from the chunk's "
+                    "own footer, and drop damaged index objects.")
+    repair_index.set_defaults(run=run_repair_index)
+
+
+def run_init(args) -> int:
+    if args.location:
+        args.repo = args.location
+    try:
+        config = RepoConfig(chunk_size=args.chunk_size_mib << 20, block_size=args.block_size_kib << 10,
+                            compression=args.compression)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    store = open_store_from(args)
+    passphrase = read_passphrase(args, confirm=True)
+    kdf = tuned_kdf(args)
+
+    async def init():
+        repo = await Repository.init(store, passphrase, config=config, kdf=kdf,
+                                     cache_root=args.cache_dir, use_cache=not args.no_cache,
+                                     create_container=args.create_bucket or "://" not in args.repo
+                                     or args.repo.startswith("file://"))
+        await repo.close()
+        return repo
+
+    try:
+        repo = trio.run(init)
+    except BucketNotFound as error:
+        raise BucketNotFound(f"{error} (pass --create-bucket to create it)") from None
+    print(f"created repository {repo.config.repo_id_hex[:16]} at {store.location}")
+    print("keep the passphrase safe: without it the backups cannot be read")
+    return 0
+
+
+def run_key_add(args) -> int:
+    async def add():
+        repo = await open_repository(args)
+        try:
+            return await repo.add_key(read_new_passphrase(args), label=args.label, kdf=tuned_kdf(args))
+        finally:
+            await repo.close()
+
+    slot = trio.run(add)
+    print(f"added key slot {slot.slot_id[:16]}")
+    return 0
+
+
+def run_key_list(args) -> int:
+    async def slots():
+        repo = await open_repository(args)
+        try:
+            return repo.slot, await repo.key_slots()
+        finally:
+            await repo.close()
+
+    current, slots = trio.run(slots)
+    rows = [{"id": s.slot_id, "current": s.name == current.name, "created": s.created,
+             "host": s.host, "user": s.user, "label": s.label, "kdf": s.kdf.algorithm}
+            for s in slots]
+    if args.json:
+        print_json(rows)
+        return 0
+    for row in rows:
+        print(f"{'*' if row['current'] else ' '} {row['id'][:16]}  {row['created'][:19]}  "
+              f"{row['user']}@{row['host']}  {row['label']}".rstrip())
+    return 0
+
+
+def run_key_remove(args) -> int:
+    async def remove():
+        repo = await open_repository(args)
+        try:
+            return await repo.remove_key(args.slot_id)
+        finally:
+            await repo.close()
+
+    slot = trio.run(remove)
+    print(f"removed key slot {slot.slot_id[:16]}")
+    return 0
+
+
+def run_key_passwd(args) -> int:
+    async def passwd():
+        repo = await open_repository(args)
+        try:
+            return await repo.change_passphrase(read_new_passphrase(args), kdf=tuned_kdf(args))
+        finally:
+            await repo.close()
+
+    slot = trio.run(passwd)
+    print(f"passphrase changed; the slot is now {slot.slot_id[:16]}")
+    return 0
+
+
+def run_check(args) -> int:
+    async def check():
+        repo = await open_repository(args)
+        try:
+            with tqdm(unit="B", unit_scale=True, desc="reading chunks", file=sys.stderr,
+                      disable=not (args.read_data and sys.stderr.isatty())) as bar:
+                return await check_repository(repo, read_data=args.read_data, progress=bar.update)
+        finally:
+            await repo.close()
+
+    report = trio.run(check)
+    for warning in report.warnings:
+        print(f"warning: {warning}")
+    for error in report.errors:
+        print(f"error: {error}")
+    read = f", read {report.bytes_read / 2**20:.1f} MiB" if args.read_data else ""
+    print(f"checked {report.snapshots} snapshots, {report.chunks} chunks, {report.blobs} blobs{read}: "
+          + ("no errors found" if report.ok else f"{len(report.errors)} errors"))
+    return 0 if report.ok else 1
+
+
+def run_repair_index(args) -> int:
+    async def repair():
+        repo = await open_repository(args)
+        try:
+            return await repo.rebuild_index()
+        finally:
+            await repo.close()
+
+    indexed, dropped = trio.run(repair)
+    for name in dropped:
+        print(f"removed damaged {name}")
+    print(f"indexed {indexed} chunks from their footers")
+    return 0
