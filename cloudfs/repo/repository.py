@@ -330,12 +330,13 @@ async def _unlock(store: Store, passphrase: bytes) -> tuple[KeySlot, crypto.Mast
     for info in listed:
         try:
             slot = KeySlot.from_bytes(info.name, await store.get(info.name))
-        except IntegrityError as error:
-            log.warning("%s", error)
+        except IntegrityError:
             damaged.append(info.name)
             continue
         unlocked = await trio.to_thread.run_sync(slot.unlock, passphrase)
         if unlocked is not None:
+            if damaged:
+                log.warning("damaged key slots (run cloudfs check): %s", ", ".join(damaged))
             return (slot, *unlocked)
     if not listed:
         raise RepositoryError(f"{store.location} has no key slots; the repository cannot be opened")
