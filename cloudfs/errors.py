@@ -65,3 +65,7 @@ class WrongPassphrase(CloudfsError):
 
 class RepositoryError(CloudfsError):
     """The repository is missing, already exists, or is of an unsupported format."""
+
+
+class MountError(CloudfsError):
+    """A live mount cannot be started, stopped or inspected (bad paths, busy, no FUSE)."""

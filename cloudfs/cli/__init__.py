@@ -16,6 +16,7 @@ from cloudfs.errors import CloudfsError
 # Modules that add subcommands; each has register(subparsers).
 COMMAND_MODULES = (
     "cloudfs.cli.repo_commands",
+    "cloudfs.cli.mount_commands",
 )
 
 

@@ -1,0 +1,194 @@
+"""What changed in the protected tree: coalescing byte ranges and per-epoch change sets.
+
+Pure data, no I/O. Everything is keyed by the *backing* inode number (st_ino of the
+file in SOURCE), because that is what identifies a file across renames, hard links
+and remounts; turning inodes back into paths is `view.py`'s job.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Iterator
+
+#: The end of every file: a truncate to size S marks [S, TO_END) changed, so the
+#: region a later extension exposes (zeros) is covered without knowing the old size.
+TO_END = 2**63 - 1
+
+
+class RangeSet:
+    """A set of half-open byte ranges [start, end), kept sorted, disjoint and coalesced.
+
+    Touching ranges merge ([0, 4) + [4, 8) is [0, 8)), so rewriting the same or
+    neighbouring blocks does not grow the set. Adding is O(log n) plus the number of
+    ranges it swallows.
+    """
+
+    __slots__ = ("_starts", "_ends")
+
+    def __init__(self, ranges: Iterable[tuple[int, int]] = ()):
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+        for start, end in ranges:
+            self.add(start, end)
+
+    def add(self, start: int, end: int) -> None:
+        """Mark [start, end) changed; empty ranges are ignored."""
+        if end <= start:
+            return
+        starts, ends = self._starts, self._ends
+        if not ends or start > ends[-1]:  # appending past the last range
+            starts.append(start)
+            ends.append(end)
+            return
+        if start >= starts[-1]:  # sequential writes: only the last range is touched
+            if end > ends[-1]:
+                ends[-1] = end
+            return
+        first = bisect_left(ends, start)  # first range that ends at or after start
+        past = bisect_right(starts, end)  # ranges before this start at or before end
+        if first == past:
+            starts.insert(first, start)
+            ends.insert(first, end)
+            return
+        new_start = min(start, starts[first])
+        new_end = max(end, ends[past - 1])
+        starts[first:past] = [new_start]
+        ends[first:past] = [new_end]
+
+    def update(self, other: RangeSet) -> None:
+        for start, end in other:
+            self.add(start, end)
+
+    def clipped(self, size: int) -> list[tuple[int, int]]:
+        """The ranges cut to a file of `size` bytes (what exists to be read)."""
+        result = []
+        for start, end in self:
+            if start >= size:
+                break
+            result.append((start, min(end, size)))
+        return result
+
+    def covers(self, start: int, end: int) -> bool:
+        """True if every byte of [start, end) is inside one of the ranges."""
+        if end <= start:
+            return True
+        index = bisect_right(self._starts, start) - 1
+        return index >= 0 and self._ends[index] >= end
+
+    def overlaps(self, start: int, end: int) -> bool:
+        """True if some byte of [start, end) is inside one of the ranges."""
+        if end <= start:
+            return False
+        index = bisect_left(self._ends, start + 1)
+        return index < len(self._starts) and self._starts[index] < end
+
+    def copy(self) -> RangeSet:
+        clone = RangeSet()
+        clone._starts = list(self._starts)
+        clone._ends = list(self._ends)
+        return clone
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return zip(self._starts, self._ends)
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def __bool__(self) -> bool:
+        return bool(self._starts)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RangeSet) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"RangeSet({list(self)!r})"
+
+
+class ChangeSet:
+    """What changed during one epoch (or the union of several), by backing inode.
+
+    - `data[ino]`: byte ranges written (and, for truncates, [size, TO_END)).
+    - `whole`: inodes to re-read entirely (new inodes, or where the journal cannot
+      say which bytes changed); an inode in `whole` has no `data` entry.
+    - `meta`: attributes, xattrs, link count or size changed.
+    - `dirs`: directory inodes whose entries changed (names added, removed, renamed).
+
+    Callers may rely on: recording is idempotent and order-insensitive except that
+    `whole` absorbs `data`; `update` is a union.
+    """
+
+    __slots__ = ("data", "whole", "meta", "dirs")
+
+    def __init__(self) -> None:
+        self.data: dict[int, RangeSet] = {}
+        self.whole: set[int] = set()
+        self.meta: set[int] = set()
+        self.dirs: set[int] = set()
+
+    def add_range(self, ino: int, start: int, end: int) -> None:
+        if ino in self.whole:
+            return
+        ranges = self.data.get(ino)
+        if ranges is None:
+            ranges = self.data[ino] = RangeSet()
+        ranges.add(start, end)
+
+    def truncate(self, ino: int, size: int) -> None:
+        """A size change: the bytes from `size` on are new (or gone)."""
+        self.meta.add(ino)
+        self.add_range(ino, size, TO_END)
+
+    def mark_whole(self, ino: int) -> None:
+        self.whole.add(ino)
+        self.data.pop(ino, None)
+
+    def mark_meta(self, ino: int) -> None:
+        self.meta.add(ino)
+
+    def mark_dir(self, ino: int) -> None:
+        self.dirs.add(ino)
+
+    def update(self, other: ChangeSet) -> None:
+        """Merge `other` into this set (a union; `whole` wins over ranges)."""
+        for ino in other.whole:
+            self.mark_whole(ino)
+        for ino, ranges in other.data.items():
+            if ino in self.whole:
+                continue
+            mine = self.data.get(ino)
+            if mine is None:
+                self.data[ino] = ranges.copy()
+            else:
+                mine.update(ranges)
+        self.meta |= other.meta
+        self.dirs |= other.dirs
+
+    def copy(self) -> ChangeSet:
+        clone = ChangeSet()
+        clone.update(self)
+        return clone
+
+    def inodes(self) -> set[int]:
+        """Every inode this set mentions."""
+        return set(self.data) | self.whole | self.meta | self.dirs
+
+    def touches(self, ino: int) -> bool:
+        return ino in self.data or ino in self.whole or ino in self.meta or ino in self.dirs
+
+    def __bool__(self) -> bool:
+        return bool(self.data or self.whole or self.meta or self.dirs)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, ChangeSet)
+            and self.data == other.data
+            and self.whole == other.whole
+            and self.meta == other.meta
+            and self.dirs == other.dirs
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"ChangeSet(data={self.data!r}, whole={sorted(self.whole)}, "
+            f"meta={sorted(self.meta)}, dirs={sorted(self.dirs)})"
+        )

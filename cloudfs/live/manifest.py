@@ -1,0 +1,225 @@
+"""The baseline: the stat of every entry of the protected tree, and the scan that makes it.
+
+The manifest is what the tree looked like at the last checkpoint (the first mount;
+later, the last committed snapshot). Reconcile compares a fresh scan against it to
+find changes the journal never saw; the change view uses it to name what was removed.
+It lives in the state directory as one msgpack file, replaced atomically.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import msgpack
+
+MANIFEST_NAME = "manifest"
+FORMAT = "cloudfs-live-manifest"
+VERSION = 1
+
+
+class ManifestError(Exception):
+    """The manifest file is damaged or of an unknown format."""
+
+
+class EntryStat(NamedTuple):
+    """The part of a stat that says whether an entry changed."""
+
+    mode: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    uid: int
+    gid: int
+    nlink: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> EntryStat:
+        return cls(st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                   st.st_uid, st.st_gid, st.st_nlink)
+
+    @property
+    def kind(self) -> int:
+        """The file type bits (stat.S_IFREG, S_IFDIR, ...)."""
+        return stat.S_IFMT(self.mode)
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+
+def join(parent: bytes, name: bytes) -> bytes:
+    """The relative path of `name` in directory `parent` (b"" is the root)."""
+    return parent + b"/" + name if parent else name
+
+
+def parent_of(path: bytes) -> bytes:
+    return path.rpartition(b"/")[0]
+
+
+class Tree:
+    """Entries of the protected tree by relative path (bytes; b"" is the root itself).
+
+    Indexes by parent and by inode are built on first use; a Tree is not modified
+    after construction.
+    """
+
+    def __init__(self, entries: dict[bytes, EntryStat]):
+        self.entries = entries
+        self._children: dict[bytes, list[bytes]] | None = None
+        self._by_ino: dict[int, list[bytes]] | None = None
+
+    def get(self, path: bytes) -> EntryStat | None:
+        return self.entries.get(path)
+
+    def __contains__(self, path: bytes) -> bool:
+        return path in self.entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def children(self, path: bytes) -> list[bytes]:
+        """Names directly inside directory `path`."""
+        if self._children is None:
+            index: dict[bytes, list[bytes]] = {}
+            for entry_path in self.entries:
+                if entry_path:
+                    parent, _, name = entry_path.rpartition(b"/")
+                    index.setdefault(parent, []).append(name)
+            self._children = index
+        return self._children.get(path, [])
+
+    def paths_of(self, ino: int) -> list[bytes]:
+        """Every path of inode `ino` (several for hard links)."""
+        if self._by_ino is None:
+            index: dict[int, list[bytes]] = {}
+            for entry_path, entry in self.entries.items():
+                index.setdefault(entry.ino, []).append(entry_path)
+            self._by_ino = index
+        return self._by_ino.get(ino, [])
+
+    def subtree(self, path: bytes) -> Iterator[bytes]:
+        """`path` and everything below it."""
+        waiting = [path]
+        while waiting:
+            path = waiting.pop()
+            yield path
+            entry = self.entries.get(path)
+            if entry is not None and entry.is_dir:
+                waiting.extend(join(path, name) for name in self.children(path))
+
+
+# -- the scan -----------------------------------------------------------------------
+
+
+def scan(root_fd: int) -> Tree:
+    """Stat every entry below the directory `root_fd`, staying on its filesystem.
+
+    Works through directory descriptors only, so it also works on a SOURCE the mount
+    covers. Entries that vanish while being scanned are skipped; mount points of
+    other filesystems inside the tree are left out (they are not protected).
+    """
+    root_stat = os.fstat(root_fd)
+    entries = {b"": EntryStat.of(root_stat)}
+    device = root_stat.st_dev
+    top = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=root_fd)
+    stack = [(top, b"", iter(_scan_directory(top, b"", device, entries)))]
+    try:
+        while stack:
+            fd, path, subdirectories = stack[-1]
+            name = next(subdirectories, None)
+            if name is None:
+                os.close(fd)
+                stack.pop()
+                continue
+            try:
+                child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                dir_fd=fd)
+            except OSError as error:
+                if error.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    continue  # replaced while we looked
+                raise
+            child_path = join(path, name)
+            stack.append((child, child_path, iter(_scan_directory(child, child_path, device, entries))))
+    finally:
+        for fd, _, _ in stack:
+            os.close(fd)
+    return Tree(entries)
+
+
+def _scan_directory(fd: int, path: bytes, device: int, entries: dict[bytes, EntryStat]) -> list[bytes]:
+    """Record the entries of one directory; return the names of its subdirectories."""
+    subdirectories = []
+    with os.scandir(fd) as listing:
+        for dir_entry in listing:
+            try:
+                st = dir_entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if st.st_dev != device:
+                continue
+            name = os.fsencode(dir_entry.name)
+            entries[join(path, name)] = EntryStat.of(st)
+            if stat.S_ISDIR(st.st_mode):
+                subdirectories.append(name)
+    return subdirectories
+
+
+def scan_path(source: Path) -> Tree:
+    fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return scan(fd)
+    finally:
+        os.close(fd)
+
+
+# -- persistence --------------------------------------------------------------------
+
+
+def load_manifest(state_dir: Path) -> Tree | None:
+    """The saved baseline, or None if there is none yet."""
+    try:
+        data = (state_dir / MANIFEST_NAME).read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        document = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        if document.get("format") != FORMAT or document.get("version") != VERSION:
+            raise ManifestError("unknown manifest format")
+        return Tree({row[0]: EntryStat(*row[1:]) for row in document["entries"]})
+    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as error:
+        raise ManifestError(f"damaged manifest: {error}") from error
+
+
+def save_manifest(state_dir: Path, tree: Tree) -> None:
+    """Replace the baseline atomically and durably."""
+    document = {
+        "format": FORMAT,
+        "version": VERSION,
+        "entries": [[path, *entry] for path, entry in tree.entries.items()],
+    }
+    replace_file(state_dir / MANIFEST_NAME, msgpack.packb(document, use_bin_type=True))
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Temp file, fsync, rename over `path`, fsync the directory."""
+    temp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
