@@ -144,6 +144,7 @@ def _serve_with(plan: MountPlan, source_fd: int, on_ready: Callable[[], None]) -
     options = set(pyfuse3.default_options) | {"subtype=cloudfs", f"fsname={_fsname(plan)}"}
     if plan.allow_other:
         options.add("allow_other")
+    options |= _inherited_options(source_fd)
     try:
         pyfuse3.init(operations, str(plan.mountpoint), options)
     except RuntimeError as error:
@@ -164,6 +165,16 @@ def _serve_with(plan: MountPlan, source_fd: int, on_ready: Callable[[], None]) -
         pyfuse3.close(unmount=mounted)
         _stop_journal(operations, clean)
         operations.close()
+
+
+def _inherited_options(source_fd: int) -> set[str]:
+    """FUSE mounts are nosuid,nodev by default; as root, take SOURCE's own filesystem's
+    setting instead, so device nodes and set-id programs work as they did."""
+    if os.geteuid() != 0:
+        return set()
+    flags = os.fstatvfs(source_fd).f_flag
+    return {option for option, flag in (("dev", os.ST_NODEV), ("suid", os.ST_NOSUID))
+            if not flags & flag}
 
 
 def _stop_journal(operations: LiveOperations, clean: bool) -> None:
