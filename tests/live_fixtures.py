@@ -13,10 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -334,7 +336,22 @@ class LiveTree:
 @pytest.fixture
 def live(tmp_path):
     """A LiveTree; after the test it is unmounted and the journal's view checked."""
-    tree = LiveTree(tmp_path)
+    yield from _live_tree(tmp_path)
+
+
+@pytest.fixture
+def public_live():
+    """A LiveTree in a directory every user can reach (pytest's tmp_path is root-only)."""
+    base = Path(tempfile.mkdtemp(prefix="cloudfs-live-", dir="/tmp"))
+    base.chmod(0o755)
+    try:
+        yield from _live_tree(base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _live_tree(base: Path):
+    tree = LiveTree(base)
     try:
         yield tree
         tree.cleanup()

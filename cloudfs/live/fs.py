@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 #: SOURCE behind the mount's back (which the journal cannot see either).
 CACHE_TIMEOUT = 10.0
 
-_STRIPPED_OPEN_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_APPEND | os.O_DIRECT
+_STRIPPED_OPEN_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND | os.O_DIRECT
 _DIR_READ_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
@@ -60,7 +60,8 @@ def backing_open_flags(flags: int) -> int:
     With the writeback cache the kernel may read a write-only file to fill pages,
     so write-only becomes read-write; the kernel computes O_APPEND offsets itself
     (a backing O_APPEND would make pwrite ignore them); O_DIRECT would demand
-    aligned buffers we do not have; O_CREAT/O_EXCL/O_TRUNC are the kernel's business.
+    aligned buffers we do not have; O_CREAT and O_EXCL are the kernel's business.
+    O_TRUNC stays: libfuse asks for atomic O_TRUNC, so the kernel passes it to open.
     """
     flags &= ~_STRIPPED_OPEN_FLAGS
     if flags & os.O_ACCMODE == os.O_WRONLY:
@@ -336,6 +337,8 @@ class LiveOperations(pyfuse3.Operations):
         if (st.st_dev, st.st_ino) != (inode.dev, inode.ino):
             os.close(fd)
             raise OSError(errno.ESTALE, "changed behind the mount's back")
+        if flags & os.O_TRUNC and inode.protected:
+            self.journal.record_truncate(inode.ino, 0)
         return self._opened(inode, fd)
 
     @_fuse_errors
