@@ -137,3 +137,38 @@ def stop(proc: subprocess.Popen) -> None:
             proc.kill()
             proc.wait()
 
+
+
+def main() -> None:
+    """`python -m cloudfs.locals3 DATA_DIR`: serve S3 until interrupted (for tools/demo).
+
+    Prints the endpoint and the credentials as shell assignments on one line each.
+    """
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("data_dir", type=Path)
+    args = parser.parse_args()
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    server = start_rclone(args.data_dir)
+    print(f"CLOUDFS_ENDPOINT_URL={server.endpoint}")
+    print(f"AWS_ACCESS_KEY_ID={server.access_key}")
+    print(f"AWS_SECRET_ACCESS_KEY={server.secret_key}", flush=True)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        server.proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop(server.proc)
+
+
+def _exit_on_signal(*_) -> None:
+    # Stopping the server here, inside the interrupted wait(), would deadlock on
+    # Popen's wait lock; unwind to main()'s finally instead.
+    raise SystemExit(0)
+
+
+if __name__ == "__main__":
+    main()
