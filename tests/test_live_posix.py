@@ -332,3 +332,13 @@ def test_many_files_and_directories_do_not_exhaust_descriptors(live):
     assert count == 24000
     pid = live.daemon_pid()
     assert len(os.listdir(f"/proc/{pid}/fd")) < 2000
+
+
+def test_names_that_are_not_utf8_work_through_the_mount(live):
+    root = os.fsencode(live.mount())
+    odd = os.path.join(root, b"caf\xe9 \n tab\t")
+    with open(odd, "wb") as handle:
+        handle.write(b"latin-1 name")
+    assert b"caf\xe9 \n tab\t" in os.listdir(root)
+    os.rename(odd, odd + b"\xff")
+    assert open(odd + b"\xff", "rb").read() == b"latin-1 name"

@@ -76,6 +76,8 @@ class Journal:
         self._compacting = False
         self._image_bytes = 0
         self._flush_failed = False
+        #: fdatasyncs issued by sync(): group commit keeps this below the number of calls.
+        self.syncs = 0
         #: How the previous session ended, as found by the replay.
         self.previous_stop_clean = state.clean_stop
         self.previous_finals = dict(state.finals)
@@ -226,6 +228,7 @@ class Journal:
             upto = self._appended
             self.flush()
             await trio.to_thread.run_sync(os.fdatasync, self._fd)
+            self.syncs += 1
             self._durable = max(self._durable, upto)
 
     def needs_compaction(self) -> bool:
