@@ -50,6 +50,13 @@ def seal(key: bytes, plaintext: bytes, associated_data: bytes) -> bytes:
     return nonce + _aead(key).encrypt(nonce, plaintext, associated_data)
 
 
+def seal_into(key: bytes, plaintext: bytes, associated_data: bytes, out: memoryview) -> None:
+    """seal() into `out`, which must be exactly len(plaintext) + SEAL_OVERHEAD bytes."""
+    nonce = os.urandom(NONCE_SIZE)
+    out[:NONCE_SIZE] = nonce
+    _aead(key).encrypt_into(nonce, plaintext, associated_data, out[NONCE_SIZE:])
+
+
 def unseal(key: bytes, sealed: bytes | memoryview, associated_data: bytes) -> bytes:
     if len(sealed) < SEAL_OVERHEAD:
         raise AuthenticationFailed("sealed message is too short")

@@ -8,7 +8,9 @@
 Each record is sealed on its own with the chunk's key (HKDF of the master key
 with the chunk id as salt) and associated data blob id || kind, so one blob is
 read with one ranged GET, and a record moved to another place, chunk or kind
-does not open. A payload is one flag byte (0 raw, 1 zstd) and the body. The
+does not open. The sealed payload is the plaintext, or its zstd compression
+when that is strictly smaller; so a payload shorter than raw_length is
+compressed, and no flag byte (and no copy to prepend one) is needed. The
 footer's associated data is the header plus b"footer"; it makes every chunk
 self-describing, so the index can always be rebuilt from the chunks.
 """
@@ -31,8 +33,6 @@ CHUNKS_PREFIX = "chunks/"
 CHUNK_ID_SIZE = 32
 TRAILER = struct.Struct("<I4s")
 TRAILER_MAGIC = b"CLFE"
-PAYLOAD_RAW = 0
-PAYLOAD_ZSTD = 1
 
 
 class BlobKind(enum.IntEnum):
@@ -89,22 +89,19 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return _local.decompressor
 
 
-def make_payload(plaintext: bytes, compression_level: int | None) -> bytes:
-    """Flag byte and body; compressed only when that makes it smaller."""
+def encode_payload(plaintext: bytes, compression_level: int | None) -> bytes:
+    """The plaintext compressed if that makes it strictly smaller, else the plaintext."""
     if compression_level is not None and len(plaintext) > 64:
         compressed = _compressor(compression_level).compress(plaintext)
         if len(compressed) < len(plaintext):
-            return bytes([PAYLOAD_ZSTD]) + compressed
-    return bytes([PAYLOAD_RAW]) + plaintext
+            return compressed
+    return plaintext
 
 
-def read_payload(payload: bytes, raw_length: int) -> bytes:
-    flag, body = payload[0], payload[1:]
-    if flag == PAYLOAD_RAW:
-        return body
-    if flag == PAYLOAD_ZSTD:
-        return _decompressor().decompress(body, max_output_size=raw_length)
-    raise ValueError(f"unknown payload encoding {flag}")
+def decode_payload(payload: bytes, raw_length: int) -> bytes:
+    if len(payload) == raw_length:
+        return payload
+    return _decompressor().decompress(payload, max_output_size=raw_length)
 
 
 def blob_associated_data(blob_id: bytes, kind: BlobKind) -> bytes:
@@ -118,7 +115,7 @@ def open_record(master: crypto.MasterKey, location: BlobLocation, record: bytes,
     try:
         payload = crypto.unseal(master.chunk_key(location.chunk_id), record,
                                 blob_associated_data(location.blob_id, location.kind))
-        plaintext = read_payload(payload, location.raw_length)
+        plaintext = decode_payload(payload, location.raw_length)
     except crypto.AuthenticationFailed:
         raise IntegrityError(name, f"blob {location.blob_id.hex()[:16]} failed authentication") from None
     except (ValueError, zstandard.ZstdError) as error:
@@ -129,36 +126,55 @@ def open_record(master: crypto.MasterKey, location: BlobLocation, record: bytes,
 
 
 class ChunkBuilder:
-    """Seals blobs into one chunk in memory. Not thread-safe: one per worker."""
+    """Seals blobs into one chunk in memory. Not thread-safe: one per worker.
 
-    def __init__(self, master: crypto.MasterKey, compression_level: int | None):
+    Records are sealed straight into one buffer, so a chunk costs no copies on
+    its way to the store. Pass a buffer back from a finished chunk (once its
+    upload is done) to reuse it: touching fresh memory costs more than sealing."""
+
+    def __init__(self, master: crypto.MasterKey, compression_level: int | None,
+                 buffer: bytearray | None = None):
         self.chunk_id = os.urandom(CHUNK_ID_SIZE)
         self.name = chunk_name(self.chunk_id)
         self._key = master.chunk_key(self.chunk_id)
         self._compression_level = compression_level
-        self._buffer = bytearray(make_header(Kind.CHUNK))
+        self.buffer = buffer if buffer is not None else bytearray(1 << 20)
+        self.buffer[:HEADER_SIZE] = make_header(Kind.CHUNK)
+        self.size = HEADER_SIZE
         self.blobs: list[BlobLocation] = []
 
-    @property
-    def size(self) -> int:
-        return len(self._buffer)
-
     def add(self, blob_id: bytes, kind: BlobKind, plaintext: bytes) -> BlobLocation:
-        payload = make_payload(plaintext, self._compression_level)
-        record = crypto.seal(self._key, payload, blob_associated_data(blob_id, kind))
-        location = BlobLocation(blob_id, kind, self.chunk_id, len(self._buffer), len(record), len(plaintext))
-        self._buffer += record
+        payload = encode_payload(plaintext, self._compression_level)
+        location = BlobLocation(blob_id, kind, self.chunk_id, self.size,
+                                len(payload) + crypto.SEAL_OVERHEAD, len(plaintext))
+        self._append_sealed(payload, blob_associated_data(blob_id, kind))
         self.blobs.append(location)
         return location
 
-    def finish(self) -> bytearray:
-        """Append footer and trailer; the builder must not be used afterwards."""
-        header = bytes(self._buffer[:HEADER_SIZE])
-        footer = crypto.seal(self._key, pack({"blobs": [b.to_list() for b in self.blobs]}),
-                             header + b"footer")
-        self._buffer += footer
-        self._buffer += TRAILER.pack(len(footer), TRAILER_MAGIC)
-        return self._buffer
+    def finish(self) -> memoryview:
+        """Append footer and trailer and return the chunk, a view of `buffer`."""
+        footer = pack({"blobs": [b.to_list() for b in self.blobs]})
+        footer_start = self.size
+        self._append_sealed(footer, bytes(self.buffer[:HEADER_SIZE]) + b"footer")
+        self._ensure_room(TRAILER.size)
+        TRAILER.pack_into(self.buffer, self.size, self.size - footer_start, TRAILER_MAGIC)
+        self.size += TRAILER.size
+        return memoryview(self.buffer)[:self.size]
+
+    def _append_sealed(self, plaintext: bytes, associated_data: bytes) -> None:
+        length = len(plaintext) + crypto.SEAL_OVERHEAD
+        self._ensure_room(length)
+        with memoryview(self.buffer) as view:
+            crypto.seal_into(self._key, plaintext, associated_data, view[self.size:self.size + length])
+        self.size += length
+
+    def _ensure_room(self, length: int) -> None:
+        if self.size + length > len(self.buffer):
+            # A new buffer rather than extend(): a reused buffer may still be
+            # referenced by the upload that used it, and then cannot be resized.
+            grown = bytearray(len(self.buffer) + max(length, len(self.buffer) // 2))
+            grown[:self.size] = memoryview(self.buffer)[:self.size]
+            self.buffer = grown
 
 
 def parse_footer(master: crypto.MasterKey, name: str, chunk: bytes) -> list[BlobLocation]:

@@ -57,6 +57,7 @@ class Repository:
         self.damaged_objects: dict[str, str] = {}   # name -> why it could not be used
         self._builder: ChunkBuilder | None = None
         self._builder_ids: set[bytes] = set()      # blobs in the chunk being filled
+        self._spare_buffer: bytearray | None = None  # a finished chunk's, for the next
         self._unindexed: list[ChunkInfo] = []     # stored chunks not yet in an index object
         self._lock = trio.Lock()
 
@@ -227,7 +228,9 @@ class Repository:
             if blob_id in self.index or blob_id in self._builder_ids:
                 return blob_id
             if self._builder is None:
-                self._builder = ChunkBuilder(self.master, self._compression_level())
+                buffer = self._spare_buffer or bytearray(self.config.chunk_size + (1 << 20))
+                self._spare_buffer = None
+                self._builder = ChunkBuilder(self.master, self._compression_level(), buffer)
             builder = self._builder
             if big:
                 await trio.to_thread.run_sync(builder.add, blob_id, kind, plaintext)
@@ -288,6 +291,7 @@ class Repository:
         chunk = ChunkInfo(builder.chunk_id, len(data), digest, tuple(builder.blobs))
         self.index.add_chunk(chunk)
         self._unindexed.append(chunk)
+        self._spare_buffer = builder.buffer
 
     # -- snapshots -------------------------------------------------------------------
 

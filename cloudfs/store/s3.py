@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import logging
 from dataclasses import dataclass, field
 
@@ -77,7 +78,7 @@ class S3Store(Store):
 
     async def put(self, name: str, data: bytes, *, exclusive: bool = False) -> None:
         def request():
-            params = dict(Bucket=self.bucket, Key=self._key(name), Body=data)
+            params = dict(Bucket=self.bucket, Key=self._key(name), Body=_body(data))
             params.update(self._checksum_params(data))
             if exclusive:
                 params["IfNoneMatch"] = "*"
@@ -232,6 +233,38 @@ def _make_client(options: S3Options):
         )
     except ValueError as error:   # e.g. a malformed endpoint URL
         raise StoreError(f"cannot use S3 endpoint {options.endpoint_url!r}: {error}") from None
+
+
+class _MemoryReader(io.RawIOBase):
+    """A seekable file over a memoryview, so boto3 can send (and resend) it without a copy."""
+
+    def __init__(self, view: memoryview):
+        self._view = view.cast("B")
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, target) -> int:
+        count = min(len(target), len(self._view) - self._position)
+        target[:count] = self._view[self._position:self._position + count]
+        self._position += count
+        return count
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._view)}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+
+def _body(data):
+    return io.BufferedReader(_MemoryReader(data), 1 << 20) if isinstance(data, memoryview) else data
 
 
 def _code(error: bce.ClientError) -> str:
