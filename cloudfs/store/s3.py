@@ -228,7 +228,7 @@ def _make_client(options: S3Options):
             "s3",
             endpoint_url=options.endpoint_url,
             region_name=region,
-            verify=options.ca_bundle if options.ca_bundle else True,
+            verify=options.ca_bundle or None,   # None: boto3 verifies, honouring AWS_CA_BUNDLE
             config=config,
         )
     except ValueError as error:   # e.g. a malformed endpoint URL
