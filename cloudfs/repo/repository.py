@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -45,6 +46,17 @@ log = logging.getLogger(__name__)
 THREAD_THRESHOLD = 64 * 1024
 
 
+@dataclass
+class WriteStats:
+    """What this session added to the repository (dedup hits add nothing)."""
+
+    blobs: int = 0            # new blobs
+    raw_bytes: int = 0        # their plaintext
+    chunks: int = 0           # chunks stored
+    chunk_bytes: int = 0      # bytes stored in chunks
+    metadata_bytes: int = 0   # index and snapshot objects stored
+
+
 class Repository:
     def __init__(self, store: Store, master: crypto.MasterKey, config: RepoConfig,
                  slot: KeySlot, cache: ObjectCache):
@@ -55,6 +67,7 @@ class Repository:
         self.cache = cache
         self.index = BlobIndex()
         self.damaged_objects: dict[str, str] = {}   # name -> why it could not be used
+        self.written = WriteStats()
         self._builder: ChunkBuilder | None = None
         self._builder_ids: set[bytes] = set()      # blobs in the chunk being filled
         self._spare_buffer: bytearray | None = None  # a finished chunk's, for the next
@@ -237,6 +250,8 @@ class Repository:
             else:
                 builder.add(blob_id, kind, plaintext)
             self._builder_ids.add(blob_id)
+            self.written.blobs += 1
+            self.written.raw_bytes += len(plaintext)
             if builder.size >= self.config.chunk_size:
                 await self._store_chunk(self._take_builder())
         return blob_id
@@ -252,6 +267,7 @@ class Repository:
             name = new_index_name()
             data = seal_index(self.master, name, self._unindexed)
             await self.store.put(name, data)
+            self.written.metadata_bytes += len(data)
             self.cache.put(name, data)
             self.index.loaded_objects.add(name)
             self._unindexed = []
@@ -291,6 +307,8 @@ class Repository:
         chunk = ChunkInfo(builder.chunk_id, len(data), digest, tuple(builder.blobs))
         self.index.add_chunk(chunk)
         self._unindexed.append(chunk)
+        self.written.chunks += 1
+        self.written.chunk_bytes += len(data)
         self._spare_buffer = builder.buffer
 
     # -- snapshots -------------------------------------------------------------------
@@ -304,6 +322,7 @@ class Repository:
         snapshot = snapshot.with_name()
         data = snapshot.seal(self.master)
         await self.store.put(snapshot.name, data, exclusive=True)
+        self.written.metadata_bytes += len(data)
         self.cache.put(snapshot.name, data)
         return snapshot
 

@@ -1,0 +1,227 @@
+"""Building a snapshot's tree from the previous one and what changed.
+
+Without a previous tree every directory is listed and every file read (the
+initial snapshot). With one, only what `PathChanges` names is looked at:
+directories no change lies under are reused by id, unchanged entries are
+copied from the previous node, and of a changed file only the blocks its dirty
+ranges touch are read; its block list is updated leaf by leaf. With a
+previous tree but `changes=None` (nothing known, e.g. a directory edited while
+no journal watched it) every directory is listed and every entry compared by
+(inode, size, mode, mtime, ctime) with the previous one: unchanged files are not
+read again.
+"""
+
+from __future__ import annotations
+
+import errno
+import stat
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from cloudfs.snapshot import blocklist
+from cloudfs.snapshot.reader import TreeReader
+from cloudfs.snapshot.source import Source, join
+from cloudfs.snapshot.tree import Entry, encode_directory
+
+# Files are read this many bytes at a time (a whole number of blocks).
+READ_BATCH = 4 << 20
+
+
+class BlobSink(Protocol):
+    async def put_data(self, data: bytes) -> bytes: ...
+    async def put_tree(self, data: bytes) -> bytes: ...
+
+
+@dataclass
+class PathChanges:
+    """What changed since the previous snapshot, by path.
+
+    listings: directories whose set of entries changed (create, unlink, rename...)
+    data:     files whose content changed: dirty byte ranges, or None for all of it
+    meta:     entries whose attributes changed (mode, owner, times, xattrs)
+    """
+
+    listings: set[bytes] = field(default_factory=set)
+    data: dict[bytes, list[tuple[int, int]] | None] = field(default_factory=dict)
+    meta: set[bytes] = field(default_factory=set)
+
+    def touched_directories(self) -> set[bytes]:
+        """Every directory that has a change somewhere below it (the root included)."""
+        touched = {b""}
+        for path in [*self.listings, *self.data, *self.meta]:
+            while path:
+                path = path.rpartition(b"/")[0]
+                if path in touched:
+                    break
+                touched.add(path)
+        touched |= self.listings
+        return touched
+
+
+@dataclass
+class BuildStats:
+    files: int = 0
+    directories: int = 0
+    bytes: int = 0            # total size of the files in the snapshot
+    bytes_read: int = 0       # read from the source to build it
+    files_read: int = 0
+    vanished: int = 0         # entries that disappeared while being read
+
+
+class TreeBuilder:
+    def __init__(self, source: Source, sink: BlobSink, reader: TreeReader, block_size: int):
+        self.source = source
+        self.sink = sink
+        self.reader = reader
+        self.block_size = block_size
+        self.stats = BuildStats()
+        self._changes: PathChanges | None = None
+        self._touched: set[bytes] = set()
+
+    async def build(self, previous_root: bytes | None, changes: PathChanges | None) -> bytes:
+        """The id of the new root directory node."""
+        self._changes = changes
+        self._touched = changes.touched_directories() if changes is not None else set()
+        return await self._directory(b"", previous_root)
+
+    # -- directories ----------------------------------------------------------------
+
+    async def _directory(self, path: bytes, previous: bytes | None) -> bytes:
+        changes = self._changes
+        if previous is not None and changes is not None and path not in self._touched:
+            return previous
+        old = {e.name: e for e in await self.reader.directory(previous)} if previous else {}
+        relist = previous is None or changes is None or path in changes.listings
+        names = self.source.listdir(path) if relist else list(old)
+        entries = []
+        for name in names:
+            entry = await self._child(path, name, old.get(name), relist)
+            if entry is not None:
+                entries.append(entry)
+        self.stats.directories += 1
+        return await self.sink.put_tree(encode_directory(entries))
+
+    async def _child(self, directory: bytes, name: bytes, old: Entry | None,
+                     relisted: bool) -> Entry | None:
+        path = join(directory, name)
+        changes = self._changes
+        try:
+            unchanged = (old is not None and changes is not None and path not in self._touched
+                         and path not in changes.data and path not in changes.meta)
+            if unchanged and relisted:
+                # A listing changed here: the name may now be another file.
+                unchanged = self.source.lstat(path).st_ino == old.ino
+            if unchanged:
+                self._count(old)
+                return old
+            return await self._entry(path, name, old)
+        except FileNotFoundError:
+            self.stats.vanished += 1   # removed while we looked: not part of this tree
+            return None
+
+    # -- entries ----------------------------------------------------------------------
+
+    async def _entry(self, path: bytes, name: bytes, old: Entry | None) -> Entry:
+        st = self.source.lstat(path)
+        entry = Entry(name=name, mode=st.st_mode).with_stat(st)
+        entry.xattrs = self._xattrs(path)
+        if stat.S_ISDIR(st.st_mode):
+            entry.subtree = await self._directory(path, old.subtree if old and old.is_dir else None)
+        elif stat.S_ISLNK(st.st_mode):
+            entry.target = self.source.readlink(path)
+        elif stat.S_ISREG(st.st_mode):
+            entry.blocks, entry.block_list = await self._content(path, st, old)
+        self._count(entry)
+        return entry
+
+    def _xattrs(self, path: bytes) -> dict[bytes, bytes]:
+        try:
+            return self.source.xattrs(path)
+        except OSError as error:
+            if error.errno == errno.ENOENT:
+                raise FileNotFoundError(path) from None
+            return {}
+
+    def _count(self, entry: Entry) -> None:
+        if entry.is_file:
+            self.stats.files += 1
+            self.stats.bytes += entry.size
+
+    # -- file content -----------------------------------------------------------------
+
+    async def _content(self, path: bytes, st, old: Entry | None):
+        same_file = old is not None and old.is_file and old.ino == st.st_ino
+        changes = self._changes
+        if same_file and changes is not None and path in changes.data and changes.data[path] is not None:
+            return await self._update(path, st, old, changes.data[path])
+        if same_file and changes is not None and path not in changes.data:
+            return old.blocks, old.block_list       # the journal says: content untouched
+        if same_file and changes is None and old.same_stat(st):
+            return old.blocks, old.block_list       # a scan, and nothing says it changed
+        return await self._read_whole(path, st.st_size)
+
+    async def _read_whole(self, path: bytes, size: int):
+        ids = await self._read_blocks(path, range(self._block_count(size)), size)
+        return await blocklist.build([ids[i] for i in range(len(ids))], self.sink.put_tree)
+
+    async def _update(self, path: bytes, st, old: Entry, ranges: list[tuple[int, int]]):
+        size, old_count, new_count = st.st_size, self._block_count(old.size), self._block_count(st.st_size)
+        indices = set()
+        for start, end in ranges:
+            end = min(end, size)
+            if end > start:
+                indices.update(range(start // self.block_size, (end - 1) // self.block_size + 1))
+        if size != old.size and old.size % self.block_size and old_count - 1 < new_count:
+            indices.add(old_count - 1)   # the old last block was partial; its length changed
+        changed = await self._read_blocks(path, sorted(indices), size)
+        return await blocklist.update(old.blocks, old.block_list, old_count, new_count, changed,
+                                      self.reader.tree_blob, self.sink.put_tree)
+
+    def _block_count(self, size: int) -> int:
+        return (size + self.block_size - 1) // self.block_size
+
+    async def _read_blocks(self, path: bytes, indices, size: int) -> dict[int, bytes | None]:
+        """Read, store and return the ids of the given blocks (None for zero blocks)."""
+        ids: dict[int, bytes | None] = {}
+        indices = list(indices)
+        if not indices:
+            return ids
+        reader = self.source.open(path)
+        try:
+            for run in _runs(indices, READ_BATCH // self.block_size):
+                offset = run[0] * self.block_size
+                length = min(size, (run[-1] + 1) * self.block_size) - offset
+                data = await trio.to_thread.run_sync(reader.pread, length, offset) \
+                    if length >= 1 << 20 else reader.pread(length, offset)
+                self.stats.bytes_read += len(data)
+                for index in run:
+                    start = (index - run[0]) * self.block_size
+                    block = data[start:start + self.block_size]
+                    expected = min(self.block_size, size - index * self.block_size)
+                    if len(block) < expected:
+                        block += bytes(expected - len(block))   # shrank while read: zeros
+                    ids[index] = None if _is_zero(block) else await self.sink.put_data(block)
+        finally:
+            reader.close()
+        self.stats.files_read += 1
+        return ids
+
+
+def _runs(indices: list[int], limit: int) -> list[list[int]]:
+    """Consecutive block numbers grouped, at most `limit` per group."""
+    runs: list[list[int]] = []
+    for index in indices:
+        if runs and runs[-1][-1] == index - 1 and len(runs[-1]) < limit:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    return runs
+
+
+_ZEROS = bytes(1 << 20)
+
+
+def _is_zero(block: bytes) -> bool:
+    return block == _ZEROS[:len(block)] if len(block) <= len(_ZEROS) else not any(block)

@@ -1,0 +1,95 @@
+"""What the tree builder reads: a protected tree as it was at one instant.
+
+`DirectorySource` reads a directory as it is now, through a directory file
+descriptor (so it works on a directory that a mount covers). The live mount
+supplies another Source that answers from what it froze at the seal (I2).
+Paths are relative bytes without a leading slash; b"" is the root.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Protocol
+
+
+class FileReader(Protocol):
+    def pread(self, length: int, offset: int) -> bytes: ...
+    def close(self) -> None: ...
+
+
+class Source(Protocol):
+    def listdir(self, path: bytes) -> list[bytes]: ...
+    def lstat(self, path: bytes) -> os.stat_result: ...
+    def readlink(self, path: bytes) -> bytes: ...
+    def xattrs(self, path: bytes) -> dict[bytes, bytes]: ...
+    def open(self, path: bytes) -> FileReader: ...
+
+
+# Reading for a backup should not touch access times (allowed to the owner and root).
+_NO_ATIME = os.O_NOATIME if os.geteuid() == 0 else 0
+
+
+def join(directory: bytes, name: bytes) -> bytes:
+    return directory + b"/" + name if directory else name
+
+
+class _FdReader:
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def pread(self, length: int, offset: int) -> bytes:
+        return os.pread(self.fd, length, offset)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class DirectorySource:
+    """A directory on local disk, read as it is now (a full scan, or a test)."""
+
+    def __init__(self, root_fd: int):
+        self.root_fd = root_fd
+
+    @classmethod
+    def at(cls, path: str | os.PathLike) -> "DirectorySource":
+        return cls(os.open(path, os.O_RDONLY | os.O_DIRECTORY))
+
+    def close(self) -> None:
+        os.close(self.root_fd)
+
+    def _at(self, path: bytes) -> bytes:
+        return path or b"."
+
+    def listdir(self, path: bytes) -> list[bytes]:
+        fd = os.open(self._at(path), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self.root_fd)
+        try:
+            return [os.fsencode(name) for name in os.listdir(fd)]
+        finally:
+            os.close(fd)
+
+    def lstat(self, path: bytes) -> os.stat_result:
+        return os.stat(self._at(path), dir_fd=self.root_fd, follow_symlinks=False)
+
+    def readlink(self, path: bytes) -> bytes:
+        return os.readlink(path, dir_fd=self.root_fd)
+
+    def xattrs(self, path: bytes) -> dict[bytes, bytes]:
+        proc = f"/proc/self/fd/{self.root_fd}/".encode() + self._at(path)
+        try:
+            names = os.listxattr(proc, follow_symlinks=False)
+        except OSError as error:
+            if error.errno in (errno.ENOTSUP, errno.ENODATA, errno.EPERM):
+                return {}
+            raise
+        values = {}
+        for name in names:
+            try:
+                values[os.fsencode(name)] = os.getxattr(proc, name, follow_symlinks=False)
+            except OSError as error:
+                if error.errno != errno.ENODATA:   # removed between list and get
+                    raise
+        return values
+
+    def open(self, path: bytes) -> FileReader:
+        return _FdReader(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | _NO_ATIME, dir_fd=self.root_fd))

@@ -1,0 +1,142 @@
+"""Trees: a snapshot records a directory exactly, and the next one reads only what changed."""
+
+import os
+
+import pytest
+import trio
+
+from cloudfs.repo import Repository, RepoConfig
+from cloudfs.snapshot.builder import PathChanges, TreeBuilder
+from cloudfs.snapshot.reader import TreeReader
+from cloudfs.snapshot.sink import RepositorySink
+from cloudfs.snapshot.source import DirectorySource
+from cloudfs.store import LocalStore
+from tests.repo_helpers import PASSPHRASE, fast_kdf
+from tests.tree_helpers import capture_directory, capture_snapshot, diff, make_rich_tree
+
+BLOCK = 4096
+
+
+class CountingSink(RepositorySink):
+    def __init__(self, repo):
+        super().__init__(repo)
+        self.trees = self.data = 0
+
+    async def put_data(self, data):
+        self.data += 1
+        return await super().put_data(data)
+
+    async def put_tree(self, data):
+        self.trees += 1
+        return await super().put_tree(data)
+
+
+@pytest.fixture
+def repo(tmp_path):
+    config = RepoConfig(block_size=BLOCK, chunk_size=1 << 20)
+    return trio.run(lambda: Repository.init(LocalStore(tmp_path / "repo"), PASSPHRASE, config=config,
+                                            kdf=fast_kdf(), create_container=True, use_cache=False))
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "tree"
+    root.mkdir()
+    make_rich_tree(root, BLOCK)
+    return root
+
+
+def build(repo, directory, previous=None, changes=None):
+    source = DirectorySource.at(directory)
+    sink = CountingSink(repo)
+    builder = TreeBuilder(source, sink, TreeReader(repo), repo.config.block_size)
+    try:
+        root = trio.run(builder.build, previous, changes)
+    finally:
+        source.close()
+    trio.run(repo.flush)
+    return root, builder.stats, sink
+
+
+def assert_matches(repo, root, directory):
+    differences = diff(capture_directory(directory, with_identity=True),
+                       capture_snapshot(TreeReader(repo), root, with_identity=True))
+    assert not differences, "\n".join(differences[:20])
+
+
+def test_a_snapshot_records_every_kind_of_entry_exactly(repo, tree):
+    root, stats, _ = build(repo, tree)
+    assert_matches(repo, root, tree)
+    assert stats.files == 10 and stats.bytes_read > 600 * BLOCK
+
+
+def test_holes_and_zero_blocks_are_not_stored(repo, tree):
+    root, _, _ = build(repo, tree)
+    entry = trio.run(TreeReader(repo).lookup, root, b"sparse.img")
+    ids = trio.run(TreeReader(repo).block_ids, entry, 0, 41)
+    assert ids[0] is not None and ids[40] is not None and ids[1:40] == [None] * 39
+
+
+def test_an_unchanged_tree_gives_the_same_root_and_stores_nothing_new(repo, tree):
+    first, _, _ = build(repo, tree)
+    written = repo.written.chunk_bytes
+    second, stats, _ = build(repo, tree, first, PathChanges())
+    assert second == first and stats.bytes_read == 0
+    third, stats, _ = build(repo, tree, first, None)   # a full compare by stat
+    assert third == first and stats.bytes_read == 0
+    assert repo.written.chunk_bytes == written
+
+
+def test_changed_blocks_of_a_big_file_are_the_only_ones_read(repo, tree):
+    first, _, _ = build(repo, tree)
+    big = tree / "big.bin"
+    regions = [(BLOCK * 3 + 100, 50), (BLOCK * 300, BLOCK), (BLOCK * 599, 10)]
+    with open(big, "r+b") as handle:
+        for offset, length in regions:
+            os.pwrite(handle.fileno(), os.urandom(length), offset)
+    changes = PathChanges(data={b"big.bin": [(o, o + n) for o, n in regions]})
+    second, stats, sink = build(repo, tree, first, changes)
+    assert_matches(repo, second, tree)
+    assert stats.bytes_read == 3 * BLOCK
+    assert sink.data == 3
+    # 3 leaves of 256 blocks touched: each leaf plus the block-list root, and the root directory.
+    assert sink.trees == 3 + 1 + 1
+
+
+def test_growing_and_shrinking_files_keep_content_exact(repo, tree):
+    first, _, _ = build(repo, tree)
+    with open(tree / "docs" / "block-plus-one", "r+b") as handle:
+        handle.truncate(BLOCK * 2 + 500)          # grows: zeros after the old partial block
+    with open(tree / "big.bin", "r+b") as handle:
+        handle.truncate(BLOCK * 100 + 7)          # shrinks below FANOUT blocks: inline again
+    with open(tree / "small.txt", "ab") as handle:
+        handle.write(b"more\n")
+    changes = PathChanges(data={b"docs/block-plus-one": [(BLOCK * 2 + 500, 2**63)],
+                                b"big.bin": [(BLOCK * 100 + 7, 2**63)],
+                                b"small.txt": [(6, 11)], b"docs/hardlink.txt": [(6, 11)]})
+    second, _, _ = build(repo, tree, first, changes)
+    assert_matches(repo, second, tree)
+
+
+def test_namespace_changes_are_followed(repo, tree):
+    first, _, _ = build(repo, tree)
+    os.rename(tree / "docs" / "deep", tree / "moved-deep")
+    os.unlink(tree / "a-fifo")
+    (tree / "new-dir").mkdir()
+    (tree / "new-dir" / "new-file").write_bytes(b"new content")
+    os.rename(tree / "small.txt", tree / "docs" / "exact-block")  # replaces another file
+    os.chmod(tree / "empty", 0o600)
+    # The journal reports every path of a changed inode: the rename changed the
+    # ctime of small.txt, which docs/hardlink.txt shares.
+    changes = PathChanges(listings={b"", b"docs"}, meta={b"empty", b"docs/hardlink.txt"})
+    second, _, _ = build(repo, tree, first, changes)
+    assert_matches(repo, second, tree)
+
+
+def test_a_full_compare_finds_edits_nothing_reported(repo, tree):
+    first, _, _ = build(repo, tree)
+    (tree / "docs" / "deep" / "text.py").write_bytes(b"rewritten while unmounted")
+    (tree / "docs" / "deep" / "deeper" / "added").write_bytes(b"x")
+    second, stats, _ = build(repo, tree, first, None)
+    assert_matches(repo, second, tree)
+    assert stats.bytes_read == len(b"rewritten while unmounted") + 1
