@@ -182,3 +182,32 @@ def test_check_names_a_damaged_chunk_and_exits_non_zero(env, s3_env, bucket):
     result = cloudfs("check", "--read-data", env=env)
     assert result.returncode == 1
     assert chunk.split("/", 1)[1] in result.stdout and "errors" in result.stdout
+
+
+def test_snapshots_are_listed_oldest_first_with_their_figures(env, s3_env, bucket, tmp_path):
+    import trio
+
+    from cloudfs.repo import Repository
+    from cloudfs.store import S3Options, S3Store
+    from cloudfs.uploader import snapshot_directory
+
+    assert cloudfs("init", *FAST, env=env).returncode == 0
+    assert cloudfs("snapshots", env=env).stdout.strip() == "no snapshots"
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_text("first version")
+
+    async def two_snapshots():
+        repo = await Repository.open(S3Store(bucket, "backup", S3Options(endpoint_url=s3_env.endpoint)),
+                                     b"first passphrase", use_cache=False)
+        first = await snapshot_directory(repo, data)
+        (data / "b.bin").write_bytes(b"x" * 100_000)
+        return first, await snapshot_directory(repo, data, previous=first)
+
+    first, second = trio.run(two_snapshots)
+    listed = json.loads(cloudfs("snapshots", "--json", env=env).stdout)
+    assert [s["name"] for s in listed] == [first.name, second.name]
+    assert listed[1]["files"] == 2 and listed[1]["bytes"] == 100_000 + len("first version")
+    assert listed[1]["parent"] == first.name and listed[1]["source"] == str(data)
+    text = cloudfs("snapshots", env=env).stdout
+    assert second.name.rsplit("-", 1)[-1] in text and "2 files" in text

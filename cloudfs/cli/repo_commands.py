@@ -1,4 +1,4 @@
-"""`cloudfs init`, `cloudfs key add|list|remove|passwd` and `cloudfs check`."""
+"""`cloudfs init`, `key add|list|remove|passwd`, `snapshots`, `check` and `repair index`."""
 
 from __future__ import annotations
 
@@ -51,6 +51,11 @@ def register(subparsers) -> None:
                                      help="change the passphrase of the slot in use")
     passwd.add_argument("--new-password-file", help="read the new passphrase from this file")
     passwd.set_defaults(run=run_key_passwd)
+
+    snapshots = subparsers.add_parser("snapshots", parents=[repo], help="list the snapshots",
+                                      description="List the repository's snapshots, oldest first.")
+    snapshots.add_argument("--json", action="store_true")
+    snapshots.set_defaults(run=run_snapshots)
 
     check = subparsers.add_parser("check", parents=[repo], help="verify the repository",
                                   description="Check that every object the repository refers to is "
@@ -191,3 +196,33 @@ def run_repair_index(args) -> int:
         print(f"removed damaged {name}")
     print(f"indexed {indexed} chunks from their footers")
     return 0
+
+
+def run_snapshots(args) -> int:
+    async def listing():
+        repo = await open_repository(args)
+        try:
+            return await repo.snapshots()
+        finally:
+            await repo.close()
+
+    snapshots = trio.run(listing)
+    rows = [{"name": s.name, "id": s.name.rsplit("-", 1)[-1], "time": s.time.isoformat(),
+             "host": s.host, "source": s.source, "parent": s.parent, **s.stats} for s in snapshots]
+    if args.json:
+        print_json(rows)
+        return 0
+    if not rows:
+        print("no snapshots")
+    for row in rows:
+        print(f"{row['time'][:19].replace('T', ' ')}  {row['id']}  {row.get('files', 0):>8} files  "
+              f"{_size(row.get('bytes', 0)):>10}  +{_size(row.get('bytes_added', 0))}  "
+              f"{row['host']}:{row['source']}")
+    return 0
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
