@@ -1,0 +1,153 @@
+"""The live mount against the same disk natively, and with journaling off.
+
+    tools/bench live [--dir DIR] [--gib 2] [--runs 3] [--files 20000] [--random-writes 20000]
+
+In one run, for each target (native directory, mount, mount with --no-journal):
+sequential write of 1 MiB blocks with an fsync at the end, sequential read after
+dropping the page cache, 4 KiB random writes into that file (fsync at the end),
+and creating FILES files of 4 KiB in directories of 1,000. The targets take turns
+within each run; medians over the runs are printed with ratios to native and the
+cost of journaling (mount vs mount --no-journal). Nothing is deleted until the end:
+on this machine's disk (mounted with `discard`) deletions slow everything after them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import median, print_table  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+CLOUDFS = [sys.executable, "-m", "cloudfs"]
+TARGETS = ("native", "mount", "mount --no-journal")
+BLOCK = 1 << 20
+
+
+def drop_caches() -> bool:
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def sequential_write(path: Path, size: int) -> float:
+    block = os.urandom(BLOCK)
+    start = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for _ in range(size // BLOCK):
+            os.write(fd, block)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return size / (time.perf_counter() - start)
+
+
+def sequential_read(path: Path) -> float:
+    start = time.perf_counter()
+    total = 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while chunk := os.read(fd, BLOCK):
+            total += len(chunk)
+    finally:
+        os.close(fd)
+    return total / (time.perf_counter() - start)
+
+
+def random_writes(path: Path, size: int, count: int, seed: int) -> float:
+    rng = random.Random(seed)
+    offsets = [rng.randrange(size // 4096) * 4096 for _ in range(count)]
+    block = os.urandom(4096)
+    start = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        for offset in offsets:
+            os.pwrite(fd, block, offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return count / (time.perf_counter() - start)
+
+
+def creates(directory: Path, count: int) -> float:
+    data = b"c" * 4096
+    start = time.perf_counter()
+    for group in range(count // 1000):
+        subdirectory = directory / f"d{group}"
+        subdirectory.mkdir()
+        for index in range(1000):
+            fd = os.open(subdirectory / f"f{index}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.write(fd, data)
+            os.close(fd)
+    return count / (time.perf_counter() - start)
+
+
+def measure(target: str, base: Path, args, seed: int) -> dict[str, float]:
+    source = base / "source"
+    source.mkdir(parents=True)
+    if target != "native":
+        options = ["--no-journal"] if "no-journal" in target else []
+        subprocess.run([*CLOUDFS, "mount", "--daemon", "--state-dir", str(base / "state"),
+                        *options, str(source)], check=True, cwd=ROOT)
+    try:
+        size = int(args.gib * (1 << 30))
+        results = {"seq write MB/s": sequential_write(source / "big", size) / 1e6}
+        drop_caches()
+        results["seq read MB/s"] = sequential_read(source / "big") / 1e6
+        results["4k random writes/s"] = random_writes(source / "big", size, args.random_writes, seed)
+        results["creates/s"] = creates(source, args.files)
+        return results
+    finally:
+        if target != "native":
+            subprocess.run([*CLOUDFS, "umount", str(source)], check=True, cwd=ROOT)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path, help="where to work (default: a new directory in /var/tmp)")
+    parser.add_argument("--gib", type=float, default=2.0, help="size of the sequential file (default 2)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--files", type=int, default=20000)
+    parser.add_argument("--random-writes", type=int, default=20000)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="cloudfs-bench-", dir=args.dir or "/var/tmp"))
+    print(f"working in {work} ({args.gib} GiB, {args.runs} runs, {args.files} files); "
+          f"dropping caches: {'yes' if drop_caches() else 'not allowed'}", flush=True)
+    samples: dict[str, dict[str, list[float]]] = {target: {} for target in TARGETS}
+    try:
+        for run in range(args.runs):
+            for target in TARGETS:
+                base = work / f"run{run}" / target.replace(" ", "")
+                for metric, value in measure(target, base, args, seed=run).items():
+                    samples[target].setdefault(metric, []).append(value)
+                print(f"run {run + 1}/{args.runs} {target}: " + ", ".join(
+                    f"{metric} {values[-1]:,.0f}" for metric, values in samples[target].items()), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    metrics = list(samples["native"])
+    medians = {target: {metric: median(samples[target][metric]) for metric in metrics} for target in TARGETS}
+    rows = []
+    for metric in metrics:
+        native, mounted, plain = (medians[target][metric] for target in TARGETS)
+        rows.append([metric, f"{native:,.0f}", f"{mounted:,.0f}", f"{plain:,.0f}",
+                     f"{mounted / native:.2f}x", f"{(1 - mounted / plain) * 100:+.1f}%"])
+    print()
+    print_table(["metric (median)", "native", "mount", "mount --no-journal",
+                 "mount/native", "journaling cost"], rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
