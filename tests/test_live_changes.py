@@ -69,3 +69,17 @@ def test_update_is_a_union():
     assert first.whole == {4} and first.meta == {5} and first.dirs == {2}
     assert first.inodes() == {1, 2, 3, 4, 5}
     assert list(second.data[1]) == [(5, 20)]  # the argument is not modified
+
+
+def test_scattered_writes_widen_the_ranges_but_never_lose_a_byte():
+    import random
+
+    from cloudfs.live.changes import RANGE_LIMIT
+
+    rng = random.Random(9)
+    rangeset = RangeSet()
+    written = [(offset, offset + 100) for offset in (rng.randrange(1 << 40) for _ in range(3 * RANGE_LIMIT))]
+    for start, end in written:
+        rangeset.add(start, end)
+    assert len(rangeset) <= RANGE_LIMIT
+    assert all(rangeset.covers(start, end) for start, end in written)

@@ -14,20 +14,28 @@ from collections.abc import Iterable, Iterator
 #: region a later extension exposes (zeros) is covered without knowing the old size.
 TO_END = 2**63 - 1
 
+#: Past this many ranges in one file, ranges are widened to a coarser grain (64 KiB,
+#: then 256 KiB, 1 MiB, ...) so memory and the cost of an insert stay bounded however
+#: scattered the writes (a VM image written at random would otherwise have millions).
+RANGE_LIMIT = 16384
+FIRST_GRAIN = 64 * 1024
+
 
 class RangeSet:
     """A set of half-open byte ranges [start, end), kept sorted, disjoint and coalesced.
 
     Touching ranges merge ([0, 4) + [4, 8) is [0, 8)), so rewriting the same or
-    neighbouring blocks does not grow the set. Adding is O(log n) plus the number of
-    ranges it swallows.
+    neighbouring blocks does not grow the set. Past RANGE_LIMIT ranges the set
+    widens every range to a coarser grain: it may then hold more bytes than were
+    added (never fewer), which costs a re-read, never a miss.
     """
 
-    __slots__ = ("_starts", "_ends")
+    __slots__ = ("_starts", "_ends", "_grain")
 
     def __init__(self, ranges: Iterable[tuple[int, int]] = ()):
         self._starts: list[int] = []
         self._ends: list[int] = []
+        self._grain = 1
         for start, end in ranges:
             self.add(start, end)
 
@@ -35,25 +43,38 @@ class RangeSet:
         """Mark [start, end) changed; empty ranges are ignored."""
         if end <= start:
             return
+        grain = self._grain
+        if grain > 1:
+            start -= start % grain
+            end = min(TO_END, end + (-end % grain))
         starts, ends = self._starts, self._ends
         if not ends or start > ends[-1]:  # appending past the last range
             starts.append(start)
             ends.append(end)
-            return
-        if start >= starts[-1]:  # sequential writes: only the last range is touched
+        elif start >= starts[-1]:  # sequential writes: only the last range is touched
             if end > ends[-1]:
                 ends[-1] = end
             return
-        first = bisect_left(ends, start)  # first range that ends at or after start
-        past = bisect_right(starts, end)  # ranges before this start at or before end
-        if first == past:
-            starts.insert(first, start)
-            ends.insert(first, end)
-            return
-        new_start = min(start, starts[first])
-        new_end = max(end, ends[past - 1])
-        starts[first:past] = [new_start]
-        ends[first:past] = [new_end]
+        else:
+            first = bisect_left(ends, start)  # first range that ends at or after start
+            past = bisect_right(starts, end)  # ranges before this start at or before end
+            if first == past:
+                starts.insert(first, start)
+                ends.insert(first, end)
+            else:
+                starts[first:past] = [min(start, starts[first])]
+                ends[first:past] = [max(end, ends[past - 1])]
+                return
+        if len(starts) > RANGE_LIMIT:
+            self._coarsen()
+
+    def _coarsen(self) -> None:
+        while len(self._starts) > RANGE_LIMIT // 2:
+            self._grain = FIRST_GRAIN if self._grain == 1 else self._grain * 4
+            ranges = list(self)
+            self._starts, self._ends = [], []
+            for start, end in ranges:
+                self.add(start, end)
 
     def update(self, other: RangeSet) -> None:
         for start, end in other:
@@ -86,6 +107,7 @@ class RangeSet:
         clone = RangeSet()
         clone._starts = list(self._starts)
         clone._ends = list(self._ends)
+        clone._grain = self._grain
         return clone
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
