@@ -44,9 +44,9 @@ class CountingStore(Store):
         self.gets: list[tuple[str, int, int | None, int]] = []   # name, offset, length, bytes
         self.puts: list[tuple[str, int]] = []
 
-    async def put(self, name, data, *, exclusive=False):
+    async def put(self, name, data, *, exclusive=False, sha256=None):
         self.puts.append((name, len(data)))
-        await self.inner.put(name, data, exclusive=exclusive)
+        await self.inner.put(name, data, exclusive=exclusive, sha256=sha256)
 
     async def get(self, name, offset=0, length=None):
         data = await self.inner.get(name, offset, length)

@@ -22,9 +22,10 @@ class CountingSink(RepositorySink):
         super().__init__(repo)
         self.trees = self.data = 0
 
-    async def put_data(self, data):
-        self.data += 1
-        return await super().put_data(data)
+    def store_blocks_sync(self, data, block_size):
+        ids = super().store_blocks_sync(data, block_size)
+        self.data += sum(1 for i in ids if i is not None)
+        return ids
 
     async def put_tree(self, data):
         self.trees += 1

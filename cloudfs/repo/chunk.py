@@ -126,55 +126,65 @@ def open_record(master: crypto.MasterKey, location: BlobLocation, record: bytes,
 
 
 class ChunkBuilder:
-    """Seals blobs into one chunk in memory. Not thread-safe: one per worker.
+    """Lays out one chunk in a buffer: reserve a record's place, then seal into it.
 
-    Records are sealed straight into one buffer, so a chunk costs no copies on
-    its way to the store. Pass a buffer back from a finished chunk (once its
-    upload is done) to reuse it: touching fresh memory costs more than sealing."""
+    Reserving is cheap and must be serialized by the caller; sealing into a
+    reserved place may happen on several threads at once (the AEAD releases the
+    GIL), which is how the packer fills one chunk from many workers. Records
+    are sealed straight into the buffer, so a chunk costs no copies on its way
+    to the store; pass a finished chunk's buffer to the next builder to reuse it
+    (touching fresh memory costs more than sealing)."""
 
-    def __init__(self, master: crypto.MasterKey, compression_level: int | None,
-                 buffer: bytearray | None = None):
+    FOOTER_BYTES_PER_BLOB = 64    # generous msgpack size of one footer entry
+
+    def __init__(self, master: crypto.MasterKey, buffer: bytearray):
         self.chunk_id = os.urandom(CHUNK_ID_SIZE)
         self.name = chunk_name(self.chunk_id)
         self._key = master.chunk_key(self.chunk_id)
-        self._compression_level = compression_level
-        self.buffer = buffer if buffer is not None else bytearray(1 << 20)
+        self.buffer = buffer
         self.buffer[:HEADER_SIZE] = make_header(Kind.CHUNK)
         self.size = HEADER_SIZE
         self.blobs: list[BlobLocation] = []
 
-    def add(self, blob_id: bytes, kind: BlobKind, plaintext: bytes) -> BlobLocation:
-        payload = encode_payload(plaintext, self._compression_level)
+    def fits(self, payload_length: int) -> bool:
+        """Whether one more record of this payload size, and the footer, fit the buffer."""
+        footer = (len(self.blobs) + 1) * self.FOOTER_BYTES_PER_BLOB + 64 + crypto.SEAL_OVERHEAD
+        return self.size + payload_length + crypto.SEAL_OVERHEAD + footer + TRAILER.size <= len(self.buffer)
+
+    def reserve(self, blob_id: bytes, kind: BlobKind, payload_length: int, raw_length: int) -> BlobLocation:
+        """Claim the place of one record (check fits() first)."""
         location = BlobLocation(blob_id, kind, self.chunk_id, self.size,
-                                len(payload) + crypto.SEAL_OVERHEAD, len(plaintext))
-        self._append_sealed(payload, blob_associated_data(blob_id, kind))
+                                payload_length + crypto.SEAL_OVERHEAD, raw_length)
+        self.size += location.length
         self.blobs.append(location)
         return location
 
+    def seal_into(self, location: BlobLocation, payload: bytes) -> None:
+        """Seal a payload into its reserved place (thread-safe for distinct places)."""
+        with memoryview(self.buffer) as view:
+            crypto.seal_into(self._key, payload, blob_associated_data(location.blob_id, location.kind),
+                             view[location.offset:location.offset + location.length])
+
+    def add(self, blob_id: bytes, kind: BlobKind, plaintext: bytes,
+            compression_level: int | None = None) -> BlobLocation:
+        """Reserve and seal in one step (single-threaded use)."""
+        payload = encode_payload(plaintext, compression_level)
+        location = self.reserve(blob_id, kind, len(payload), len(plaintext))
+        self.seal_into(location, payload)
+        return location
+
     def finish(self) -> memoryview:
-        """Append footer and trailer and return the chunk, a view of `buffer`."""
+        """Append footer and trailer (every reserved record must be sealed) and
+        return the chunk, a view of `buffer`."""
         footer = pack({"blobs": [b.to_list() for b in self.blobs]})
-        footer_start = self.size
-        self._append_sealed(footer, bytes(self.buffer[:HEADER_SIZE]) + b"footer")
-        self._ensure_room(TRAILER.size)
-        TRAILER.pack_into(self.buffer, self.size, self.size - footer_start, TRAILER_MAGIC)
+        length = len(footer) + crypto.SEAL_OVERHEAD
+        with memoryview(self.buffer) as view:
+            crypto.seal_into(self._key, footer, bytes(self.buffer[:HEADER_SIZE]) + b"footer",
+                             view[self.size:self.size + length])
+        self.size += length
+        TRAILER.pack_into(self.buffer, self.size, length, TRAILER_MAGIC)
         self.size += TRAILER.size
         return memoryview(self.buffer)[:self.size]
-
-    def _append_sealed(self, plaintext: bytes, associated_data: bytes) -> None:
-        length = len(plaintext) + crypto.SEAL_OVERHEAD
-        self._ensure_room(length)
-        with memoryview(self.buffer) as view:
-            crypto.seal_into(self._key, plaintext, associated_data, view[self.size:self.size + length])
-        self.size += length
-
-    def _ensure_room(self, length: int) -> None:
-        if self.size + length > len(self.buffer):
-            # A new buffer rather than extend(): a reused buffer may still be
-            # referenced by the upload that used it, and then cannot be resized.
-            grown = bytearray(len(self.buffer) + max(length, len(self.buffer) // 2))
-            grown[:self.size] = memoryview(self.buffer)[:self.size]
-            self.buffer = grown
 
 
 def parse_footer(master: crypto.MasterKey, name: str, chunk: bytes) -> list[BlobLocation]:

@@ -27,7 +27,6 @@ from cloudfs.repo.chunk import (
     CHUNKS_PREFIX,
     BlobKind,
     BlobLocation,
-    ChunkBuilder,
     chunk_id_from_name,
     chunk_name,
     open_record,
@@ -37,12 +36,13 @@ from cloudfs.repo.config import CONFIG_NAME, RepoConfig
 from cloudfs.repo.format import Kind, parse_header
 from cloudfs.repo.index import INDEX_PREFIX, BlobIndex, ChunkInfo, new_index_name, open_index, seal_index
 from cloudfs.repo.keys import KEYS_PREFIX, KeySlot
+from cloudfs.repo.packer import Packer
 from cloudfs.repo.snapshots import SNAPSHOTS_PREFIX, Snapshot
 from cloudfs.store.base import Store
 
 log = logging.getLogger(__name__)
 
-# Below this size the CPU work of a blob is cheaper than a hop to a worker thread.
+# Below this size opening a blob is cheaper than a hop to a worker thread.
 THREAD_THRESHOLD = 64 * 1024
 
 
@@ -68,11 +68,7 @@ class Repository:
         self.index = BlobIndex()
         self.damaged_objects: dict[str, str] = {}   # name -> why it could not be used
         self.written = WriteStats()
-        self._builder: ChunkBuilder | None = None
-        self._builder_ids: set[bytes] = set()      # blobs in the chunk being filled
-        self._spare_buffer: bytearray | None = None  # a finished chunk's, for the next
-        self._unindexed: list[ChunkInfo] = []     # stored chunks not yet in an index object
-        self._lock = trio.Lock()
+        self.packer = Packer(self)
 
     # -- creating and opening ----------------------------------------------------
 
@@ -195,13 +191,12 @@ class Repository:
         await self.load_index()
         unindexed = [info.name for info in await self.store.list(CHUNKS_PREFIX)
                      if chunk_id_from_name(info.name) not in self.index.chunks]
+        chunks = []
         for name in unindexed:
             data = await self.store.get(name)
-            chunk = await trio.to_thread.run_sync(self._chunk_info_from_footer, name, data)
-            async with self._lock:
-                self.index.add_chunk(chunk)
-                self._unindexed.append(chunk)
-        await self.flush()
+            chunks.append(await trio.to_thread.run_sync(self._chunk_info_from_footer, name, data))
+            self.index.add_chunk(chunks[-1])
+        await self._write_index(chunks)
         dropped = [name for name in self.damaged_objects if name.startswith(INDEX_PREFIX)]
         for name in dropped:
             await self.store.delete(name)
@@ -230,47 +225,33 @@ class Repository:
     def blob_id(self, plaintext: bytes) -> bytes:
         return self.master.blob_id(plaintext)
 
+    @property
+    def compression_level(self) -> int | None:
+        return self.config.compression_level if self.config.compression == "zstd" else None
+
     async def put_blob(self, kind: BlobKind, plaintext: bytes) -> bytes:
         """Store a blob unless the repository has it already; return its id.
 
         The blob is durable only after the next flush() (its chunk may still be
-        in memory, and its index entry is written at flush)."""
-        big = len(plaintext) >= THREAD_THRESHOLD
-        blob_id = await trio.to_thread.run_sync(self.blob_id, plaintext) if big else self.blob_id(plaintext)
-        async with self._lock:
-            if blob_id in self.index or blob_id in self._builder_ids:
-                return blob_id
-            if self._builder is None:
-                buffer = self._spare_buffer or bytearray(self.config.chunk_size + (1 << 20))
-                self._spare_buffer = None
-                self._builder = ChunkBuilder(self.master, self._compression_level(), buffer)
-            builder = self._builder
-            if big:
-                await trio.to_thread.run_sync(builder.add, blob_id, kind, plaintext)
-            else:
-                builder.add(blob_id, kind, plaintext)
-            self._builder_ids.add(blob_id)
-            self.written.blobs += 1
-            self.written.raw_bytes += len(plaintext)
-            if builder.size >= self.config.chunk_size:
-                await self._store_chunk(self._take_builder())
-        return blob_id
+        in memory, and its index entry is written at flush). Many blobs at once
+        go faster through `packer.store_sync` from worker threads."""
+        return await trio.to_thread.run_sync(self.packer.store_sync, kind, plaintext)
 
     async def flush(self) -> None:
         """Store the partly filled chunk, then one index object for every chunk
-        stored since the last flush. Afterwards every blob put so far is durable."""
-        async with self._lock:
-            if self._builder is not None and self._builder.blobs:
-                await self._store_chunk(self._take_builder())
-            if not self._unindexed:
-                return
-            name = new_index_name()
-            data = seal_index(self.master, name, self._unindexed)
-            await self.store.put(name, data)
-            self.written.metadata_bytes += len(data)
-            self.cache.put(name, data)
-            self.index.loaded_objects.add(name)
-            self._unindexed = []
+        stored since the last flush. Afterwards every blob put so far is durable.
+        Call it when no blob is being stored."""
+        await self._write_index(await self.packer.flush())
+
+    async def _write_index(self, chunks: list[ChunkInfo]) -> None:
+        if not chunks:
+            return
+        name = new_index_name()
+        data = seal_index(self.master, name, chunks)
+        await self.store.put(name, data)
+        self.written.metadata_bytes += len(data)
+        self.cache.put(name, data)
+        self.index.loaded_objects.add(name)
 
     async def get_blob(self, blob_id: bytes) -> bytes:
         """The verified plaintext of a stored blob (I5), or IntegrityError."""
@@ -288,28 +269,6 @@ class Repository:
         if location.raw_length >= THREAD_THRESHOLD:
             return await trio.to_thread.run_sync(open_record, self.master, location, record, name)
         return open_record(self.master, location, record, name)
-
-    def _take_builder(self) -> ChunkBuilder:
-        builder, self._builder = self._builder, None
-        self._builder_ids = set()
-        return builder
-
-    def _compression_level(self) -> int | None:
-        return self.config.compression_level if self.config.compression == "zstd" else None
-
-    async def _store_chunk(self, builder: ChunkBuilder) -> None:
-        data = builder.finish()
-        digest = await trio.to_thread.run_sync(lambda: hashlib.sha256(data).digest())
-        await self.store.put(builder.name, data)
-        stored = await self.store.head(builder.name)
-        if stored.size != len(data):
-            raise IntegrityError(builder.name, f"stored {stored.size} of {len(data)} bytes")
-        chunk = ChunkInfo(builder.chunk_id, len(data), digest, tuple(builder.blobs))
-        self.index.add_chunk(chunk)
-        self._unindexed.append(chunk)
-        self.written.chunks += 1
-        self.written.chunk_bytes += len(data)
-        self._spare_buffer = builder.buffer
 
     # -- snapshots -------------------------------------------------------------------
 

@@ -9,6 +9,12 @@ previous tree but `changes=None` (nothing known, e.g. a directory edited while
 no journal watched it) every directory is listed and every entry compared by
 (inode, size, mode, mtime, ctime) with the previous one: unchanged files are not
 read again.
+
+Concurrency: the tree is walked by trio tasks; each file to read is a task
+(at most FILE_TASKS at once), and its content is read, hashed, compressed and
+sealed in worker-thread jobs of READ_BATCH bytes (at most WORKER_THREADS at
+once, several per large file). Directory nodes are written when all their
+children are done, so the walk is depth-first and memory stays bounded.
 """
 
 from __future__ import annotations
@@ -22,16 +28,23 @@ import trio
 
 from cloudfs.snapshot import blocklist
 from cloudfs.snapshot.reader import TreeReader
-from cloudfs.snapshot.source import Source, join
+from cloudfs.snapshot.source import FileReader, Source, join
 from cloudfs.snapshot.tree import Entry, encode_directory
 
-# Files are read this many bytes at a time (a whole number of blocks).
 READ_BATCH = 4 << 20
+FILE_TASKS = 32
+# Jobs in worker threads: about one per core, plus room for the jobs that are
+# blocked while the chunk they completed uploads.
+WORKER_THREADS = 4
 
 
 class BlobSink(Protocol):
-    async def put_data(self, data: bytes) -> bytes: ...
-    async def put_tree(self, data: bytes) -> bytes: ...
+    def store_blocks_sync(self, data: bytes, block_size: int) -> list[bytes | None]:
+        """Store each block of `data`, returning their ids (None for zero blocks).
+        Called in worker threads only."""
+
+    async def put_tree(self, data: bytes) -> bytes:
+        """Store one tree blob (a directory node or block-list node)."""
 
 
 @dataclass
@@ -79,6 +92,8 @@ class TreeBuilder:
         self.stats = BuildStats()
         self._changes: PathChanges | None = None
         self._touched: set[bytes] = set()
+        self._file_slots = trio.Semaphore(FILE_TASKS)
+        self._threads = trio.CapacityLimiter(WORKER_THREADS)
 
     async def build(self, previous_root: bytes | None, changes: PathChanges | None) -> bytes:
         """The id of the new root directory node."""
@@ -95,46 +110,46 @@ class TreeBuilder:
         old = {e.name: e for e in await self.reader.directory(previous)} if previous else {}
         relist = previous is None or changes is None or path in changes.listings
         names = self.source.listdir(path) if relist else list(old)
-        entries = []
-        for name in names:
-            entry = await self._child(path, name, old.get(name), relist)
-            if entry is not None:
-                entries.append(entry)
+        entries: dict[bytes, Entry] = {}
+        async with trio.open_nursery() as nursery:
+            for name in names:
+                await self._child(nursery, path, name, old.get(name), relist, entries)
         self.stats.directories += 1
-        return await self.sink.put_tree(encode_directory(entries))
+        return await self.sink.put_tree(encode_directory(list(entries.values())))
 
-    async def _child(self, directory: bytes, name: bytes, old: Entry | None,
-                     relisted: bool) -> Entry | None:
+    async def _child(self, nursery, directory: bytes, name: bytes, old: Entry | None,
+                     relisted: bool, entries: dict[bytes, Entry]) -> None:
+        """Fill entries[name]: copied from the old node, made here, or, for a file
+        whose content must be read, by a task started in `nursery`."""
         path = join(directory, name)
-        changes = self._changes
         try:
-            unchanged = (old is not None and changes is not None and path not in self._touched
-                         and path not in changes.data and path not in changes.meta)
-            if unchanged and relisted:
-                # A listing changed here: the name may now be another file.
-                unchanged = self.source.lstat(path).st_ino == old.ino
-            if unchanged:
+            if self._unchanged(path, old, relisted):
                 self._count(old)
-                return old
-            return await self._entry(path, name, old)
+                entries[name] = old
+                return
+            st = self.source.lstat(path)
+            entry = Entry(name=name, mode=st.st_mode).with_stat(st)
+            entry.xattrs = self._xattrs(path)
+            if stat.S_ISREG(st.st_mode):
+                await self._file_slots.acquire()
+                nursery.start_soon(self._file_task, path, st, old, entry, entries)
+                return
+            if stat.S_ISDIR(st.st_mode):
+                entry.subtree = await self._directory(path, old.subtree if old and old.is_dir else None)
+            elif stat.S_ISLNK(st.st_mode):
+                entry.target = self.source.readlink(path)
+            entries[name] = entry
         except FileNotFoundError:
             self.stats.vanished += 1   # removed while we looked: not part of this tree
-            return None
 
-    # -- entries ----------------------------------------------------------------------
-
-    async def _entry(self, path: bytes, name: bytes, old: Entry | None) -> Entry:
-        st = self.source.lstat(path)
-        entry = Entry(name=name, mode=st.st_mode).with_stat(st)
-        entry.xattrs = self._xattrs(path)
-        if stat.S_ISDIR(st.st_mode):
-            entry.subtree = await self._directory(path, old.subtree if old and old.is_dir else None)
-        elif stat.S_ISLNK(st.st_mode):
-            entry.target = self.source.readlink(path)
-        elif stat.S_ISREG(st.st_mode):
-            entry.blocks, entry.block_list = await self._content(path, st, old)
-        self._count(entry)
-        return entry
+    def _unchanged(self, path: bytes, old: Entry | None, relisted: bool) -> bool:
+        changes = self._changes
+        if old is None or changes is None or path in self._touched:
+            return False
+        if path in changes.data or path in changes.meta:
+            return False
+        # Where a listing changed, the name may now belong to another file.
+        return not relisted or self.source.lstat(path).st_ino == old.ino
 
     def _xattrs(self, path: bytes) -> dict[bytes, bytes]:
         try:
@@ -151,19 +166,28 @@ class TreeBuilder:
 
     # -- file content -----------------------------------------------------------------
 
+    async def _file_task(self, path: bytes, st, old: Entry | None, entry: Entry,
+                         entries: dict[bytes, Entry]) -> None:
+        try:
+            entry.blocks, entry.block_list = await self._content(path, st, old)
+        except FileNotFoundError:
+            self.stats.vanished += 1
+            return
+        finally:
+            self._file_slots.release()
+        self._count(entry)
+        entries[entry.name] = entry
+
     async def _content(self, path: bytes, st, old: Entry | None):
         same_file = old is not None and old.is_file and old.ino == st.st_ino
         changes = self._changes
-        if same_file and changes is not None and path in changes.data and changes.data[path] is not None:
+        if same_file and changes is not None and changes.data.get(path) is not None:
             return await self._update(path, st, old, changes.data[path])
         if same_file and changes is not None and path not in changes.data:
             return old.blocks, old.block_list       # the journal says: content untouched
         if same_file and changes is None and old.same_stat(st):
             return old.blocks, old.block_list       # a scan, and nothing says it changed
-        return await self._read_whole(path, st.st_size)
-
-    async def _read_whole(self, path: bytes, size: int):
-        ids = await self._read_blocks(path, range(self._block_count(size)), size)
+        ids = await self._read_blocks(path, range(self._block_count(st.st_size)), st.st_size)
         return await blocklist.build([ids[i] for i in range(len(ids))], self.sink.put_tree)
 
     async def _update(self, path: bytes, st, old: Entry, ranges: list[tuple[int, int]]):
@@ -183,30 +207,43 @@ class TreeBuilder:
         return (size + self.block_size - 1) // self.block_size
 
     async def _read_blocks(self, path: bytes, indices, size: int) -> dict[int, bytes | None]:
-        """Read, store and return the ids of the given blocks (None for zero blocks)."""
+        """Read and store the given blocks, several jobs at once; their ids (None: zeros)."""
         ids: dict[int, bytes | None] = {}
         indices = list(indices)
         if not indices:
             return ids
         reader = self.source.open(path)
         try:
-            for run in _runs(indices, READ_BATCH // self.block_size):
-                offset = run[0] * self.block_size
-                length = min(size, (run[-1] + 1) * self.block_size) - offset
-                data = await trio.to_thread.run_sync(reader.pread, length, offset) \
-                    if length >= 1 << 20 else reader.pread(length, offset)
-                self.stats.bytes_read += len(data)
-                for index in run:
-                    start = (index - run[0]) * self.block_size
-                    block = data[start:start + self.block_size]
-                    expected = min(self.block_size, size - index * self.block_size)
-                    if len(block) < expected:
-                        block += bytes(expected - len(block))   # shrank while read: zeros
-                    ids[index] = None if _is_zero(block) else await self.sink.put_data(block)
+            window = trio.Semaphore(WORKER_THREADS)
+            async with trio.open_nursery() as nursery:
+                for run in _runs(indices, READ_BATCH // self.block_size):
+                    await window.acquire()
+                    nursery.start_soon(self._read_run, reader, run, size, ids, window)
         finally:
             reader.close()
         self.stats.files_read += 1
         return ids
+
+    async def _read_run(self, reader: FileReader, run: list[int], size: int, ids: dict,
+                        window: trio.Semaphore) -> None:
+        try:
+            offset = run[0] * self.block_size
+            length = min(size, (run[-1] + 1) * self.block_size) - offset
+            stored, read = await trio.to_thread.run_sync(self._read_and_store, reader, offset, length,
+                                                         limiter=self._threads)
+            ids.update(zip(run, stored))
+            self.stats.bytes_read += read
+        finally:
+            window.release()
+
+    def _read_and_store(self, reader: FileReader, offset: int, length: int):
+        """In a worker thread: one pread, then every block of it into the sink.
+        Returns the block ids and how many bytes were read."""
+        data = reader.pread(length, offset)
+        read = len(data)
+        if read < length:
+            data += bytes(length - read)   # shrank while read: zeros
+        return self.sink.store_blocks_sync(data, self.block_size), read
 
 
 def _runs(indices: list[int], limit: int) -> list[list[int]]:
@@ -218,10 +255,3 @@ def _runs(indices: list[int], limit: int) -> list[list[int]]:
         else:
             runs.append([index])
     return runs
-
-
-_ZEROS = bytes(1 << 20)
-
-
-def _is_zero(block: bytes) -> bool:
-    return block == _ZEROS[:len(block)] if len(block) <= len(_ZEROS) else not any(block)

@@ -24,11 +24,14 @@ class Store(ABC):
     location: str
 
     @abstractmethod
-    async def put(self, name: str, data: bytes, *, exclusive: bool = False) -> None:
-        """Store `data` under `name`.
+    async def put(self, name: str, data: bytes, *, exclusive: bool = False,
+                  sha256: bytes | None = None) -> None:
+        """Store `data` (bytes-like) under `name`.
 
         With exclusive=True the call fails with ObjectExists instead of replacing
         an existing object (best effort on stores that cannot do it atomically).
+        `sha256`, the data's digest if the caller has it, saves the store from
+        computing it again for an upload checksum.
         """
 
     @abstractmethod

@@ -36,7 +36,8 @@ class LocalStore(Store):
     async def _run(self, fn, *args):
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
-    async def put(self, name: str, data: bytes, *, exclusive: bool = False) -> None:
+    async def put(self, name: str, data: bytes, *, exclusive: bool = False,
+                  sha256: bytes | None = None) -> None:
         await self._run(self._put_sync, name, data, exclusive)
 
     def _put_sync(self, name: str, data: bytes, exclusive: bool) -> None:

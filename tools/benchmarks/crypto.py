@@ -43,10 +43,10 @@ def text_like(size: int) -> bytes:
 
 def seal_blocks(master: MasterKey, buffer: memoryview, block_size: int, level: int | None,
                 chunk_buffer: bytearray) -> int:
-    builder = ChunkBuilder(master, level, chunk_buffer)
+    builder = ChunkBuilder(master, chunk_buffer)
     for start in range(0, len(buffer), block_size):
         block = buffer[start:start + block_size]
-        builder.add(master.blob_id(block), BlobKind.DATA, block)
+        builder.add(master.blob_id(block), BlobKind.DATA, block, level)
     return len(builder.finish())
 
 

@@ -1,0 +1,200 @@
+"""The packer: many worker threads store blobs into shared chunks; chunks upload as they fill.
+
+Concurrency rules (the only ones; keep them true when changing this file):
+
+- `store_sync` runs in worker threads only (never on the trio thread: it may
+  block waiting for a chunk buffer, and it uploads through
+  `trio.from_thread.run`). `flush` runs on the trio thread, when no
+  `store_sync` call is in progress.
+- `_lock` guards: the open chunk (reservations and its writer count), the set
+  of pending blob ids, the free buffers, and the index updates after an
+  upload. Hashing, compressing and sealing happen outside it; reserving a
+  record's place, and deciding who finishes a chunk, inside it.
+- A chunk is shipped by the thread whose sealing completes it after it was
+  closed (full, or not enough room for the next record): that thread seals the
+  footer, hashes the chunk and uploads it, blocking itself, not the loop. While
+  it uploads, other workers fill the next chunk in another buffer.
+- Memory is bounded by `buffers` chunk buffers (default 2: one filling, one
+  uploading). A worker that needs a new chunk while all buffers are busy waits
+  until an upload returns one. A failed upload returns its buffer too and
+  fails every later call, so no thread waits forever.
+- A blob id is "pending" from its reservation until its chunk is in the index;
+  dedup checks the index and the pending set under the lock, and the upload
+  moves ids from pending to the index under the same lock, so a blob is never
+  stored twice by one packer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass, field
+
+import trio
+
+from cloudfs.errors import IntegrityError, StoreError
+from cloudfs.repo.chunk import BlobKind, ChunkBuilder, encode_payload
+from cloudfs.repo.index import ChunkInfo
+
+# Room for the footer and a record or two beyond the target chunk size.
+BUFFER_SLACK = 4 << 20
+
+
+@dataclass
+class _OpenChunk:
+    builder: ChunkBuilder
+    writers: int = 0          # threads sealing into it right now
+    closed: bool = False      # no more reservations
+    shipped: bool = False     # someone took it to finish and upload
+    ids: list[bytes] = field(default_factory=list)
+
+
+class Packer:
+    def __init__(self, repo, buffers: int = 2):
+        self.repo = repo
+        self._lock = threading.Lock()
+        self._buffer_free = threading.Condition(self._lock)
+        self._free: list[bytearray] = []
+        self._allocatable = buffers
+        self._open: _OpenChunk | None = None
+        self._pending: set[bytes] = set()
+        self._failure: BaseException | None = None
+        self.unindexed: list[ChunkInfo] = []
+
+    # -- worker threads -------------------------------------------------------------
+
+    def store_sync(self, kind: BlobKind, plaintext, *, blob_id: bytes | None = None,
+                   compress: bool = True) -> bytes:
+        """Store one blob unless the repository has it; return its id. Worker threads only."""
+        blob_id = blob_id or self.repo.master.blob_id(plaintext)
+        with self._lock:
+            self._raise_if_failed()
+            if blob_id in self._pending or blob_id in self.repo.index:
+                return blob_id
+            self._pending.add(blob_id)
+        level = self.repo.compression_level if compress else None
+        payload = encode_payload(plaintext, level)
+        while True:
+            chunk, location, full = self._reserve(blob_id, kind, len(payload), len(plaintext))
+            if full is not None:
+                self._ship_from_thread(full)
+            if chunk is not None:
+                break
+        try:
+            chunk.builder.seal_into(location, payload)
+        finally:
+            done = self._finish_writing(chunk)
+        if done:
+            self._ship_from_thread(chunk)
+        return blob_id
+
+    def _reserve(self, blob_id: bytes, kind: BlobKind, payload_length: int, raw_length: int):
+        """Claim a place in the open chunk, opening one if needed: (chunk, location, None).
+        If this closes a full chunk nobody is writing to, return (None, None, that chunk)
+        at once: the caller ships it (it may hold the buffer we would wait for) and retries."""
+        with self._lock:
+            while True:
+                self._raise_if_failed()
+                chunk = self._open
+                if chunk is not None and chunk.builder.fits(payload_length):
+                    break
+                if chunk is not None:                  # full: close it
+                    self._open = None
+                    chunk.closed = True
+                    if chunk.writers == 0 and not chunk.shipped:
+                        chunk.shipped = True
+                        return None, None, chunk
+                buffer = self._take_buffer(payload_length)
+                if buffer is None:
+                    self._buffer_free.wait()
+                    continue
+                self._open = _OpenChunk(ChunkBuilder(self.repo.master, buffer))
+            location = chunk.builder.reserve(blob_id, kind, payload_length, raw_length)
+            chunk.ids.append(blob_id)
+            chunk.writers += 1
+            if chunk.builder.size >= self.repo.config.chunk_size:
+                self._open = None
+                chunk.closed = True
+            self.repo.written.blobs += 1
+            self.repo.written.raw_bytes += raw_length
+        return chunk, location, None
+
+    def _take_buffer(self, payload_length: int) -> bytearray | None:
+        needed = max(self.repo.config.chunk_size + BUFFER_SLACK, payload_length * 2 + BUFFER_SLACK)
+        while self._free:
+            buffer = self._free.pop()
+            if len(buffer) >= needed:
+                return buffer
+            self._allocatable += 1           # too small for this record: let it go
+        if self._allocatable > 0:
+            self._allocatable -= 1
+            return bytearray(needed)
+        return None
+
+    def _finish_writing(self, chunk: _OpenChunk) -> bool:
+        with self._lock:
+            chunk.writers -= 1
+            if chunk.closed and chunk.writers == 0 and not chunk.shipped:
+                chunk.shipped = True
+                return True
+            return False
+
+    def _ship_from_thread(self, chunk: _OpenChunk) -> None:
+        data = chunk.builder.finish()
+        digest = hashlib.sha256(data).digest()
+        trio.from_thread.run(self._upload, chunk, data, digest)
+
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            raise StoreError(f"an earlier chunk upload failed: {self._failure}")
+
+    # -- the trio thread ------------------------------------------------------------
+
+    async def flush(self) -> list[ChunkInfo]:
+        """Upload the partly filled chunk; return (and forget) every chunk stored
+        since the last flush. Call with no store_sync in progress."""
+        with self._lock:
+            self._raise_if_failed()
+            chunk, self._open = self._open, None
+        if chunk is not None and chunk.builder.blobs:
+            chunk.closed = chunk.shipped = True
+            data = chunk.builder.finish()
+            digest = await trio.to_thread.run_sync(lambda: hashlib.sha256(data).digest())
+            await self._upload(chunk, data, digest)
+        elif chunk is not None:
+            self._release(chunk.builder.buffer)
+        stored, self.unindexed = self.unindexed, []
+        return stored
+
+    async def _upload(self, chunk: _OpenChunk, data: memoryview, digest: bytes) -> None:
+        builder = chunk.builder
+        try:
+            await self.repo.store.put(builder.name, data, sha256=digest)
+            stored = await self.repo.store.head(builder.name)
+            if stored.size != len(data):
+                raise IntegrityError(builder.name, f"stored {stored.size} of {len(data)} bytes")
+        except BaseException as error:
+            with self._lock:
+                self._failure = error
+                self._pending.difference_update(chunk.ids)
+                self._buffer_free.notify_all()
+            self._release(builder.buffer)
+            raise
+        info = ChunkInfo(builder.chunk_id, len(data), digest, tuple(builder.blobs))
+        with self._lock:
+            self.repo.index.add_chunk(info)
+            self._pending.difference_update(chunk.ids)
+            self.unindexed.append(info)
+        self.repo.written.chunks += 1
+        self.repo.written.chunk_bytes += len(data)
+        self._release(builder.buffer)
+
+    def _release(self, buffer: bytearray) -> None:
+        with self._lock:
+            self._free.append(buffer)
+            self._buffer_free.notify_all()
+
+    def reset_failure(self) -> None:
+        """Allow new work after a failed upload (the failed chunk's blobs are not stored)."""
+        with self._lock:
+            self._failure = None
