@@ -69,3 +69,15 @@ class RepositoryError(CloudfsError):
 
 class MountError(CloudfsError):
     """A live mount cannot be started, stopped or inspected (bad paths, busy, no FUSE)."""
+
+
+def leaf_errors(error: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, as trio nurseries raise them."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in leaf_errors(inner)]
+    return [error]
+
+
+def first_cloudfs_error(error: BaseException) -> CloudfsError | None:
+    """The CloudfsError to report for `error`, looking inside exception groups."""
+    return next((leaf for leaf in leaf_errors(error) if isinstance(leaf, CloudfsError)), None)

@@ -2,29 +2,42 @@
 
 `commit_snapshot` builds the new tree (from the previous snapshot's tree and
 the changes, or by scanning), stores every blob, and writes the snapshot
-object last (I4).
+object last (I4). `Uploader` is the daemon's side of it: one snapshot at a
+time, retried with backoff while the store is unreachable (the backlog waits
+on local disk, I6), with the figures `cloudfs status` shows.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import random
 import socket
 import time
+from dataclasses import dataclass, field
 
+import trio
+
+from cloudfs.errors import AccessDenied, StoreUnavailable, leaf_errors
 from cloudfs.repo import Repository, Snapshot
-from cloudfs.snapshot.builder import PathChanges, TreeBuilder
+from cloudfs.snapshot.builder import BuildStats, PathChanges, TreeBuilder
 from cloudfs.snapshot.reader import TreeReader
 from cloudfs.snapshot.sink import RepositorySink
 from cloudfs.snapshot.source import DirectorySource, Source
 
+log = logging.getLogger(__name__)
+
 
 async def commit_snapshot(repo: Repository, source: Source, *, source_path: str,
                           previous: Snapshot | None = None, changes: PathChanges | None = None,
-                          time_ns: int | None = None, reader: TreeReader | None = None) -> Snapshot:
+                          time_ns: int | None = None, reader: TreeReader | None = None,
+                          builder_stats: BuildStats | None = None) -> Snapshot:
     """Build and commit one snapshot; `time_ns` is its sealing instant."""
     time_ns = time_ns or time.time_ns()
     before = (repo.written.raw_bytes, repo.written.chunk_bytes + repo.written.metadata_bytes)
     builder = TreeBuilder(source, RepositorySink(repo), reader or TreeReader(repo), repo.config.block_size)
+    if builder_stats is not None:
+        builder.stats = builder_stats
     root = await builder.build(previous.tree if previous else None, changes if previous else None)
     await repo.flush()
     stats = builder.stats
@@ -48,3 +61,114 @@ async def snapshot_directory(repo: Repository, path: str | os.PathLike, *,
                                      previous=previous, changes=changes)
     finally:
         source.close()
+
+
+def latest_snapshot_of(snapshots: list[Snapshot], host: str, source_path: str) -> Snapshot | None:
+    """The newest snapshot this host took of this directory (the parent of the next)."""
+    mine = [s for s in snapshots if s.host == host and s.source == source_path]
+    return mine[-1] if mine else None
+
+
+@dataclass
+class UploadStatus:
+    """What `cloudfs status` reports about uploads."""
+
+    last_snapshot: str | None = None
+    last_snapshot_time_ns: int | None = None
+    snapshots_committed: int = 0
+    uploading_since_ns: int | None = None
+    current: BuildStats | None = None
+    store_error: str | None = None
+    store_error_since_ns: int | None = None
+    bytes_stored: int = 0
+    recent_rate: float = 0.0            # bytes/s of the last upload
+    history: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        current = self.current
+        return {
+            "last_snapshot": self.last_snapshot,
+            "last_snapshot_time_ns": self.last_snapshot_time_ns,
+            "snapshots_committed": self.snapshots_committed,
+            "uploading": self.uploading_since_ns is not None,
+            "uploading_since_ns": self.uploading_since_ns,
+            "current_bytes_read": current.bytes_read if current else 0,
+            "current_files": current.files if current else 0,
+            "store_ok": self.store_error is None,
+            "store_error": self.store_error,
+            "store_error_since_ns": self.store_error_since_ns,
+            "bytes_stored": self.bytes_stored,
+            "upload_rate": self.recent_rate,
+        }
+
+
+class Uploader:
+    """Commits snapshots of one protected directory, one at a time."""
+
+    RETRY_BASE = 1.0
+    RETRY_MAX = 60.0
+
+    def __init__(self, repo: Repository, source_path: str, previous: Snapshot | None):
+        self.repo = repo
+        self.source_path = source_path
+        self.previous = previous
+        self.status = UploadStatus()
+        self._reader = TreeReader(repo)
+        if previous is not None:
+            self.status.last_snapshot = previous.name
+            self.status.last_snapshot_time_ns = previous.time_ns
+
+    async def commit(self, source: Source, changes: PathChanges | None, time_ns: int) -> Snapshot:
+        """Build and commit the snapshot of a sealed state, retrying for as long as the
+        store is unreachable or refuses us; other errors are raised to the caller."""
+        failures = 0
+        while True:
+            try:
+                return await self._attempt(source, changes, time_ns)
+            except BaseException as raised:
+                error = _transient_store_error(raised)
+                if error is None:
+                    raise
+                failures += 1
+                self._store_failed(error)
+                self.repo.packer.reset_failure()
+                delay = min(self.RETRY_MAX, self.RETRY_BASE * 2 ** min(failures - 1, 10))
+                await trio.sleep(random.uniform(delay / 2, delay))
+
+    async def _attempt(self, source: Source, changes: PathChanges | None, time_ns: int) -> Snapshot:
+        status = self.status
+        status.uploading_since_ns = time.time_ns()
+        status.current = BuildStats()
+        stored_before = self.repo.written.chunk_bytes + self.repo.written.metadata_bytes
+        started = time.monotonic()
+        try:
+            snapshot = await commit_snapshot(self.repo, source, source_path=self.source_path,
+                                             previous=self.previous, changes=changes, time_ns=time_ns,
+                                             reader=self._reader, builder_stats=status.current)
+        finally:
+            status.uploading_since_ns = None
+        stored = self.repo.written.chunk_bytes + self.repo.written.metadata_bytes - stored_before
+        self.previous = snapshot
+        status.store_error = status.store_error_since_ns = None
+        status.last_snapshot, status.last_snapshot_time_ns = snapshot.name, snapshot.time_ns
+        status.snapshots_committed += 1
+        status.bytes_stored += stored
+        status.recent_rate = stored / max(time.monotonic() - started, 1e-6)
+        log.info("committed %s: %d files, %d bytes read, %d bytes stored", snapshot.name,
+                 snapshot.stats["files"], snapshot.stats["bytes_read"], stored)
+        return snapshot
+
+    def _store_failed(self, error: Exception) -> None:
+        status = self.status
+        if status.store_error is None:
+            status.store_error_since_ns = time.time_ns()
+            log.warning("store unavailable, will retry: %s", error)
+        status.store_error = str(error)
+
+
+def _transient_store_error(raised: BaseException) -> BaseException | None:
+    """The store error to wait out, if every error in `raised` is one (else None)."""
+    leaves = leaf_errors(raised)
+    if leaves and all(isinstance(leaf, (StoreUnavailable, AccessDenied)) for leaf in leaves):
+        return leaves[0]
+    return None

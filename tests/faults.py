@@ -43,6 +43,12 @@ class FaultyProxy:
         with self._lock:
             self.plan.extend(faults)
 
+    def drop_connections(self) -> None:
+        """Reset every open connection, so the next requests need new ones (and meet the plan)."""
+        for sock in list(self._sockets):
+            _reset(sock)
+        self._sockets.clear()
+
     def close(self) -> None:
         self._stopping.set()
         self._thread.join(timeout=5)

@@ -11,12 +11,13 @@ import logging
 import sys
 
 from cloudfs import __version__
-from cloudfs.errors import CloudfsError
+from cloudfs.errors import CloudfsError, first_cloudfs_error
 
 # Modules that add subcommands; each has register(subparsers).
 COMMAND_MODULES = (
     "cloudfs.cli.repo_commands",
     "cloudfs.cli.mount_commands",
+    "cloudfs.cli.browse_commands",
 )
 
 
@@ -44,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.run(args) or 0
-    except CloudfsError as error:
+    except (CloudfsError, BaseExceptionGroup) as raised:
+        error = first_cloudfs_error(raised)
+        if error is None:
+            raise
         print(f"cloudfs: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:

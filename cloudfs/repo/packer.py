@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from cloudfs.errors import IntegrityError, StoreError
+from cloudfs.errors import IntegrityError
 from cloudfs.repo.chunk import BlobKind, ChunkBuilder, encode_payload
 from cloudfs.repo.index import ChunkInfo
 
@@ -145,8 +145,9 @@ class Packer:
         trio.from_thread.run(self._upload, chunk, data, digest)
 
     def _raise_if_failed(self) -> None:
+        """After a failed upload every call fails the same way, until reset_failure()."""
         if self._failure is not None:
-            raise StoreError(f"an earlier chunk upload failed: {self._failure}")
+            raise self._failure
 
     # -- the trio thread ------------------------------------------------------------
 

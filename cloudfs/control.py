@@ -1,0 +1,152 @@
+"""The daemon's control socket: `cloudfs status|snapshot|flush|stop` talk to a running mount.
+
+A Unix stream socket `control.sock` in the mount's state directory (which is
+0700, and the socket itself 0600: owner only). The protocol is one JSON object
+per line: the client sends {"op": NAME, ...arguments}, the daemon answers
+{"ok": true, ...result} or {"ok": false, "error": "one line"} when the operation
+is done (a `flush` answers once everything sealed is committed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import trio
+
+from cloudfs.errors import CloudfsError, UsageError
+
+log = logging.getLogger(__name__)
+
+CONTROL_NAME = "control.sock"
+MAX_REQUEST = 1 << 20
+
+Handler = Callable[[dict], Awaitable[dict]]
+
+
+def socket_path(state_dir: Path) -> Path:
+    return Path(state_dir) / CONTROL_NAME
+
+
+async def serve(state_dir: Path, handlers: dict[str, Handler],
+                task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve requests until cancelled; each connection in its own task."""
+    path = socket_path(state_dir)
+    path.unlink(missing_ok=True)
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        await sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    sock.listen(16)
+    listener = trio.SocketListener(sock)
+    try:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            await trio.serve_listeners(lambda stream: _serve_connection(stream, handlers),
+                                       [listener], handler_nursery=nursery)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+async def _serve_connection(stream: trio.SocketStream, handlers: dict[str, Handler]) -> None:
+    async with stream:
+        try:
+            request = json.loads(await _read_line(stream))
+            handler = handlers.get(request.get("op"))
+            if handler is None:
+                reply = {"ok": False, "error": f"unknown operation {request.get('op')!r}"}
+            else:
+                reply = {"ok": True, **await handler(request)}
+        except CloudfsError as error:
+            reply = {"ok": False, "error": str(error)}
+        except (ValueError, AttributeError) as error:
+            reply = {"ok": False, "error": f"bad request: {error}"}
+        except trio.BrokenResourceError:
+            return
+        try:
+            await stream.send_all(json.dumps(reply).encode() + b"\n")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass   # the client went away (e.g. interrupted `cloudfs flush`)
+
+
+async def _read_line(stream: trio.SocketStream) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        part = await stream.receive_some(65536)
+        if not part:
+            break
+        data += part
+        if len(data) > MAX_REQUEST:
+            raise ValueError("request too large")
+    return data
+
+
+class DaemonUnreachable(CloudfsError):
+    """No daemon answers on the control socket."""
+
+
+def request(state_dir: Path, op: str, timeout: float | None = 30.0, **arguments) -> dict:
+    """Send one request and wait for its answer; raise CloudfsError if it failed."""
+    path = socket_path(state_dir)
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.settimeout(timeout)
+    try:
+        try:
+            client.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise DaemonUnreachable(f"no cloudfs daemon answers at {path}") from None
+        client.sendall(json.dumps({"op": op, **arguments}).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            part = client.recv(65536)
+            if not part:
+                raise DaemonUnreachable("the daemon closed the connection without answering")
+            data += part
+    except socket.timeout:
+        raise DaemonUnreachable(f"the daemon did not answer {op!r} within {timeout:.0f}s") from None
+    finally:
+        client.close()
+    reply = json.loads(data)
+    if not reply.pop("ok", False):
+        raise CloudfsError(reply.get("error", "the daemon refused the request"))
+    return reply
+
+
+def find_state_dir(target: str | None) -> Path:
+    """The state directory of the running mount `target` names (its mount point or
+    protected directory), or, without a target, of the mount containing the current
+    directory, or of the only one running."""
+    from cloudfs.live import mounttable
+
+    running = [entry for entry in mounttable.mounts() if entry.fstype == mounttable.FSTYPE]
+    if target is not None:
+        wanted = os.path.realpath(target)
+        for entry in running:
+            if wanted in (entry.mountpoint, _protected_directory(entry)):
+                return Path(entry.source)
+        raise UsageError(f"no cloudfs mount at {target}")
+    here = os.path.realpath(os.getcwd())
+    inside = [e for e in running if here == e.mountpoint or here.startswith(e.mountpoint.rstrip("/") + "/")]
+    if inside:
+        return Path(max(inside, key=lambda e: len(e.mountpoint)).source)
+    if len(running) == 1:
+        return Path(running[0].source)
+    if not running:
+        raise UsageError("no cloudfs mount is running")
+    raise UsageError("several cloudfs mounts are running; name one: "
+                     + ", ".join(e.mountpoint for e in running))
+
+
+def _protected_directory(entry) -> str:
+    from cloudfs.live.state import SOURCE_NAME
+
+    try:
+        return (Path(entry.source) / SOURCE_NAME).read_text().strip()
+    except OSError:
+        return ""
