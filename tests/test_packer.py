@@ -1,0 +1,90 @@
+"""The packer's concurrency rules: many threads, bounded buffers, dedup, failures."""
+
+import os
+
+import pytest
+import trio
+
+from cloudfs.errors import StoreUnavailable
+from cloudfs.repo import BlobKind, Repository, RepoConfig
+from cloudfs.repo.chunk import CHUNKS_PREFIX
+from cloudfs.repo.packer import Packer
+from cloudfs.store import LocalStore
+from tests.repo_helpers import PASSPHRASE, fast_kdf
+
+
+class FlakyStore(LocalStore):
+    """A real local store whose chunk uploads can be made to fail."""
+
+    failing = False
+    uploads = 0
+
+    async def put(self, name, data, *, exclusive=False, sha256=None):
+        if name.startswith(CHUNKS_PREFIX):
+            FlakyStore.uploads += 1
+            if self.failing:
+                raise StoreUnavailable("the store went away")
+        await super().put(name, data, exclusive=exclusive, sha256=sha256)
+
+
+def make_repo(tmp_path, store_class=LocalStore, buffers=2):
+    config = RepoConfig(chunk_size=256 << 10, block_size=4096)
+    repo = trio.run(lambda: Repository.init(store_class(tmp_path / "repo"), PASSPHRASE, config=config,
+                                            kdf=fast_kdf(), create_container=True, use_cache=False))
+    repo.packer = Packer(repo, buffers=buffers)
+    return repo
+
+
+def store_from_threads(repo, blobs_per_thread: list[list[bytes]]):
+    async def run():
+        results = [None] * len(blobs_per_thread)
+
+        async def worker(index, blobs):
+            results[index] = await trio.to_thread.run_sync(
+                lambda: [repo.packer.store_sync(BlobKind.DATA, b) for b in blobs])
+
+        async with trio.open_nursery() as nursery:
+            for index, blobs in enumerate(blobs_per_thread):
+                nursery.start_soon(worker, index, blobs)
+        await repo.flush()
+        return results
+
+    return trio.run(run)
+
+
+@pytest.mark.parametrize("buffers", [1, 2, 3])
+def test_many_threads_fill_shared_chunks_and_every_blob_reads_back(tmp_path, buffers):
+    repo = make_repo(tmp_path, buffers=buffers)
+    blobs = [[os.urandom(3000 + 97 * i) for i in range(120)] for _ in range(6)]
+    ids = store_from_threads(repo, blobs)
+    chunks = trio.run(repo.store.list, CHUNKS_PREFIX)
+    assert len(chunks) >= 6, "2 MiB of blobs in 256 KiB chunks"
+    reopened = trio.run(lambda: Repository.open(repo.store, PASSPHRASE, use_cache=False))
+    for thread_ids, thread_blobs in zip(ids, blobs):
+        for blob_id, data in zip(thread_ids, thread_blobs):
+            assert trio.run(reopened.get_blob, blob_id) == data
+
+
+def test_the_same_blob_from_many_threads_is_stored_once(tmp_path):
+    repo = make_repo(tmp_path)
+    shared = [os.urandom(5000) for _ in range(50)]
+    ids = store_from_threads(repo, [list(shared) for _ in range(6)])
+    assert all(thread_ids == ids[0] for thread_ids in ids)
+    assert repo.written.blobs == 50
+    assert len(repo.index) == 50
+
+
+def test_a_failed_upload_fails_every_thread_and_hangs_none(tmp_path):
+    repo = make_repo(tmp_path, FlakyStore, buffers=1)
+    repo.store.failing = True
+    with pytest.raises(BaseException) as raised:
+        store_from_threads(repo, [[os.urandom(4000) for _ in range(200)] for _ in range(4)])
+    from cloudfs.errors import leaf_errors
+    assert all(isinstance(leaf, StoreUnavailable) for leaf in leaf_errors(raised.value))
+
+    # Once the store is back, the same blobs go in and read back.
+    repo.store.failing = False
+    repo.packer.reset_failure()
+    again = [[os.urandom(4000) for _ in range(50)] for _ in range(3)]
+    ids = store_from_threads(repo, again)
+    assert trio.run(repo.get_blob, ids[2][49]) == again[2][49]
