@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.live_fixtures import LiveTree, _live_tree, live, run_cloudfs  # noqa: F401
+from tests.live_fixtures import _live_tree, live  # noqa: F401 - live is a fixture
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -12,14 +12,13 @@ import mmap
 import os
 import socket
 import stat
-import subprocess
 import time
 
 import pytest
 
 from cloudfs.live import syscalls
 from cloudfs.live.journal import read_journal
-from tests.live_fixtures import live  # noqa: F401 - the fixture
+from tests.live_fixtures import live, public_live  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -342,3 +341,45 @@ def test_names_that_are_not_utf8_work_through_the_mount(live):
     assert b"caf\xe9 \n tab\t" in os.listdir(root)
     os.rename(odd, odd + b"\xff")
     assert open(odd + b"\xff", "rb").read() == b"latin-1 name"
+
+
+def _as_user(uid: int, gid: int, code: str, *args: str) -> None:
+    import subprocess
+    import sys
+
+    script = f"import os, sys\nos.setgroups([])\nos.setgid({gid})\nos.setuid({uid})\nos.umask(0o022)\n{code}"
+    subprocess.run([sys.executable, "-c", script, *args], check=True, timeout=30)
+
+
+def test_new_entries_belong_to_the_caller_and_follow_setgid_directories(public_live):
+    """Created by uid 1000 (group 1000) in a setgid directory of group 2000: the same
+    owners and modes as on the plain directory, set-gid bits included."""
+    root = public_live.mount()
+    plain = public_live.base / "plain"
+    plain.mkdir()
+    create = ("top = sys.argv[1]\n"
+              "fd = os.open(top + '/file', os.O_CREAT | os.O_WRONLY, 0o2775); os.close(fd)\n"
+              "os.mkdir(top + '/dir', 0o775)\n"
+              "os.mkfifo(top + '/fifo')\n"
+              "os.symlink('file', top + '/link')\n"
+              "fd = os.open(top + '/dir/nested', os.O_CREAT | os.O_WRONLY, 0o644); os.close(fd)\n")
+    for top in (root, plain):
+        shared = top / "shared"
+        shared.mkdir()
+        os.chown(shared, 0, 2000)
+        os.chmod(shared, 0o2777)
+        _as_user(1000, 1000, create, str(shared))
+        (top / "own").mkdir()
+        os.chown(top / "own", 1000, 1000)
+        _as_user(1000, 1000, create, str(top / "own"))
+
+    def owners(top):
+        return {os.path.relpath(os.path.join(directory, name), top): (st.st_uid, st.st_gid, st.st_mode)
+                for directory, dirs, files in os.walk(top)
+                for name in dirs + files
+                for st in [os.lstat(os.path.join(directory, name))]}
+
+    mounted, expected = owners(root), owners(plain)
+    assert mounted == expected
+    assert mounted["shared/dir"][1] == 2000 and mounted["shared/dir"][2] & stat.S_ISGID
+    assert mounted["own/file"] == (1000, 1000, stat.S_IFREG | 0o2755)

@@ -19,7 +19,7 @@ import pyfuse3
 import trio
 from pyfuse3 import FUSEError
 
-from cloudfs.live import syscalls
+from cloudfs.live import backing, syscalls
 from cloudfs.live.inodes import Inode, InodeTable
 from cloudfs.live.records import FinalStat
 
@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 #: SOURCE behind the mount's back (which the journal cannot see either).
 CACHE_TIMEOUT = 10.0
 
-_STRIPPED_OPEN_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND | os.O_DIRECT
 _DIR_READ_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
@@ -52,21 +51,6 @@ def _fuse_errors(method):
             self.table.trim()
 
     return handler
-
-
-def backing_open_flags(flags: int) -> int:
-    """Open flags for the backing file of a FUSE open with `flags`.
-
-    With the writeback cache the kernel may read a write-only file to fill pages,
-    so write-only becomes read-write; the kernel computes O_APPEND offsets itself
-    (a backing O_APPEND would make pwrite ignore them); O_DIRECT would demand
-    aligned buffers we do not have; O_CREAT and O_EXCL are the kernel's business.
-    O_TRUNC stays: libfuse asks for atomic O_TRUNC, so the kernel passes it to open.
-    """
-    flags &= ~_STRIPPED_OPEN_FLAGS
-    if flags & os.O_ACCMODE == os.O_WRONLY:
-        flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
-    return flags | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
 class DirHandle:
@@ -160,12 +144,12 @@ class LiveOperations(pyfuse3.Operations):
         inode = self.table[nodeid]
         path, follow = self.table.path(inode)
         if fields.update_mode:
-            _chmod(path, stat.S_IMODE(attr.st_mode), follow)
+            backing.chmod(path, stat.S_IMODE(attr.st_mode), follow)
         if fields.update_uid or fields.update_gid:
             os.chown(path, attr.st_uid if fields.update_uid else -1,
                      attr.st_gid if fields.update_gid else -1, follow_symlinks=follow)
         if fields.update_size:
-            _truncate(path, follow, fh, attr.st_size)
+            backing.truncate(path, follow, fh, attr.st_size)
             if inode.protected:
                 self.journal.record_truncate(inode.ino, attr.st_size)
         if fields.update_atime or fields.update_mtime:
@@ -192,38 +176,12 @@ class LiveOperations(pyfuse3.Operations):
 
     # -- creating and removing names ----------------------------------------------
 
-    def _give_to_caller(self, parent_fd: int, name: bytes, st: os.stat_result, ctx, mode: int,
-                        fd: int | None = None) -> os.stat_result:
-        """Make a new entry (created by this root daemon) belong to the caller, as the
-        kernel would have: owner ctx.uid, group ctx.gid or the setgid directory's."""
-        if st.st_uid == ctx.uid and st.st_gid == ctx.gid:
-            return st  # root creating as root: nothing to give
-        parent_st = os.fstat(parent_fd)
-        gid = parent_st.st_gid if parent_st.st_mode & stat.S_ISGID else ctx.gid
-        if (st.st_uid, st.st_gid) == (ctx.uid, gid):
-            return st
-        special = mode & (stat.S_ISUID | stat.S_ISGID)
-        if fd is not None:
-            os.fchown(fd, ctx.uid, gid)
-        else:
-            os.chown(name, ctx.uid, gid, dir_fd=parent_fd, follow_symlinks=False)
-        if special and stat.S_ISREG(st.st_mode):
-            # chown cleared set-id bits; restore what the kernel would have kept.
-            if (special & stat.S_ISGID and mode & stat.S_IXGRP and ctx.uid != 0
-                    and gid != ctx.gid and gid not in pyfuse3.get_sup_groups(ctx.pid)):
-                mode &= ~stat.S_ISGID
-            os.fchmod(fd, stat.S_IMODE(mode)) if fd is not None else os.chmod(
-                name, stat.S_IMODE(mode), dir_fd=parent_fd)
-        if fd is not None:
-            return os.fstat(fd)
-        return os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
-
     def _made(self, parent: Inode, parent_fd: int, name: bytes, ctx, mode: int):
         st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
         try:
-            st = self._give_to_caller(parent_fd, name, st, ctx, mode)
+            st = backing.give_to_caller(parent_fd, name, st, ctx, mode)
         except OSError:
-            _remove(parent_fd, name, st)
+            backing.remove_quietly(parent_fd, name, st)
             raise
         return self._attributes(st, self._new_entry(parent, name, st))
 
@@ -328,7 +286,7 @@ class LiveOperations(pyfuse3.Operations):
     @_fuse_errors
     def open(self, nodeid, flags, ctx):
         inode = self.table[nodeid]
-        flags = backing_open_flags(flags)
+        flags = backing.open_flags(flags)
         if inode.links:
             parent_fd, name = self.table.locate(inode)
             fd = os.open(name, flags, dir_fd=parent_fd)
@@ -348,13 +306,13 @@ class LiveOperations(pyfuse3.Operations):
         parent = self.table[parent_nodeid]
         parent_fd = self.table.dir_fd(parent)
         mode &= ~ctx.umask
-        fd = os.open(name, backing_open_flags(flags) | os.O_CREAT | (flags & os.O_EXCL),
+        fd = os.open(name, backing.open_flags(flags) | os.O_CREAT | (flags & os.O_EXCL),
                      stat.S_IMODE(mode), dir_fd=parent_fd)
         try:
-            st = self._give_to_caller(parent_fd, name, os.fstat(fd), ctx, mode, fd)
+            st = backing.give_to_caller(parent_fd, name, os.fstat(fd), ctx, mode, fd)
         except OSError:
             os.close(fd)
-            _remove(parent_fd, name, None)
+            backing.remove_quietly(parent_fd, name, None)
             raise
         inode = self._new_entry(parent, name, st)
         return self._opened(inode, fd), self._attributes(st, inode)
@@ -512,32 +470,3 @@ class LiveOperations(pyfuse3.Operations):
         self._files.clear()
         self._dirs.clear()
         self.table.close()
-
-
-def _chmod(path: bytes, mode: int, follow: bool) -> None:
-    try:
-        os.chmod(path, mode, follow_symlinks=follow)
-    except (NotImplementedError, ValueError):
-        raise OSError(errno.EOPNOTSUPP, "cannot chmod a symbolic link") from None
-
-
-def _truncate(path: bytes, follow: bool, fh: int | None, size: int) -> None:
-    if fh is not None:
-        os.ftruncate(fh, size)
-        return
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
-    try:
-        os.ftruncate(fd, size)
-    finally:
-        os.close(fd)
-
-
-def _remove(parent_fd: int, name: bytes, st: os.stat_result | None) -> None:
-    """Undo a creation that could not be completed."""
-    try:
-        if st is not None and stat.S_ISDIR(st.st_mode):
-            os.rmdir(name, dir_fd=parent_fd)
-        else:
-            os.unlink(name, dir_fd=parent_fd)
-    except OSError:
-        pass
