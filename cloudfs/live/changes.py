@@ -187,7 +187,10 @@ class ChangeSet:
 
     def copy(self) -> ChangeSet:
         clone = ChangeSet()
-        clone.update(self)
+        clone.data = {ino: ranges.copy() for ino, ranges in self.data.items()}
+        clone.whole = set(self.whole)
+        clone.meta = set(self.meta)
+        clone.dirs = set(self.dirs)
         return clone
 
     def inodes(self) -> set[int]:

@@ -244,9 +244,14 @@ class Journal:
         async with self._lock:
             self.flush()
             upto = self._appended
-            image = records.image(self._state)
+            # Sealed epochs never change; copying the open one is cheap (C-speed set
+            # copies, plus the dirty files' ranges), packing the image is not: that
+            # runs in the thread, so a large state does not stall the FUSE loop.
+            frozen = JournalState(current_epoch=self._state.current_epoch,
+                                  sealed=dict(self._state.sealed), current=self._state.current.copy())
             self._compacting = True
             try:
+                image = await trio.to_thread.run_sync(records.image, frozen)
                 new_fd = await trio.to_thread.run_sync(self._write_temp, image)
                 try:
                     os.rename(self._path.with_suffix(".tmp"), self._path)
