@@ -1,0 +1,266 @@
+"""The FUSE-free pieces the mount and restore are built on: snapshot names,
+coalesced verified fetching, the encrypted disk cache, decoded trees and block
+lists, and the per-file history. Real repositories (S3 on rclone), no mounts."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+import trio
+
+from cloudfs.browse.blobs import BlobFetcher, plan_spans
+from cloudfs.browse.content import ContentReader
+from cloudfs.browse.background import Background
+from cloudfs.browse.diskcache import DiskCache
+from cloudfs.browse.history import History
+from cloudfs.browse.names import Catalog, gmt_name, version_name
+from cloudfs.browse.trees import TreeCache
+from cloudfs.errors import IntegrityError, UsageError
+from cloudfs.repo import Repository, Snapshot
+from cloudfs.repo.chunk import BlobLocation, chunk_name
+from cloudfs.snapshot.reader import TreeReader
+from tests.browse_fixtures import new_repo
+from tests.repo_helpers import PASSPHRASE, CountingStore
+
+BLOCK = 4096
+SECOND = 1_000_000_000
+T0 = 1_795_600_000 * SECOND       # 2026-11-25T09:46:40Z
+
+
+def snapshot(time_ns: int, suffix: str) -> Snapshot:
+    return Snapshot(tree=bytes(32), time_ns=time_ns, name=f"snapshots/x-{suffix}")
+
+
+# -- names -----------------------------------------------------------------------------------
+
+
+def test_snapshots_in_one_second_keep_stable_distinct_names():
+    first, second, third = snapshot(T0 + 100, "aaaa"), snapshot(T0 + 5000, "bbbb"), snapshot(T0 + SECOND, "cccc")
+    catalog = Catalog([third, second, first])
+    assert [catalog.time_name(s) for s in catalog.snapshots] == \
+        ["2026-11-25T094640Z", "2026-11-25T094640.000005Z", "2026-11-25T094641Z"]
+    # a later snapshot never renames the ones before it
+    later = Catalog([first, second, third, snapshot(T0 + 7000, "dddd")])
+    assert later.time_name(first) == catalog.time_name(first)
+    assert later.time_name(second) == catalog.time_name(second)
+    # the Samba view has one name per second: the newest of that second
+    assert catalog.by_gmt_name[gmt_name(first)] is second
+    assert gmt_name(first) == "@GMT-2026.11.25-09.46.40"
+    same_microsecond = Catalog([snapshot(T0, "aaaa"), snapshot(T0, "bbbb"), snapshot(T0, "cccc")])
+    assert sorted(same_microsecond.by_time_name) == \
+        ["2026-11-25T094640.000000Z", "2026-11-25T094640.000000Z-cccc", "2026-11-25T094640Z"]
+
+
+def test_a_snapshot_argument_picks_one_or_says_why_not():
+    first, second = snapshot(T0, "50c0d921"), snapshot(T0 + 3600 * SECOND, "77aa0000")
+    catalog = Catalog([first, second])
+    assert catalog.resolve("latest") is second
+    assert catalog.resolve("snapshots/x-50c0d921") is first
+    assert catalog.resolve("x-77aa0000") is second
+    assert catalog.resolve("2026-11-25T094640Z") is first
+    assert catalog.resolve("@GMT-2026.11.25-10.46.40") is second
+    assert catalog.resolve("50c0") is first
+    assert catalog.resolve("2026-11-25T10") is second
+    with pytest.raises(UsageError, match="ambiguous"):
+        catalog.resolve("2026-11-25T")
+    with pytest.raises(UsageError, match="no snapshot"):
+        catalog.resolve("1999")
+    with pytest.raises(UsageError, match="no snapshots yet"):
+        Catalog([]).resolve("latest")
+
+
+def test_versions_keep_the_extension_a_file_manager_needs():
+    assert version_name("2026-11-25T031320Z", b"report.odt") == b"2026-11-25T031320Z.odt"
+    assert version_name("T", b"Makefile") == b"T"
+    assert version_name("T", b".bashrc") == b"T"
+    assert version_name("T", b"x.\xff\xfe") == b"T"
+
+
+# -- spans -------------------------------------------------------------------------------------
+
+
+def loc(chunk: int, offset: int, length: int = 100) -> BlobLocation:
+    return BlobLocation(os.urandom(32), 0, bytes([chunk]) * 32, offset, length, length)
+
+
+def test_spans_join_neighbours_of_one_chunk_and_respect_gaps_and_size():
+    a, b, c = loc(1, 8), loc(1, 108), loc(1, 300)
+    other = loc(2, 8)
+    assert [len(s.locations) for s in plan_spans([c, other, b, a])] == [2, 1, 1]
+    assert [len(s.locations) for s in plan_spans([a, b, c], max_gap=100)] == [3, 1][:1]
+    spans = plan_spans([a, b, c], max_bytes=150)
+    assert [(s.start, s.end) for s in spans] == [(8, 108), (108, 208), (300, 400)]
+    assert plan_spans([a, a]) == plan_spans([a])
+
+
+# -- fetching ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def stored_file(s3_env, tmp_path):
+    """A repository holding one snapshot of a 2 MiB file and a few small ones."""
+    repo = new_repo(s3_env, tmp_path, block_size=BLOCK, chunk_size=1 << 20)
+    source = tmp_path / "source"
+    source.mkdir()
+    data = os.urandom(2 << 20)
+    (source / "big.bin").write_bytes(data)
+    for index in range(20):
+        (source / f"small-{index}.txt").write_bytes(os.urandom(1000 + index))
+    repo.take_snapshot(source)
+    return repo, data
+
+
+def open_counting(repo) -> tuple[Repository, CountingStore]:
+    store = CountingStore(repo.store())
+    return trio.run(lambda: Repository.open(store, PASSPHRASE, use_cache=False)), store
+
+
+def test_reading_a_file_takes_a_few_large_ranged_gets_and_returns_exactly_its_bytes(stored_file):
+    repo, data = stored_file
+    opened, store = open_counting(repo)
+    fetcher = BlobFetcher(opened)
+    trees = TreeCache(fetcher)
+    reader = ContentReader(trees, fetcher, BLOCK, Background())
+
+    async def read_all():
+        entry = await trees.lookup(repo.snapshots[0].tree, b"big.bin")
+        store.gets.clear()
+        parts = [await reader.read(entry, offset, 1 << 20) for offset in range(0, len(data), 1 << 20)]
+        return b"".join(parts)
+
+    assert trio.run(read_all) == data
+    chunk_gets = [get for get in store.gets if get[0].startswith("chunks/")]
+    # 512 blocks in two or three chunks, plus a block-list leaf or two
+    assert len(chunk_gets) <= 8, chunk_gets
+    assert sum(get[3] for get in chunk_gets) < len(data) * 1.05
+
+
+def test_one_fetch_per_blob_however_many_readers_want_it(stored_file):
+    repo, _ = stored_file
+    opened, store = open_counting(repo)
+    fetcher = BlobFetcher(opened)
+    trees = TreeCache(fetcher)
+
+    async def many_readers():
+        entry = await trees.lookup(repo.snapshots[0].tree, b"big.bin")
+        ids = await trees.block_ids(entry, 0, 64)
+        store.gets.clear()
+        results = []
+
+        async def reader():
+            results.append(await fetcher.get_many(ids))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(10):
+                nursery.start_soon(reader)
+        return ids, results
+
+    ids, results = trio.run(many_readers)
+    assert all(set(result) == set(ids) for result in results)
+    assert len(store.gets) == 1
+
+
+def test_the_disk_cache_keeps_records_sealed_and_a_damaged_one_is_fetched_again(stored_file, tmp_path):
+    repo, data = stored_file
+    opened, store = open_counting(repo)
+    disk = DiskCache(tmp_path / "cache", 64 << 20)
+    disk.load()
+    fetcher = BlobFetcher(opened, disk=disk)
+    trees = TreeCache(fetcher)
+
+    async def fetch_and_write_cache():
+        entry = await trees.lookup(repo.snapshots[0].tree, b"big.bin")
+        ids = [b for b in await trees.block_ids(entry, 0, 512)]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetcher.write_disk_cache)
+            await fetcher.get_many(ids)
+            while fetcher._disk_queued:
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+        return ids
+
+    ids = trio.run(fetch_and_write_cache)
+    cached = b"".join(path.read_bytes() for path in (tmp_path / "cache").iterdir())
+    assert len(cached) > len(data) and data[:64] not in cached and data[5000:5064] not in cached
+
+    # a new process: the cache is found again; one record is damaged on disk
+    disk = DiskCache(tmp_path / "cache", 64 << 20)
+    disk.load()
+    assert all(blob_id in disk for blob_id in ids)
+    segment, offset, length = disk._records[ids[7]]
+    with open(segment, "r+b") as handle:
+        handle.seek(offset + 40)
+        byte = handle.read(1)
+        handle.seek(offset + 40)
+        handle.write(bytes([byte[0] ^ 1]))
+    opened, store = open_counting(repo)
+    fetcher = BlobFetcher(opened, disk=disk)
+    results = trio.run(fetcher.get_many, ids)
+    assert b"".join(results[i] for i in ids) == data
+    assert fetcher.stats.disk_hits == len(ids) - 1
+    chunk_gets = [get[0] for get in store.gets if get[0].startswith("chunks/")]
+    assert chunk_gets == [chunk_name(opened.index.get(ids[7]).chunk_id)]
+
+
+def test_the_disk_cache_stays_within_its_limit_and_ignores_a_torn_tail(tmp_path):
+    disk = DiskCache(tmp_path, limit_bytes=1 << 20, segment_bytes=256 << 10)
+    disk.load()
+    records = [(os.urandom(32), os.urandom(50_000)) for _ in range(60)]
+    for record in records:
+        disk.add([record])
+    assert disk.size <= (1 << 20) + (256 << 10)
+    assert records[0][0] not in disk and records[-1][0] in disk
+    newest = max(tmp_path.iterdir())
+    with open(newest, "ab") as handle:
+        handle.write(os.urandom(32) + (99999).to_bytes(4, "little") + b"short")
+    again = DiskCache(tmp_path, limit_bytes=1 << 20, segment_bytes=256 << 10)
+    again.load()
+    assert again.read(records[-1][0]) == records[-1][1]
+
+
+def test_block_lists_read_through_the_cache_match_the_reference_reader(stored_file):
+    repo, _ = stored_file
+    opened = repo.open()
+    trees, reference = TreeCache(BlobFetcher(opened), max_block_nodes=1), TreeReader(opened)
+    entry = trio.run(trees.lookup, repo.snapshots[0].tree, b"big.bin")
+    assert entry.block_list is not None
+    rng = random.Random(5)
+    for _ in range(30):
+        first = rng.randrange(0, 600)
+        last = first + rng.randrange(0, 300)
+        assert trio.run(trees.block_ids, entry, first, last) == trio.run(reference.block_ids, entry, first, last)
+
+
+def test_a_missing_blob_is_an_integrity_error_naming_it(stored_file):
+    repo, _ = stored_file
+    fetcher = BlobFetcher(repo.open())
+    with pytest.raises(IntegrityError, match="not in the index"):
+        trio.run(fetcher.get, os.urandom(32))
+
+
+# -- history -------------------------------------------------------------------------------------
+
+
+def test_history_compares_what_a_person_sees(s3_env, tmp_path):
+    repo = new_repo(s3_env, tmp_path, block_size=BLOCK)
+    source = tmp_path / "source"
+    source.mkdir()
+    file = source / "file.txt"
+    file.write_text("one")
+    repo.take_snapshot(source)
+    os.link(file, source / "link")            # ctime and link count change: not a new version
+    repo.take_snapshot(source)
+    os.setxattr(file, "user.tag", b"x")       # an xattr is: a new version
+    repo.take_snapshot(source)
+    file.unlink()
+    repo.take_snapshot(source)                # gone from the newest snapshot
+    opened = repo.open()
+    catalog = Catalog(trio.run(opened.snapshots))
+    history = History(TreeCache(BlobFetcher(opened)))
+    listing = trio.run(history.listing, catalog, b"file.txt")
+    assert [snap.name for snap, _ in listing.versions.values()] == \
+        [repo.snapshots[0].name, repo.snapshots[2].name]
+    root = trio.run(history.listing, catalog, b"")
+    assert root.children == [b"file.txt", b"link"] and not root.versions
