@@ -3,6 +3,7 @@ clear line and a non-zero exit; signals and umount stop the mount cleanly."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 from cloudfs.live import mounttable
 from cloudfs.live.journal import read_journal
 from cloudfs.live.state import StateDir
-from tests.live_fixtures import CLOUDFS, live, run_cloudfs  # noqa: F401
+from tests.live_fixtures import CLOUDFS, check_view, live, run_cloudfs, tree_state  # noqa: F401
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -103,12 +104,15 @@ def _wait_for_mount(path: Path, state_dir: Path, process: subprocess.Popen) -> N
 def test_a_signal_unmounts_the_foreground_mount_cleanly(tmp_path, signum):
     source, state_dir = tmp_path / "src", tmp_path / "state"
     source.mkdir()
+    (source / "existing").write_text("before")
+    before = tree_state(source)
     process = subprocess.Popen([*CLOUDFS, "mount", "--state-dir", str(state_dir), str(source)],
                                stderr=subprocess.PIPE, text=True,
                                cwd=Path(__file__).resolve().parent.parent)
     try:
         _wait_for_mount(source, state_dir, process)
         (source / "written").write_text("through the mount")
+        (source / "existing").write_text("changed")
         process.send_signal(signum)
         assert process.wait(timeout=20) == 0, process.stderr.read()
     finally:
@@ -118,6 +122,9 @@ def test_a_signal_unmounts_the_foreground_mount_cleanly(tmp_path, signum):
     assert mounttable.mounted_at(str(source)) is None
     assert read_journal(state_dir).clean_stop
     assert "mounted on" in process.stderr.read()
+    report = json.loads(run_cloudfs("changes", "--json", "--journal-only", "--state-dir", state_dir,
+                                    source).stdout)
+    assert not check_view(before, tree_state(source), report["changes"])
 
 
 def test_umount_refuses_a_busy_mount_and_lazy_detaches(live):
