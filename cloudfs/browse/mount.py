@@ -1,0 +1,208 @@
+"""The snapshot mount process: check the mount point, open the repository, serve, stop.
+
+`plan()` checks the mount point before anything is contacted (each problem a
+one-line MountError). `serve()` opens the repository, reads the snapshot list
+and mounts only then, so a wrong passphrase or an unreachable store is an
+error on the command line, not an empty mount; then it serves until unmounted
+(`cloudfs umount`, `fusermount3 -u`, SIGTERM, SIGINT). `run()` does that in the
+foreground or, with --daemon, in a detached process (cloudfs.fuseproc).
+
+`cloudfs umount` stops a snapshot mount as it stops a live one: the mount's
+fsname is a state directory, `$XDG_STATE_HOME/cloudfs/browse-<hash of the
+mount point>`, whose lock this process holds while it serves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from cloudfs import fuseproc
+from cloudfs.browse.background import Background
+from cloudfs.browse.blobs import BlobFetcher
+from cloudfs.browse.content import ContentReader
+from cloudfs.browse.diskcache import DiskCache
+from cloudfs.browse.fs import BrowseOperations
+from cloudfs.browse.history import History
+from cloudfs.browse.namespace import Namespace
+from cloudfs.browse.trees import TreeCache
+from cloudfs.errors import MountError
+from cloudfs.live import mounttable
+from cloudfs.live.mount import detach
+from cloudfs.live.state import Holder, StateDir
+from cloudfs.repo import Repository
+
+log = logging.getLogger(__name__)
+
+READ_AHEAD_KB = 1024       # the kernel then asks in 1 MiB reads (256 KiB otherwise)
+MAX_REQUESTS = 64          # FUSE requests served at once
+
+
+@dataclass
+class BrowseSettings:
+    memory_cache_bytes: int = 256 << 20
+    disk_cache_bytes: int = 2 << 30          # 0: no disk cache
+    refresh_seconds: float = 60.0
+    allow_other: bool = False
+    default_permissions: bool = True
+
+
+@dataclass
+class BrowsePlan:
+    mountpoint: Path
+    state: StateDir
+    settings: BrowseSettings
+
+
+OpenRepository = Callable[[], Awaitable[Repository]]
+
+
+def default_state_dir(mountpoint: Path) -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    digest = hashlib.sha256(os.fsencode(mountpoint)).hexdigest()[:16]
+    return Path(base) / "cloudfs" / f"browse-{digest}"
+
+
+def plan(mountpoint: str, settings: BrowseSettings) -> BrowsePlan:
+    """Check the mount point; raise MountError with one line if it cannot be used."""
+    absolute = os.path.abspath(mountpoint)
+    resolved = os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute))
+    _clear_stale_mount(resolved)
+    try:
+        st = os.stat(resolved)
+    except FileNotFoundError:
+        raise MountError(f"MOUNTPOINT {mountpoint} does not exist") from None
+    except OSError as error:
+        raise MountError(f"MOUNTPOINT {mountpoint}: {error.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise MountError(f"MOUNTPOINT {mountpoint} is not a directory")
+    path = Path(os.path.realpath(resolved))
+    entry = mounttable.mounted_at(str(path))
+    if entry is not None:
+        raise MountError(f"MOUNTPOINT {path} is busy: {entry.fstype} is mounted there")
+    if os.listdir(path):
+        raise MountError(f"MOUNTPOINT {path} is not empty")
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC))
+    except OSError as error:
+        raise MountError(f"cannot open /dev/fuse: {error.strerror}") from None
+    return BrowsePlan(path, StateDir(default_state_dir(path)), settings)
+
+
+def _clear_stale_mount(path: str) -> None:
+    """A snapshot mount at `path` whose process died (kill -9) is unmounted; a live one refused."""
+    entry = mounttable.mounted_at(path)
+    if entry is None or entry.fstype != mounttable.FSTYPE:
+        return
+    holder = StateDir(Path(entry.source)).holder()
+    if holder is not None:
+        raise MountError(f"{path} is already mounted by cloudfs (pid {holder.pid})")
+    log.warning("%s: removing the mount left behind by a cloudfs process that died", path)
+    detach(path, lazy=True)
+
+
+# -- serving -----------------------------------------------------------------------------
+
+
+def run(plan: BrowsePlan, open_repository: OpenRepository, daemon: bool) -> int:
+    """Serve in the foreground, or in a detached process once it is mounted."""
+    if not daemon:
+        def announce():
+            print(f"cloudfs: snapshots mounted on {plan.mountpoint}; stop with: "
+                  f"cloudfs umount {plan.mountpoint}", flush=True)
+
+        serve(plan, open_repository, announce)
+        return 0
+    return fuseproc.run_detached(plan.state.log_path(),
+                                 lambda ready: serve(plan, open_repository, ready))
+
+
+def serve(plan: BrowsePlan, open_repository: OpenRepository, on_ready: Callable[[], None]) -> None:
+    """Open, mount, serve until unmounted, stop. Returns after the mount is gone."""
+    plan.state.acquire(plan.mountpoint)
+    try:
+        fuseproc.raise_descriptor_limit()
+        trio.run(_serve, plan, open_repository, on_ready)
+    finally:
+        plan.state.release()
+
+
+async def _serve(plan: BrowsePlan, open_repository: OpenRepository, on_ready) -> None:
+    repo = await open_repository()
+    disk = None
+    try:
+        disk = await _open_disk_cache(repo, plan.settings)
+        background = Background()
+        fetcher = BlobFetcher(repo, memory_bytes=plan.settings.memory_cache_bytes, disk=disk)
+        trees = TreeCache(fetcher)
+        namespace = Namespace(repo, trees, History(trees), background)
+        await namespace.refresh()
+        if not namespace.catalog.snapshots:
+            log.warning("the repository has no snapshots yet; they appear here once committed")
+        operations = BrowseOperations(namespace, ContentReader(trees, fetcher, repo.config.block_size,
+                                                               background),
+                                      uid=os.getuid(), gid=os.getgid(), block_size=repo.config.block_size)
+        await _mount_and_serve(plan, operations, background, on_ready)
+        log.info("stopped: %s", fetcher.stats)
+    finally:
+        if disk is not None:
+            disk.close()
+        await repo.close()
+
+
+async def _open_disk_cache(repo: Repository, settings: BrowseSettings) -> DiskCache | None:
+    if repo.cache.directory is None or settings.disk_cache_bytes <= 0:
+        return None
+    disk = DiskCache(repo.cache.directory / "blobs", settings.disk_cache_bytes)
+    try:
+        await trio.to_thread.run_sync(disk.load)
+    except OSError as error:
+        log.warning("no disk cache (%s)", error)
+        return None
+    return disk
+
+
+async def _mount_and_serve(plan: BrowsePlan, operations: BrowseOperations, background: Background,
+                           on_ready) -> None:
+    mountpoint = str(plan.mountpoint)
+    try:
+        pyfuse3.init(operations, mountpoint, _mount_options(plan))
+    except RuntimeError as error:
+        raise MountError(f"cannot mount on {mountpoint}: {error}") from None
+    mounted = True
+    try:
+        fuseproc.tune_read_ahead(mountpoint, READ_AHEAD_KB)
+        plan.state.announce(Holder(os.getpid(), mountpoint, mountpoint, -1))
+        on_ready()
+        async with trio.open_nursery() as nursery:
+            background.start(nursery)
+            nursery.start_soon(operations.content.fetcher.write_disk_cache)
+            nursery.start_soon(operations.namespace.refresh_periodically, plan.settings.refresh_seconds)
+            nursery.start_soon(fuseproc.unmount_on_signal, mountpoint)
+            await pyfuse3.main(1, MAX_REQUESTS)
+            nursery.cancel_scope.cancel()
+        mounted = _still_mounted(plan)
+    finally:
+        pyfuse3.close(unmount=mounted)
+
+
+def _mount_options(plan: BrowsePlan) -> set[str]:
+    options = {"ro", "subtype=cloudfs", f"fsname={mounttable.fsname_for(str(plan.state.path))}"}
+    if plan.settings.default_permissions:
+        options.add("default_permissions")
+    if plan.settings.allow_other:
+        options.add("allow_other")
+    return options
+
+
+def _still_mounted(plan: BrowsePlan) -> bool:
+    entry = mounttable.mounted_at(str(plan.mountpoint))
+    return entry is not None and entry.fstype == mounttable.FSTYPE and entry.source == str(plan.state.path)

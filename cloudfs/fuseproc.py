@@ -1,0 +1,135 @@
+"""Running one FUSE mount as a process: in the background, stopped by a signal.
+
+pyfuse3 keeps one FUSE session per process, so every mount (the live mount,
+the snapshot mount) is a process of its own. What such a process does apart
+from serving is the same for all of them, and lives here:
+
+- `run_detached(log_path, serve)`: fork a detached process that runs
+  `serve(ready)`; the command returns 0 once `ready()` was called there, or
+  raises the one-line error the process reported before it got that far.
+- `unmount_on_signal(mountpoint)`: a task that turns SIGTERM, SIGINT and
+  SIGHUP into an unmount, after which pyfuse3.main() returns.
+- `tune_read_ahead`, `raise_descriptor_limit`: small per-mount settings.
+
+The live mount's cloudfs/live/mount.py has its own copies from before this
+module existed; both do the same, and may be merged into this one.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import resource
+import signal
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from cloudfs.errors import CloudfsError, MountError
+from cloudfs.live import mounttable
+from cloudfs.live.mount import detach
+
+log = logging.getLogger(__name__)
+
+Serve = Callable[[Callable[[], None]], None]
+
+
+def run_detached(log_path: Path, serve: Serve) -> int:
+    """Run `serve(ready)` in a detached process logging to `log_path`; return once
+    it is ready, or raise what it reported (with its exit code)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child:
+        os.close(write_end)
+        os.waitpid(child, 0)          # the intermediate process exits at once
+        reply = _read_until_closed(read_end).decode(errors="replace")
+        if reply.startswith("ready"):
+            return 0
+        if reply.startswith("error "):
+            _, code, message = reply.split(" ", 2)
+            error = MountError(message)
+            error.exit_code = int(code)
+            raise error
+        raise MountError(f"the mount process ended without a word; see {log_path}")
+    os.close(read_end)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    os._exit(_detached_main(log_path, serve, write_end))
+
+
+def _detached_main(log_path: Path, serve: Serve, report_fd: int) -> int:
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    null_fd = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null_fd, 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(null_fd)
+    os.close(log_fd)
+    reported = False
+
+    def ready():
+        nonlocal reported
+        os.write(report_fd, b"ready\n")
+        os.close(report_fd)
+        reported = True
+
+    try:
+        serve(ready)
+        return 0
+    except CloudfsError as error:
+        log.error("%s", error)
+        if not reported:
+            os.write(report_fd, f"error {error.exit_code} {error}".encode())
+        return error.exit_code
+    except BaseException as error:  # noqa: BLE001 - the parent must hear about anything
+        traceback.print_exc()
+        if not reported:
+            os.write(report_fd, f"error 1 unexpected failure: {error!r}".encode())
+        return 1
+
+
+def _read_until_closed(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 4096):
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks)
+
+
+async def unmount_on_signal(mountpoint: str) -> None:
+    """Unmount on SIGTERM, SIGINT or SIGHUP (lazily if files are open there), so
+    that pyfuse3.main() returns and the process stops cleanly."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.warning("%s: unmounting %s", signal.Signals(signum).name, mountpoint)
+            try:
+                await trio.to_thread.run_sync(detach, mountpoint, False)
+            except OSError as error:
+                if error.errno != errno.EBUSY:
+                    log.error("cannot unmount %s: %s", mountpoint, error)
+                    continue
+                log.warning("%s is busy: detached; stopping once the last open file is closed",
+                            mountpoint)
+                await trio.to_thread.run_sync(detach, mountpoint, True)
+
+
+def tune_read_ahead(mountpoint: str, kilobytes: int) -> None:
+    """Raise the kernel's read-ahead of a FUSE mount (reads then arrive in larger requests)."""
+    entry = mounttable.mounted_at(mountpoint)
+    if entry is None:
+        return
+    try:
+        Path(f"/sys/class/bdi/{entry.device}/read_ahead_kb").write_text(f"{kilobytes}\n")
+    except OSError as error:
+        log.info("cannot raise read-ahead for %s: %s", mountpoint, error)
+
+
+def raise_descriptor_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
