@@ -189,3 +189,12 @@ def test_without_journaling_the_next_mount_still_finds_every_change(live):
     assert read_journal(live.state_dir).pending().inodes() == set()
     live.mount()
     live.umount()
+
+
+def test_a_state_directory_that_cannot_be_created_is_refused(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "file").write_text("not a directory")
+    for daemon in ([], ["--daemon"]):
+        fails_with("mount", *daemon, "--state-dir", tmp_path / "file" / "state", tmp_path / "src",
+                   message="cannot create the state directory")
+    assert mounttable.mounted_at(str(tmp_path / "src")) is None

@@ -118,7 +118,7 @@ def _check_fuse_device() -> None:
     except FileNotFoundError:
         raise MountError("/dev/fuse does not exist: load the fuse module (modprobe fuse), "
                          "or give the container the device") from None
-    except OSError as error:
+    except OSError as error:  # libfuse opens it itself, even for fusermount3 mounts
         raise MountError(f"cannot open /dev/fuse: {error.strerror}") from None
 
 
@@ -267,7 +267,7 @@ def run(plan: MountPlan, daemon: bool) -> int:
 
 
 def _run_detached(plan: MountPlan) -> int:
-    plan.state.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    plan.state.create()  # for the log, before detaching
     read_end, write_end = os.pipe()
     child = os.fork()
     if child:

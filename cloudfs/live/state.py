@@ -66,10 +66,20 @@ class StateDir:
         if owner != real:
             raise MountError(f"state directory {self.path} belongs to {owner}, not {real}")
 
+    def create(self) -> None:
+        """Make the directory (owner-only) if it does not exist."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as error:
+            raise MountError(f"cannot create the state directory {self.path}: {error.strerror}") from None
+
     def acquire(self, source: Path) -> None:
         """Create the directory if needed and lock it; refuse if a mount holds it."""
-        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.create()
+        try:
+            fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as error:
+            raise MountError(f"cannot use the state directory {self.path}: {error.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
