@@ -27,6 +27,21 @@ def open_flags(flags: int) -> int:
     return flags | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
+def open_file(path: bytes, flags: int, dir_fd: int | None) -> int:
+    """Open the backing file for a FUSE open with `flags` (see `open_flags`).
+
+    Only a daemon that is not root can be refused the read half of a write-only
+    open; it then opens write-only, and a partial-page write the kernel would have
+    to read first fails with EIO instead of working (root never gets here).
+    """
+    try:
+        return os.open(path, open_flags(flags), dir_fd=dir_fd)
+    except PermissionError:
+        if flags & os.O_ACCMODE != os.O_WRONLY:
+            raise
+        return os.open(path, open_flags(flags) & ~os.O_ACCMODE | os.O_WRONLY, dir_fd=dir_fd)
+
+
 def give_to_caller(parent_fd: int, name: bytes, st: os.stat_result, ctx, mode: int,
                    fd: int | None = None) -> os.stat_result:
     """Make a new entry (created by this root daemon) belong to the caller, as the

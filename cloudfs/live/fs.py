@@ -286,13 +286,12 @@ class LiveOperations(pyfuse3.Operations):
     @_fuse_errors
     def open(self, nodeid, flags, ctx):
         inode = self.table[nodeid]
-        flags = backing.open_flags(flags)
         if inode.links:
             parent_fd, name = self.table.locate(inode)
-            fd = os.open(name, flags, dir_fd=parent_fd)
+            fd = backing.open_file(name, flags, parent_fd)
         else:  # every name is gone: reopen one of its open handles through /proc
             path, _ = self.table.path(inode)
-            fd = os.open(path, flags & ~os.O_NOFOLLOW)
+            fd = backing.open_file(path, flags & ~os.O_NOFOLLOW, None)
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) != (inode.dev, inode.ino):
             os.close(fd)
