@@ -383,3 +383,41 @@ def test_new_entries_belong_to_the_caller_and_follow_setgid_directories(public_l
     assert mounted == expected
     assert mounted["shared/dir"][1] == 2000 and mounted["shared/dir"][2] & stat.S_ISGID
     assert mounted["own/file"] == (1000, 1000, stat.S_IFREG | 0o2755)
+
+
+CONCURRENT_WRITER = """
+import hashlib, os, sys
+root, worker = sys.argv[1], int(sys.argv[2])
+mine = os.path.join(root, f"w{worker}")
+os.mkdir(mine)
+for index in range(150):
+    data = hashlib.sha256(f"{worker}-{index}".encode()).digest() * (index % 40 + 1)
+    temp = os.path.join(mine, f".tmp{index}")
+    with open(temp, "wb") as handle:
+        handle.write(data)
+        if index % 10 == 0:
+            handle.flush()
+            os.fsync(handle.fileno())
+    os.rename(temp, os.path.join(mine, f"f{index % 20}"))
+    with open(os.path.join(root, "shared.log"), "ab") as log:
+        log.write(f"{worker} {index}\\n".encode())
+"""
+
+
+def test_concurrent_writers_with_fsync_and_renames_lose_nothing(live):
+    import hashlib
+    import subprocess
+    import sys
+
+    root = live.mount()
+    workers = [subprocess.Popen([sys.executable, "-c", CONCURRENT_WRITER, str(root), str(worker)])
+               for worker in range(4)]
+    assert [worker.wait(timeout=100) for worker in workers] == [0, 0, 0, 0]
+    live.umount()
+    for worker in range(4):
+        for slot in range(20):
+            index = 140 + slot if 140 + slot < 150 else 120 + slot
+            expected = hashlib.sha256(f"{worker}-{index}".encode()).digest() * (index % 40 + 1)
+            assert (live.source / f"w{worker}" / f"f{slot}").read_bytes() == expected
+    lines = (live.source / "shared.log").read_text().splitlines()
+    assert sorted(lines) == sorted(f"{worker} {index}" for worker in range(4) for index in range(150))
