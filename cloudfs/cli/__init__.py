@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "cloudfs.cli.repo_commands",
     "cloudfs.cli.mount_commands",
     "cloudfs.cli.browse_commands",
+    "cloudfs.cli.daemon_commands",
 )
 
 

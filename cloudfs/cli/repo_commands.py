@@ -11,6 +11,7 @@ from cloudfs.cli.common import (
     kdf_options,
     open_repository,
     open_store_from,
+    human_size,
     print_json,
     read_new_passphrase,
     read_passphrase,
@@ -216,13 +217,6 @@ def run_snapshots(args) -> int:
         print("no snapshots")
     for row in rows:
         print(f"{row['time'][:19].replace('T', ' ')}  {row['id']}  {row.get('files', 0):>8} files  "
-              f"{_size(row.get('bytes', 0)):>10}  +{_size(row.get('bytes_added', 0))}  "
+              f"{human_size(row.get('bytes', 0)):>10}  +{human_size(row.get('bytes_added', 0))}  "
               f"{row['host']}:{row['source']}")
     return 0
-
-
-def _size(count: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if count < 1024 or unit == "TiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024

@@ -1,0 +1,115 @@
+"""`cloudfs status|snapshot|flush`: ask a running mount's daemon over its control socket.
+
+Each takes an optional MOUNT (the mount point or the protected directory);
+without it, the mount containing the current directory, or the only one.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+from cloudfs import control
+from cloudfs.cli.common import human_size, print_json
+
+
+def register(subparsers) -> None:
+    status = subparsers.add_parser("status", help="what a running mount is doing",
+                                   description="Pending changes, the age of the oldest change not yet "
+                                               "in a snapshot (the live RPO), uploads, store health.")
+    status.add_argument("mount", nargs="?", help="mount point or protected directory")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(run=run_status)
+
+    snapshot = subparsers.add_parser("snapshot", help="take a snapshot now",
+                                     description="Seal the current changes into a snapshot now.")
+    snapshot.add_argument("mount", nargs="?", help="mount point or protected directory")
+    snapshot.add_argument("--wait", action="store_true", help="return once it is committed")
+    snapshot.add_argument("--json", action="store_true")
+    snapshot.set_defaults(run=run_snapshot)
+
+    flush = subparsers.add_parser("flush", help="wait until everything sealed is committed",
+                                  description="Return once every sealed change is in a committed snapshot.")
+    flush.add_argument("mount", nargs="?", help="mount point or protected directory")
+    flush.add_argument("--json", action="store_true")
+    flush.set_defaults(run=run_flush)
+
+
+def run_status(args) -> int:
+    reply = control.request(control.find_state_dir(args.mount), "status")
+    if args.json:
+        print_json(reply)
+    else:
+        print(format_status(reply, time.time_ns()))
+    return 0
+
+
+def run_snapshot(args) -> int:
+    reply = control.request(control.find_state_dir(args.mount), "snapshot", timeout=None, wait=args.wait)
+    if args.json:
+        print_json(reply)
+    elif reply.get("snapshot"):
+        print(f"committed {reply['snapshot']}")
+    else:
+        print(f"sealed epoch {reply.get('epoch')}; it uploads in the background (cloudfs status)")
+    return 0
+
+
+def run_flush(args) -> int:
+    reply = control.request(control.find_state_dir(args.mount), "flush", timeout=None)
+    if args.json:
+        print_json(reply)
+    else:
+        print(f"everything sealed is committed (last snapshot {reply.get('snapshot') or 'none'})")
+    return 0
+
+
+def format_status(status: dict, now_ns: int) -> str:
+    upload = status.get("upload", {})
+    lines = [f"{status.get('source')} mounted on {status.get('mountpoint')}",
+             f"repository     {status.get('repository') or 'none (journal only)'}"]
+    if upload.get("last_snapshot"):
+        lines.append(f"last snapshot  {_when(upload['last_snapshot_time_ns'], now_ns)}  "
+                     f"{upload['last_snapshot']}")
+    else:
+        lines.append("last snapshot  none yet")
+    oldest = status.get("oldest_change_ns")
+    rpo = f", oldest change {_ago(oldest, now_ns)} (RPO)" if oldest else ""
+    lines.append(f"pending        {status.get('pending_files', 0)} files, "
+                 f"{human_size(status.get('pending_bytes', 0))}{rpo}")
+    if upload.get("uploading"):
+        lines.append(f"upload         snapshot in progress since {_ago(upload['uploading_since_ns'], now_ns)}, "
+                     f"{human_size(upload.get('current_bytes_read', 0))} read")
+    else:
+        lines.append(f"upload         idle; {human_size(upload.get('bytes_stored', 0))} stored this session, "
+                     f"last at {human_size(upload.get('upload_rate', 0))}/s")
+    if upload.get("store_ok", True):
+        lines.append("store          ok")
+    else:
+        lines.append(f"store          unreachable since {_ago(upload.get('store_error_since_ns'), now_ns)}: "
+                     f"{upload.get('store_error')}")
+    if "spool_bytes" in status:
+        lines.append(f"spool          {human_size(status['spool_bytes'])} of {human_size(status.get('spool_limit', 0))}")
+    if status.get("next_snapshot_ns"):
+        lines.append(f"next snapshot  in {_duration((status['next_snapshot_ns'] - now_ns) / 1e9)}")
+    return "\n".join(lines)
+
+
+def _when(time_ns: int, now_ns: int) -> str:
+    stamp = datetime.fromtimestamp(time_ns / 1e9, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"{stamp} ({_ago(time_ns, now_ns)})"
+
+
+def _ago(time_ns: int | None, now_ns: int) -> str:
+    if not time_ns:
+        return "-"
+    return f"{_duration((now_ns - time_ns) / 1e9)} ago"
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
