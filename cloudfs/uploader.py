@@ -15,6 +15,7 @@ import random
 import socket
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import trio
 
@@ -31,11 +32,13 @@ log = logging.getLogger(__name__)
 async def commit_snapshot(repo: Repository, source: Source, *, source_path: str,
                           previous: Snapshot | None = None, changes: PathChanges | None = None,
                           time_ns: int | None = None, reader: TreeReader | None = None,
-                          builder_stats: BuildStats | None = None) -> Snapshot:
+                          builder_stats: BuildStats | None = None,
+                          exclude: Callable[[bytes], bool] | None = None) -> Snapshot:
     """Build and commit one snapshot; `time_ns` is its sealing instant."""
     time_ns = time_ns or time.time_ns()
     before = (repo.written.raw_bytes, repo.written.chunk_bytes + repo.written.metadata_bytes)
-    builder = TreeBuilder(source, RepositorySink(repo), reader or TreeReader(repo), repo.config.block_size)
+    builder = TreeBuilder(source, RepositorySink(repo), reader or TreeReader(repo), repo.config.block_size,
+                          exclude)
     if builder_stats is not None:
         builder.stats = builder_stats
     root = await builder.build(previous.tree if previous else None, changes if previous else None)
@@ -108,10 +111,12 @@ class Uploader:
     RETRY_BASE = 1.0
     RETRY_MAX = 60.0
 
-    def __init__(self, repo: Repository, source_path: str, previous: Snapshot | None):
+    def __init__(self, repo: Repository, source_path: str, previous: Snapshot | None,
+                 exclude: Callable[[bytes], bool] | None = None):
         self.repo = repo
         self.source_path = source_path
         self.previous = previous
+        self.exclude = exclude
         self.status = UploadStatus()
         self._reader = TreeReader(repo)
         if previous is not None:
@@ -144,7 +149,8 @@ class Uploader:
         try:
             snapshot = await commit_snapshot(self.repo, source, source_path=self.source_path,
                                              previous=self.previous, changes=changes, time_ns=time_ns,
-                                             reader=self._reader, builder_stats=status.current)
+                                             reader=self._reader, builder_stats=status.current,
+                                             exclude=self.exclude)
         finally:
             status.uploading_since_ns = None
         stored = self.repo.written.chunk_bytes + self.repo.written.metadata_bytes - stored_before

@@ -47,10 +47,10 @@ def tree(tmp_path):
     return root
 
 
-def build(repo, directory, previous=None, changes=None):
+def build(repo, directory, previous=None, changes=None, exclude=None):
     source = DirectorySource.at(directory)
     sink = CountingSink(repo)
-    builder = TreeBuilder(source, sink, TreeReader(repo), repo.config.block_size)
+    builder = TreeBuilder(source, sink, TreeReader(repo), repo.config.block_size, exclude)
     try:
         root = trio.run(builder.build, previous, changes)
     finally:
@@ -141,3 +141,20 @@ def test_a_full_compare_finds_edits_nothing_reported(repo, tree):
     second, stats, _ = build(repo, tree, first, None)
     assert_matches(repo, second, tree)
     assert stats.bytes_read == len(b"rewritten while unmounted") + 1
+
+
+def test_excluded_paths_are_left_out(repo, tree):
+    from cloudfs.snapshot.source import exclusion_matcher
+
+    (tree / "docs" / "build").mkdir()
+    (tree / "docs" / "build" / "out.o").write_bytes(b"object")
+    (tree / "scratch.tmp").write_bytes(b"temporary")
+    root, _, _ = build(repo, tree, exclude=exclusion_matcher(["*.tmp", "docs/build", "docs/deep/*.py"]))
+    paths = {path for path, _ in trio.run(_walk, TreeReader(repo), root)}
+    assert b"scratch.tmp" not in paths and b"docs/build" not in paths
+    assert b"docs/build/out.o" not in paths and b"docs/deep/text.py" not in paths
+    assert b"docs/deep/deeper/zeros" in paths and b"small.txt" in paths
+
+
+async def _walk(reader, root):
+    return [item async for item in reader.walk(root)]

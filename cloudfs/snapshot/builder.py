@@ -22,7 +22,7 @@ from __future__ import annotations
 import errno
 import stat
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 import trio
 
@@ -84,11 +84,13 @@ class BuildStats:
 
 
 class TreeBuilder:
-    def __init__(self, source: Source, sink: BlobSink, reader: TreeReader, block_size: int):
+    def __init__(self, source: Source, sink: BlobSink, reader: TreeReader, block_size: int,
+                 exclude: Callable[[bytes], bool] | None = None):
         self.source = source
         self.sink = sink
         self.reader = reader
         self.block_size = block_size
+        self.exclude = exclude or (lambda path: False)
         self.stats = BuildStats()
         self._changes: PathChanges | None = None
         self._touched: set[bytes] = set()
@@ -113,7 +115,8 @@ class TreeBuilder:
         entries: dict[bytes, Entry] = {}
         async with trio.open_nursery() as nursery:
             for name in names:
-                await self._child(nursery, path, name, old.get(name), relist, entries)
+                if not self.exclude(join(path, name)):
+                    await self._child(nursery, path, name, old.get(name), relist, entries)
         self.stats.directories += 1
         return await self.sink.put_tree(encode_directory(list(entries.values())))
 

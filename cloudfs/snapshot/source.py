@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Protocol
+from typing import Callable, Protocol
 
 
 class FileReader(Protocol):
@@ -93,3 +93,26 @@ class DirectorySource:
 
     def open(self, path: bytes) -> FileReader:
         return _FdReader(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | _NO_ATIME, dir_fd=self.root_fd))
+
+
+def exclusion_matcher(patterns: list[str]) -> "Callable[[bytes], bool] | None":
+    """A predicate for paths (relative bytes) matching any of the glob patterns.
+
+    A pattern with a slash matches the whole relative path ("build/*.o",
+    "cache/**" is written "cache/*" and excludes the directory's content); one
+    without matches the last component anywhere ("*.tmp", ".cache"). Excluding a
+    directory excludes everything below it."""
+    import fnmatch
+
+    if not patterns:
+        return None
+    by_name = [p for p in patterns if "/" not in p.strip("/")]
+    by_path = [p.strip("/") for p in patterns if "/" in p.strip("/")]
+
+    def excluded(path: bytes) -> bool:
+        text = os.fsdecode(path)
+        name = text.rsplit("/", 1)[-1]
+        return (any(fnmatch.fnmatchcase(name, p) for p in by_name)
+                or any(fnmatch.fnmatchcase(text, p) for p in by_path))
+
+    return excluded
