@@ -6,14 +6,17 @@ import os
 from pathlib import Path
 
 
-def write_durably(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Create `path` (it must not exist) with `data`, and fsync it."""
+def write_durably(path: Path, data, mode: int = 0o600) -> None:
+    """Create `path` (it must not exist) with `data` (bytes-like, or an iterable of
+    bytes-like pieces), and fsync it."""
+    pieces = (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        for piece in pieces:
+            view = memoryview(piece)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -1,4 +1,4 @@
-"""The packer's concurrency rules: many threads, bounded buffers, dedup, failures."""
+"""The packer's concurrency rules: many threads, bounded chunk slots, dedup, failures."""
 
 import os
 
@@ -27,11 +27,11 @@ class FlakyStore(LocalStore):
         await super().put(name, data, exclusive=exclusive, sha256=sha256)
 
 
-def make_repo(tmp_path, store_class=LocalStore, buffers=2):
+def make_repo(tmp_path, store_class=LocalStore, slots=2):
     config = RepoConfig(chunk_size=256 << 10, block_size=4096)
     repo = trio.run(lambda: Repository.init(store_class(tmp_path / "repo"), PASSPHRASE, config=config,
                                             kdf=fast_kdf(), create_container=True, use_cache=False))
-    repo.packer = Packer(repo, buffers=buffers)
+    repo.packer = Packer(repo, slots=slots)
     return repo
 
 
@@ -52,9 +52,9 @@ def store_from_threads(repo, blobs_per_thread: list[list[bytes]]):
     return trio.run(run)
 
 
-@pytest.mark.parametrize("buffers", [1, 2, 3])
-def test_many_threads_fill_shared_chunks_and_every_blob_reads_back(tmp_path, buffers):
-    repo = make_repo(tmp_path, buffers=buffers)
+@pytest.mark.parametrize("slots", [1, 2, 3])
+def test_many_threads_fill_shared_chunks_and_every_blob_reads_back(tmp_path, slots):
+    repo = make_repo(tmp_path, slots=slots)
     blobs = [[os.urandom(3000 + 97 * i) for i in range(120)] for _ in range(6)]
     ids = store_from_threads(repo, blobs)
     chunks = trio.run(repo.store.list, CHUNKS_PREFIX)
@@ -75,7 +75,7 @@ def test_the_same_blob_from_many_threads_is_stored_once(tmp_path):
 
 
 def test_a_failed_upload_fails_every_thread_and_hangs_none(tmp_path):
-    repo = make_repo(tmp_path, FlakyStore, buffers=1)
+    repo = make_repo(tmp_path, FlakyStore, slots=1)
     repo.store.failing = True
     with pytest.raises(BaseException) as raised:
         store_from_threads(repo, [[os.urandom(4000) for _ in range(200)] for _ in range(4)])

@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import os
 import struct
+import tempfile
 import threading
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ import zstandard
 from cloudfs import crypto
 from cloudfs.errors import IntegrityError
 from cloudfs.repo.format import HEADER_SIZE, Kind, make_header, pack, parse_header, unpack
+from cloudfs.store.base import FilePayload
 
 CHUNKS_PREFIX = "chunks/"
 CHUNK_ID_SIZE = 32
@@ -126,33 +128,27 @@ def open_record(master: crypto.MasterKey, location: BlobLocation, record: bytes,
 
 
 class ChunkBuilder:
-    """Lays out one chunk in a buffer: reserve a record's place, then seal into it.
+    """Lays out one chunk in a temporary file: reserve a record's place, then seal into it.
 
     Reserving is cheap and must be serialized by the caller; sealing into a
-    reserved place may happen on several threads at once (the AEAD releases the
-    GIL), which is how the packer fills one chunk from many workers. Records
-    are sealed straight into the buffer, so a chunk costs no copies on its way
-    to the store; pass a finished chunk's buffer to the next builder to reuse it
-    (touching fresh memory costs more than sealing)."""
+    reserved place (one pwrite) may happen on several threads at once, which is
+    how the packer fills one chunk from many workers. The chunk lives in an
+    unnamed temporary file, not in memory: the daemon's memory does not grow
+    with the chunk size or the number of chunks on their way up, and a crash
+    leaves nothing behind."""
 
-    FOOTER_BYTES_PER_BLOB = 64    # generous msgpack size of one footer entry
-
-    def __init__(self, master: crypto.MasterKey, buffer: bytearray):
+    def __init__(self, master: crypto.MasterKey, directory: str | None = None):
         self.chunk_id = os.urandom(CHUNK_ID_SIZE)
         self.name = chunk_name(self.chunk_id)
         self._key = master.chunk_key(self.chunk_id)
-        self.buffer = buffer
-        self.buffer[:HEADER_SIZE] = make_header(Kind.CHUNK)
+        self.file = tempfile.TemporaryFile(dir=directory)
+        self._header = make_header(Kind.CHUNK)
+        os.pwrite(self.file.fileno(), self._header, 0)
         self.size = HEADER_SIZE
         self.blobs: list[BlobLocation] = []
 
-    def fits(self, payload_length: int) -> bool:
-        """Whether one more record of this payload size, and the footer, fit the buffer."""
-        footer = (len(self.blobs) + 1) * self.FOOTER_BYTES_PER_BLOB + 64 + crypto.SEAL_OVERHEAD
-        return self.size + payload_length + crypto.SEAL_OVERHEAD + footer + TRAILER.size <= len(self.buffer)
-
     def reserve(self, blob_id: bytes, kind: BlobKind, payload_length: int, raw_length: int) -> BlobLocation:
-        """Claim the place of one record (check fits() first)."""
+        """Claim the place of one record."""
         location = BlobLocation(blob_id, kind, self.chunk_id, self.size,
                                 payload_length + crypto.SEAL_OVERHEAD, raw_length)
         self.size += location.length
@@ -161,9 +157,8 @@ class ChunkBuilder:
 
     def seal_into(self, location: BlobLocation, payload: bytes) -> None:
         """Seal a payload into its reserved place (thread-safe for distinct places)."""
-        with memoryview(self.buffer) as view:
-            crypto.seal_into(self._key, payload, blob_associated_data(location.blob_id, location.kind),
-                             view[location.offset:location.offset + location.length])
+        record = crypto.seal(self._key, payload, blob_associated_data(location.blob_id, location.kind))
+        os.pwrite(self.file.fileno(), record, location.offset)
 
     def add(self, blob_id: bytes, kind: BlobKind, plaintext: bytes,
             compression_level: int | None = None) -> BlobLocation:
@@ -173,18 +168,17 @@ class ChunkBuilder:
         self.seal_into(location, payload)
         return location
 
-    def finish(self) -> memoryview:
-        """Append footer and trailer (every reserved record must be sealed) and
-        return the chunk, a view of `buffer`."""
-        footer = pack({"blobs": [b.to_list() for b in self.blobs]})
-        length = len(footer) + crypto.SEAL_OVERHEAD
-        with memoryview(self.buffer) as view:
-            crypto.seal_into(self._key, footer, bytes(self.buffer[:HEADER_SIZE]) + b"footer",
-                             view[self.size:self.size + length])
-        self.size += length
-        TRAILER.pack_into(self.buffer, self.size, length, TRAILER_MAGIC)
-        self.size += TRAILER.size
-        return memoryview(self.buffer)[:self.size]
+    def finish(self) -> FilePayload:
+        """Append footer and trailer (every reserved record must be sealed); the
+        returned payload owns the file."""
+        footer = crypto.seal(self._key, pack({"blobs": [b.to_list() for b in self.blobs]}),
+                             self._header + b"footer")
+        os.pwrite(self.file.fileno(), footer + TRAILER.pack(len(footer), TRAILER_MAGIC), self.size)
+        self.size += len(footer) + TRAILER.size
+        return FilePayload(self.file, self.size)
+
+    def discard(self) -> None:
+        self.file.close()
 
 
 def parse_footer(master: crypto.MasterKey, name: str, chunk: bytes) -> list[BlobLocation]:

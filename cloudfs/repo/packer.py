@@ -3,21 +3,23 @@
 Concurrency rules (the only ones; keep them true when changing this file):
 
 - `store_sync` runs in worker threads only (never on the trio thread: it may
-  block waiting for a chunk buffer, and it uploads through
+  block waiting for a chunk slot, and it uploads through
   `trio.from_thread.run`). `flush` runs on the trio thread, when no
   `store_sync` call is in progress.
 - `_lock` guards: the open chunk (reservations and its writer count), the set
-  of pending blob ids, the free buffers, and the index updates after an
-  upload. Hashing, compressing and sealing happen outside it; reserving a
-  record's place, and deciding who finishes a chunk, inside it.
+  of pending blob ids, the number of free chunk slots, and the index updates
+  after an upload. Hashing, compressing and sealing happen outside it;
+  reserving a record's place, and deciding who finishes a chunk, inside it.
 - A chunk is shipped by the thread whose sealing completes it after it was
-  closed (full, or not enough room for the next record): that thread seals the
-  footer, hashes the chunk and uploads it, blocking itself, not the loop. While
-  it uploads, other workers fill the next chunk in another buffer.
-- Memory is bounded by `buffers` chunk buffers (default 2: one filling, one
-  uploading). A worker that needs a new chunk while all buffers are busy waits
-  until an upload returns one. A failed upload returns its buffer too and
-  fails every later call, so no thread waits forever.
+  closed (it reached the chunk size): that thread seals the footer, hashes the
+  chunk and uploads it, blocking itself, not the loop. While it uploads, other
+  workers fill the next chunk.
+- At most `slots` chunks exist at once (filling or uploading). Chunks are
+  built in unnamed temporary files, so memory does not depend on the chunk
+  size or on `slots`; disk use is at most `slots` chunks. A worker that needs a
+  new chunk while every slot is taken waits until an upload ends. A failed
+  upload frees its slot too and fails every later call with the same error
+  (until `reset_failure`), so no thread waits forever.
 - A blob id is "pending" from its reservation until its chunk is in the index;
   dedup checks the index and the pending set under the lock, and the upload
   moves ids from pending to the index under the same lock, so a blob is never
@@ -35,9 +37,7 @@ import trio
 from cloudfs.errors import IntegrityError
 from cloudfs.repo.chunk import BlobKind, ChunkBuilder, encode_payload
 from cloudfs.repo.index import ChunkInfo
-
-# Room for the footer and a record or two beyond the target chunk size.
-BUFFER_SLACK = 4 << 20
+from cloudfs.store.base import FilePayload
 
 
 @dataclass
@@ -50,12 +50,12 @@ class _OpenChunk:
 
 
 class Packer:
-    def __init__(self, repo, buffers: int = 2):
+    def __init__(self, repo, slots: int = 3, directory: str | None = None):
         self.repo = repo
+        self.directory = directory        # where chunks are built (default: the temp dir)
         self._lock = threading.Lock()
-        self._buffer_free = threading.Condition(self._lock)
-        self._free: list[bytearray] = []
-        self._allocatable = buffers
+        self._slot_free = threading.Condition(self._lock)
+        self._free_slots = slots
         self._open: _OpenChunk | None = None
         self._pending: set[bytes] = set()
         self._failure: BaseException | None = None
@@ -72,14 +72,8 @@ class Packer:
             if blob_id in self._pending or blob_id in self.repo.index:
                 return blob_id
             self._pending.add(blob_id)
-        level = self.repo.compression_level if compress else None
-        payload = encode_payload(plaintext, level)
-        while True:
-            chunk, location, full = self._reserve(blob_id, kind, len(payload), len(plaintext))
-            if full is not None:
-                self._ship_from_thread(full)
-            if chunk is not None:
-                break
+        payload = encode_payload(plaintext, self.repo.compression_level if compress else None)
+        chunk, location = self._reserve(blob_id, kind, len(payload), len(plaintext))
         try:
             chunk.builder.seal_into(location, payload)
         finally:
@@ -89,26 +83,16 @@ class Packer:
         return blob_id
 
     def _reserve(self, blob_id: bytes, kind: BlobKind, payload_length: int, raw_length: int):
-        """Claim a place in the open chunk, opening one if needed: (chunk, location, None).
-        If this closes a full chunk nobody is writing to, return (None, None, that chunk)
-        at once: the caller ships it (it may hold the buffer we would wait for) and retries."""
+        """Claim a place in the open chunk, opening one (in a free slot) if needed."""
         with self._lock:
-            while True:
+            while self._open is None:
                 self._raise_if_failed()
-                chunk = self._open
-                if chunk is not None and chunk.builder.fits(payload_length):
-                    break
-                if chunk is not None:                  # full: close it
-                    self._open = None
-                    chunk.closed = True
-                    if chunk.writers == 0 and not chunk.shipped:
-                        chunk.shipped = True
-                        return None, None, chunk
-                buffer = self._take_buffer(payload_length)
-                if buffer is None:
-                    self._buffer_free.wait()
+                if self._free_slots == 0:
+                    self._slot_free.wait()
                     continue
-                self._open = _OpenChunk(ChunkBuilder(self.repo.master, buffer))
+                self._free_slots -= 1
+                self._open = _OpenChunk(ChunkBuilder(self.repo.master, self.directory))
+            chunk = self._open
             location = chunk.builder.reserve(blob_id, kind, payload_length, raw_length)
             chunk.ids.append(blob_id)
             chunk.writers += 1
@@ -117,19 +101,7 @@ class Packer:
                 chunk.closed = True
             self.repo.written.blobs += 1
             self.repo.written.raw_bytes += raw_length
-        return chunk, location, None
-
-    def _take_buffer(self, payload_length: int) -> bytearray | None:
-        needed = max(self.repo.config.chunk_size + BUFFER_SLACK, payload_length * 2 + BUFFER_SLACK)
-        while self._free:
-            buffer = self._free.pop()
-            if len(buffer) >= needed:
-                return buffer
-            self._allocatable += 1           # too small for this record: let it go
-        if self._allocatable > 0:
-            self._allocatable -= 1
-            return bytearray(needed)
-        return None
+        return chunk, location
 
     def _finish_writing(self, chunk: _OpenChunk) -> bool:
         with self._lock:
@@ -141,8 +113,7 @@ class Packer:
 
     def _ship_from_thread(self, chunk: _OpenChunk) -> None:
         data = chunk.builder.finish()
-        digest = hashlib.sha256(data).digest()
-        trio.from_thread.run(self._upload, chunk, data, digest)
+        trio.from_thread.run(self._upload, chunk, data, _sha256(data))
 
     def _raise_if_failed(self) -> None:
         """After a failed upload every call fails the same way, until reset_failure()."""
@@ -157,17 +128,14 @@ class Packer:
         with self._lock:
             self._raise_if_failed()
             chunk, self._open = self._open, None
-        if chunk is not None and chunk.builder.blobs:
+        if chunk is not None:
             chunk.closed = chunk.shipped = True
             data = chunk.builder.finish()
-            digest = await trio.to_thread.run_sync(lambda: hashlib.sha256(data).digest())
-            await self._upload(chunk, data, digest)
-        elif chunk is not None:
-            self._release(chunk.builder.buffer)
+            await self._upload(chunk, data, await trio.to_thread.run_sync(_sha256, data))
         stored, self.unindexed = self.unindexed, []
         return stored
 
-    async def _upload(self, chunk: _OpenChunk, data: memoryview, digest: bytes) -> None:
+    async def _upload(self, chunk: _OpenChunk, data: FilePayload, digest: bytes) -> None:
         builder = chunk.builder
         try:
             await self.repo.store.put(builder.name, data, sha256=digest)
@@ -178,24 +146,31 @@ class Packer:
             with self._lock:
                 self._failure = error
                 self._pending.difference_update(chunk.ids)
-                self._buffer_free.notify_all()
-            self._release(builder.buffer)
+            self._free_slot(data)
             raise
         info = ChunkInfo(builder.chunk_id, len(data), digest, tuple(builder.blobs))
         with self._lock:
             self.repo.index.add_chunk(info)
             self._pending.difference_update(chunk.ids)
             self.unindexed.append(info)
-        self.repo.written.chunks += 1
-        self.repo.written.chunk_bytes += len(data)
-        self._release(builder.buffer)
+            self.repo.written.chunks += 1
+            self.repo.written.chunk_bytes += len(data)
+        self._free_slot(data)
 
-    def _release(self, buffer: bytearray) -> None:
+    def _free_slot(self, data: FilePayload) -> None:
+        data.close()
         with self._lock:
-            self._free.append(buffer)
-            self._buffer_free.notify_all()
+            self._free_slots += 1
+            self._slot_free.notify_all()
 
     def reset_failure(self) -> None:
         """Allow new work after a failed upload (the failed chunk's blobs are not stored)."""
         with self._lock:
             self._failure = None
+
+
+def _sha256(data: FilePayload) -> bytes:
+    hasher = hashlib.sha256()
+    for piece in data.slices():
+        hasher.update(piece)
+    return hasher.digest()

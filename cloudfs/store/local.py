@@ -16,7 +16,7 @@ import trio
 
 from cloudfs.fsutil import fsync_directory, write_durably
 from cloudfs.errors import ObjectExists, ObjectNotFound, RepositoryError, StoreError
-from cloudfs.store.base import ObjectInfo, Store
+from cloudfs.store.base import FilePayload, ObjectInfo, Store
 
 TEMP_PREFIX = ".tmp-"
 
@@ -46,7 +46,7 @@ class LocalStore(Store):
             path.parent.mkdir(parents=True, exist_ok=True)
             temp = path.parent / f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(6)}"
             try:
-                write_durably(temp, data)
+                write_durably(temp, data.slices() if isinstance(data, FilePayload) else (data,))
                 if exclusive:
                     try:
                         os.link(temp, path)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import logging
 from dataclasses import dataclass, field
 
@@ -30,7 +29,7 @@ from cloudfs.errors import (
     StoreError,
     StoreUnavailable,
 )
-from cloudfs.store.base import ObjectInfo, Store
+from cloudfs.store.base import FilePayload, ObjectInfo, Store
 from cloudfs.store.retry import RetryPolicy, retrying
 
 log = logging.getLogger(__name__)
@@ -161,10 +160,10 @@ class S3Store(Store):
 
     def _checksum_params(self, data: bytes, sha256: bytes | None) -> dict:
         if self.options.checksum == "sha256":
-            digest = sha256 or hashlib.sha256(data).digest()
+            digest = sha256 or _digest(hashlib.sha256(), data)
             return {"ChecksumSHA256": base64.b64encode(digest).decode()}
         if self.options.checksum == "md5":
-            return {"ContentMD5": base64.b64encode(hashlib.md5(data).digest()).decode()}
+            return {"ContentMD5": base64.b64encode(_digest(hashlib.md5(), data)).decode()}
         return {}
 
     async def _call(self, request, verb: str, name: str):
@@ -237,43 +236,14 @@ def _make_client(options: S3Options):
         raise StoreError(f"cannot use S3 endpoint {options.endpoint_url!r}: {error}") from None
 
 
-class _MemoryReader:
-    """A seekable file over a memoryview, so boto3 can send (and resend) a chunk
-    without copying it.
-
-    read() hands out slices of at least 1 MiB whatever size is asked for: the
-    HTTP layers read request bodies 8-16 KiB at a time, and sending a 64 MiB
-    chunk in such pieces cost more CPU here than sealing it."""
-
-    SLICE = 1 << 20
-
-    def __init__(self, view: memoryview):
-        self._view = view.cast("B")
-        self._position = 0
-
-    def read(self, size: int = -1) -> memoryview:
-        end = len(self._view) if size is None or size < 0 else self._position + max(size, self.SLICE)
-        piece = self._view[self._position:end]
-        self._position += len(piece)
-        return piece
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._view)}[whence]
-        self._position = max(0, base + offset)
-        return self._position
-
-    def tell(self) -> int:
-        return self._position
-
-    def seekable(self) -> bool:
-        return True
-
-    def __len__(self) -> int:
-        return len(self._view)
-
-
 def _body(data):
-    return _MemoryReader(data) if isinstance(data, memoryview) else data
+    return data.reader() if isinstance(data, FilePayload) else data
+
+
+def _digest(hasher, data) -> bytes:
+    for piece in data.slices() if isinstance(data, FilePayload) else (data,):
+        hasher.update(piece)
+    return hasher.digest()
 
 
 def _code(error: bce.ClientError) -> str:
