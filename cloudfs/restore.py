@@ -35,9 +35,10 @@ from dataclasses import dataclass, field
 
 import trio
 
-from cloudfs.browse.blobs import BlobFetcher, Span, fetch_span_bytes, open_span, plan_spans
+from cloudfs.browse.blobs import BlobFetcher, Span, fetch_span_bytes, plan_spans
 from cloudfs.browse.trees import TreeCache
 from cloudfs.errors import CloudfsError, IntegrityError, UsageError
+from cloudfs.repo.chunk import open_record
 from cloudfs.repo import Repository, Snapshot
 from cloudfs.snapshot.source import join
 from cloudfs.snapshot.tree import Entry
@@ -45,8 +46,9 @@ from cloudfs.snapshot.tree import Entry
 log = logging.getLogger(__name__)
 
 BATCH_BLOCKS = 1 << 16        # blocks planned at once (bounded memory for huge restores)
-SPAN_GAP = 256 << 10          # unwanted bytes a ranged GET may include to save a request
-JOBS = 10                     # spans fetched and written at once
+SPAN_BYTES = 16 << 20         # the largest ranged GET
+SPAN_GAP = 1 << 20            # unwanted bytes a ranged GET may include to save a request
+JOBS = 4                      # spans fetched and written at once
 
 
 @dataclass
@@ -329,7 +331,7 @@ class Restorer:
                 self._damage_places(places, IntegrityError(f"blob {blob_id.hex()[:16]}", "not in the index"))
             else:
                 locations.append(location)
-        spans = plan_spans(locations, max_gap=SPAN_GAP)
+        spans = plan_spans(locations, max_bytes=SPAN_BYTES, max_gap=SPAN_GAP)
         send, receive = trio.open_memory_channel(0)
         async with trio.open_nursery() as nursery:
             for _ in range(max(1, self.options.jobs)):
@@ -350,23 +352,25 @@ class Restorer:
                     self._damage_places(batch[blob_id], error)
 
     def _write_span(self, span: Span, data, batch) -> tuple[int, list]:
-        """Verify a span's records and write each to its places (a worker thread)."""
+        """Verify a span's records one by one and write each to its places (a
+        worker thread); only the current run of consecutive blocks is held."""
         if isinstance(data, IntegrityError):
             return 0, [(location.blob_id, data) for location in span.locations]
-        opened = open_span(self.repo, span, data)
-        writes: dict[Item, list[tuple[int, bytes]]] = defaultdict(list)
+        view = memoryview(data)
         failures = []
-        for blob_id, plaintext in opened.items():
-            if isinstance(plaintext, Exception):
-                failures.append((blob_id, plaintext))
-                continue
-            for item, offset in batch[blob_id]:
-                writes[item].append((offset, plaintext))
-        written = 0
-        for item, pieces in writes.items():
-            if item.damage is None:
-                written += _write_pieces(item.destination, pieces)
-        return written, failures
+        with _RunWriter() as writer:
+            for location in span.locations:
+                start = location.offset - span.start
+                try:
+                    plaintext = open_record(self.repo.master, location, view[start:start + location.length],
+                                            span.name)
+                except IntegrityError as error:
+                    failures.append((location.blob_id, error))
+                    continue
+                for item, offset in batch[location.blob_id]:
+                    if item.damage is None:
+                        writer.add(item.destination, offset, plaintext)
+        return writer.written, failures
 
     async def _verify(self, files: list[Item]) -> None:
         """Read every restored file back and compare each block's keyed hash."""
@@ -457,35 +461,55 @@ def _group_hard_links(items: list[Item]) -> None:
                 item.link_to = first
 
 
-def _write_pieces(path: bytes, pieces: list[tuple[int, bytes]]) -> int:
-    """pwrite each (offset, data), consecutive pieces in one call."""
-    pieces.sort(key=lambda piece: piece[0])
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    written = 0
-    try:
-        run: list[bytes] = []
-        run_start = run_end = -1
-        for offset, data in pieces + [(-1, b"")]:
-            if run and offset != run_end:
-                written += _pwritev_all(fd, run, run_start)
-                run = []
-            if offset < 0:
-                break
-            if not run:
-                run_start = run_end = offset
-            run.append(data)
-            run_end += len(data)
-    finally:
-        os.close(fd)
-    return written
+class _RunWriter:
+    """Writes blocks, joining consecutive ones of a file into one pwritev of up
+    to RUN_BYTES; keeps the current file open until another comes."""
+
+    RUN_BYTES = 1 << 20
+
+    def __init__(self):
+        self.written = 0
+        self._path: bytes | None = None
+        self._fd = -1
+        self._start = self._end = 0
+        self._buffers: list = []
+
+    def __enter__(self) -> "_RunWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self._flush()
+        finally:
+            if self._fd >= 0:
+                os.close(self._fd)
+
+    def add(self, path: bytes, offset: int, data: bytes) -> None:
+        if path != self._path or offset != self._end or self._end - self._start >= self.RUN_BYTES:
+            self._flush()
+            if path != self._path:
+                if self._fd >= 0:
+                    os.close(self._fd)
+                    self._fd = -1
+                self._fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                self._path = path
+            self._start = self._end = offset
+        self._buffers.append(data)
+        self._end += len(data)
+
+    def _flush(self) -> None:
+        if self._buffers:
+            self.written += _pwritev_all(self._fd, self._buffers, self._start)
+            self._buffers = []
 
 
-def _pwritev_all(fd: int, buffers: list[bytes], offset: int) -> int:
-    total = sum(len(b) for b in buffers)
+def _pwritev_all(fd: int, buffers: list, offset: int) -> int:
+    """pwritev every buffer at `offset` (it may write less than asked, and takes
+    at most IOV_MAX buffers at a time)."""
     done = 0
-    for start in range(0, len(buffers), 512):
-        group = buffers[start:start + 512]
-        size = sum(len(b) for b in group)
+    for first in range(0, len(buffers), 512):
+        group = buffers[first:first + 512]
+        size = sum(len(buffer) for buffer in group)
         count = os.pwritev(fd, group, offset + done)
         if count < size:
             rest = b"".join(group)[count:]
@@ -494,7 +518,7 @@ def _pwritev_all(fd: int, buffers: list[bytes], offset: int) -> int:
                 count += step
                 rest = rest[step:]
         done += size
-    return total
+    return done
 
 
 def _remove(path: bytes) -> None:

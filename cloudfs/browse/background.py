@@ -22,6 +22,10 @@ class Background:
     def start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
 
+    @property
+    def started(self) -> bool:
+        return self._nursery is not None
+
     def spawn(self, function, *args) -> None:
         """Run `function(*args)` in the background; a no-op before start()."""
         if self._nursery is not None:

@@ -18,6 +18,7 @@ the store or from the disk cache; nothing unverified is ever kept in memory.
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from typing import Iterable
 
 import trio
 
+from cloudfs.browse.background import Background
 from cloudfs.browse.diskcache import DiskCache
 from cloudfs.errors import (
     AccessDenied,
@@ -40,6 +42,7 @@ from cloudfs.repo.chunk import BlobLocation, chunk_name, open_record
 log = logging.getLogger(__name__)
 
 SPAN_BYTES = 8 << 20           # the largest ranged GET
+SPAN_GAP = 1 << 20             # unwanted bytes a GET may carry to save another GET
 THREAD_BYTES = 256 << 10       # spans smaller than this are opened on the event loop
 DISK_QUEUE_BYTES = 64 << 20    # sealed records waiting to be written to the disk cache
 
@@ -161,72 +164,100 @@ class FetchStats:
     prefetch_skipped: int = 0  # read-ahead not started: too much already in flight
 
 
-class _Pending:
-    """A blob some task is fetching; others wait on it instead of fetching it again."""
+class _Claim:
+    """Blobs one task is fetching together (one span, or records from the disk
+    cache). A reader that wants any of them waits for the claim instead of
+    fetching again; the claim resolves when that one fetch is done."""
 
-    __slots__ = ("done", "value")
+    __slots__ = ("done", "results")
 
     def __init__(self):
         self.done = trio.Event()
-        self.value: bytes | Exception | None = None
+        self.results: dict[bytes, bytes | Exception] = {}
 
 
 class BlobFetcher:
     def __init__(self, repo: Repository, *, memory_bytes: int = 256 << 20,
                  disk: DiskCache | None = None, span_bytes: int = SPAN_BYTES,
-                 prefetch_bytes: int = 128 << 20):
+                 span_gap: int = SPAN_GAP, prefetch_bytes: int = 64 << 20,
+                 background: Background | None = None):
         self.repo = repo
         self.memory = MemoryCache(memory_bytes)
         self.disk = disk
         self.span_bytes = span_bytes
+        self.span_gap = span_gap
         self.prefetch_limit = prefetch_bytes
+        self.background = background
         self.stats = FetchStats()
-        self._pending: dict[bytes, _Pending] = {}
+        self._pending: dict[bytes, _Claim] = {}
         self._prefetching = 0
         self._disk_send, self._disk_receive = trio.open_memory_channel(float("inf"))
         self._disk_queued = 0
+        self._layouts: dict[bytes, tuple[list[int], list[BlobLocation]]] = {}   # chunk -> blobs by offset
 
     # -- the public face ----------------------------------------------------------------
 
     async def get(self, blob_id: bytes, *, keep: bool = True) -> bytes:
         return (await self.get_many([blob_id], keep=keep))[blob_id]
 
-    async def get_many(self, blob_ids: Iterable[bytes], *, keep: bool = True) -> dict[bytes, bytes]:
+    async def get_many(self, blob_ids: Iterable[bytes], *, keep: bool = True,
+                       persist: bool = True) -> dict[bytes, bytes]:
         """The verified plaintext of each blob; raises the first failure (an
         IntegrityError naming the object, or a StoreError)."""
-        results = await self.fetch_all(blob_ids, keep=keep)
+        results = await self.fetch_all(blob_ids, keep=keep, persist=persist)
         for value in results.values():
             if isinstance(value, Exception):
                 raise value
         return results
 
-    async def prefetch(self, blob_ids: Iterable[bytes]) -> None:
-        """Bring blobs into the memory cache ahead of need. Best effort: failures
-        are left for the real read to report, and nothing starts while more than
-        the prefetch budget is already in flight (memory stays bounded)."""
-        wanted = [b for b in dict.fromkeys(blob_ids)
-                  if b not in self.memory and b not in self._pending]
-        location = self.repo.index.get
-        size = sum(loc.raw_length for loc in map(location, wanted) if loc is not None)
+    def prefetch(self, blob_ids: Iterable[bytes]) -> None:
+        """Start bringing blobs into the memory cache, in the background. The
+        blobs are claimed at once, so a read that comes for them meanwhile waits
+        for this fetch rather than starting its own. Best effort: failures are
+        left for the real read to report, and nothing starts while more than the
+        prefetch budget is in flight (memory stays bounded)."""
+        if self.background is None or not self.background.started:
+            return
+        wanted = [b for b in dict.fromkeys(blob_ids) if b not in self.memory and b not in self._pending]
         if not wanted:
             return
+        size = sum(loc.raw_length for loc in map(self.repo.index.get, wanted) if loc is not None)
         if self._prefetching + size > self.prefetch_limit:
             self.stats.prefetch_skipped += 1
             return
         self._prefetching += size
-        try:
-            await self.fetch_all(wanted, keep=True)
-        except STORE_DOWN as error:
-            log.debug("read-ahead failed: %s", error)
-        finally:
-            self._prefetching -= size
+        jobs, _ = self._claim(wanted)
+        for job in jobs:
+            self.background.spawn(self._prefetch_job, job, self._job_size(job), True)
 
-    async def fetch_all(self, blob_ids: Iterable[bytes], *, keep: bool = True
+    def prefetch_region(self, chunk_id: bytes, start: int, end: int) -> None:
+        """Start fetching every record in bytes [start, end) of a chunk, in spans,
+        in the background. Sequential reads of a large file use this: the
+        uploader's workers interleave its blocks within a region of a chunk, so
+        reading the region in order fetches each byte once, in large GETs."""
+        if self.background is None or not self.background.started:
+            return
+        records = self._records_in(chunk_id, start, end)
+        size = sum(loc.raw_length for loc in records)
+        if not records or self._prefetching + size > self.prefetch_limit:
+            self.stats.prefetch_skipped += bool(records)
+            return
+        for span in plan_spans(records, self.span_bytes, self.span_gap):
+            unclaimed = [loc.blob_id for loc in span.locations
+                         if loc.blob_id not in self.memory and loc.blob_id not in self._pending]
+            if unclaimed:
+                job = (self._claim_ids(unclaimed), span)
+                span_size = sum(loc.raw_length for loc in span.locations)
+                self._prefetching += span_size
+                self.background.spawn(self._prefetch_job, job, span_size, False)
+
+    async def fetch_all(self, blob_ids: Iterable[bytes], *, keep: bool = True, persist: bool = True
                         ) -> dict[bytes, bytes | Exception]:
         """Each blob's plaintext or the error that prevented it. `keep` puts the
-        plaintexts in the memory cache (tree blobs are cached decoded elsewhere)."""
+        plaintexts in the memory cache (tree blobs are cached decoded elsewhere),
+        `persist` the fetched records in the disk cache."""
         results: dict[bytes, bytes | Exception] = {}
-        waiting: list[tuple[bytes, _Pending]] = []
+        waiting: list[tuple[bytes, _Claim]] = []
         mine: list[bytes] = []
         for blob_id in dict.fromkeys(blob_ids):
             data = self.memory.get(blob_id)
@@ -238,57 +269,88 @@ class BlobFetcher:
             else:
                 mine.append(blob_id)
         if mine:
-            results.update(await self._fetch_claimed(mine, keep))
-        for blob_id, pending in waiting:
-            await pending.done.wait()
-            results[blob_id] = pending.value
+            jobs, unknown = self._claim(mine)
+            results.update(unknown)
+            if len(jobs) == 1:
+                await self._run(jobs[0], keep, persist)
+            else:
+                async with trio.open_nursery() as nursery:
+                    for job in jobs:
+                        nursery.start_soon(self._run, job, keep, persist)
+            for claim, _ in jobs:
+                results.update(claim.results)
+        for blob_id, claim in waiting:
+            await claim.done.wait()
+            value = claim.results.get(blob_id)
+            results[blob_id] = StoreUnavailable("the fetch was cancelled") if value is None else value
         return results
 
     # -- fetching ---------------------------------------------------------------------------
 
-    async def _fetch_claimed(self, blob_ids: list[bytes], keep: bool) -> dict[bytes, bytes | Exception]:
-        """Fetch blobs no other task is fetching, telling waiters as each resolves."""
-        claims = {blob_id: _Pending() for blob_id in blob_ids}
-        self._pending.update(claims)
-        results: dict[bytes, bytes | Exception] = {}
-        try:
-            await self._load(blob_ids, results, keep)
-        except STORE_DOWN as error:
-            for blob_id in blob_ids:
-                results.setdefault(blob_id, error)
-        finally:
-            for blob_id, claim in claims.items():
-                del self._pending[blob_id]
-                value = results.get(blob_id)
-                claim.value = StoreUnavailable("the read was cancelled") if value is None else value
-                claim.done.set()
-        return results
-
-    async def _load(self, blob_ids: list[bytes], results: dict, keep: bool) -> None:
+    def _claim(self, blob_ids: list[bytes]) -> tuple[list[tuple[_Claim, object]], dict]:
+        """Claim blobs for fetching: one job per span (or one for the disk cache's
+        records), and an IntegrityError for each blob the index does not know."""
+        jobs, unknown, locations = [], {}, []
         if self.disk is not None:
             on_disk = [b for b in blob_ids if b in self.disk]
             if on_disk:
-                found = await trio.to_thread.run_sync(self._read_disk, on_disk)
-                self.stats.disk_hits += len(found)
-                self._keep(found, results, keep)
-        locations = []
+                jobs.append((self._claim_ids(on_disk), on_disk))
+                blob_ids = [b for b in blob_ids if b not in self.disk]
         for blob_id in blob_ids:
-            if blob_id in results:
-                continue
             location = self.repo.index.get(blob_id)
             if location is None:
-                results[blob_id] = IntegrityError(f"blob {blob_id.hex()[:16]}", "not in the index")
+                unknown[blob_id] = IntegrityError(f"blob {blob_id.hex()[:16]}", "not in the index")
             else:
                 locations.append(location)
-        spans = plan_spans(locations, self.span_bytes)
-        if len(spans) == 1:
-            await self._load_span(spans[0], results, keep)
-            return
-        async with trio.open_nursery() as nursery:
-            for span in spans:
-                nursery.start_soon(self._load_span, span, results, keep)
+        for span in plan_spans(locations, self.span_bytes, self.span_gap):
+            jobs.append((self._claim_ids([loc.blob_id for loc in span.locations]), span))
+        return jobs, unknown
 
-    async def _load_span(self, span: Span, results: dict, keep: bool) -> None:
+    def _claim_ids(self, blob_ids: list[bytes]) -> _Claim:
+        claim = _Claim()
+        for blob_id in blob_ids:
+            self._pending[blob_id] = claim
+        return claim
+
+    def _job_size(self, job) -> int:
+        _, work = job
+        if isinstance(work, Span):
+            return sum(loc.raw_length for loc in work.locations)
+        return sum(loc.raw_length for loc in map(self.repo.index.get, work) if loc is not None)
+
+    async def _prefetch_job(self, job, size: int, persist: bool) -> None:
+        try:
+            await self._run(job, True, persist)
+        finally:
+            self._prefetching -= size
+
+    async def _run(self, job, keep: bool, persist: bool) -> None:
+        """Fetch one claimed job, then resolve its claim (whatever happened)."""
+        claim, work = job
+        ids = [loc.blob_id for loc in work.locations] if isinstance(work, Span) else work
+        try:
+            if isinstance(work, Span):
+                await self._load_span(work, claim.results, keep, persist)
+            else:
+                await self._load_from_disk(work, claim.results, keep)
+        except STORE_DOWN as error:
+            for blob_id in ids:
+                claim.results.setdefault(blob_id, error)
+        finally:
+            for blob_id in ids:
+                if self._pending.get(blob_id) is claim:
+                    del self._pending[blob_id]
+            claim.done.set()
+
+    async def _load_from_disk(self, blob_ids: list[bytes], results: dict, keep: bool) -> None:
+        found = await trio.to_thread.run_sync(self._read_disk, blob_ids)
+        self.stats.disk_hits += len(found)
+        self._keep(found, results, keep)
+        missing = [self.repo.index.get(b) for b in blob_ids if b not in found]
+        for span in plan_spans([loc for loc in missing if loc is not None], self.span_bytes, self.span_gap):
+            await self._load_span(span, results, keep, True)
+
+    async def _load_span(self, span: Span, results: dict, keep: bool, persist: bool) -> None:
         data = await fetch_span_bytes(self.repo, span)
         self.stats.requests += 1
         if isinstance(data, IntegrityError):
@@ -296,15 +358,51 @@ class BlobFetcher:
                 results[location.blob_id] = data
             return
         self.stats.bytes_fetched += len(data)
+        whole = self._with_neighbours(span) if keep else span
         if span.end - span.start >= THREAD_BYTES:
-            opened = await trio.to_thread.run_sync(open_span, self.repo, span, data)
+            opened = await trio.to_thread.run_sync(open_span, self.repo, whole, data)
         else:
-            opened = open_span(self.repo, span, data)
-        self._keep(opened, results, keep)
-        self._queue_for_disk(span, data, opened)
+            opened = open_span(self.repo, whole, data)
+        wanted = {location.blob_id for location in span.locations}
+        self._keep(opened, results, keep, wanted)
+        if persist:
+            self._queue_for_disk(whole, data, opened)
 
-    def _keep(self, opened: dict, results: dict, keep: bool) -> None:
-        results.update(opened)
+    def _with_neighbours(self, span: Span) -> Span:
+        """The span with every other record that lies inside the bytes it fetches.
+        The uploader's parallel workers interleave the blocks of one file (and
+        of neighbouring files) in a chunk, so these are mostly what the reader
+        asks for next; opening them costs less than fetching them again."""
+        inside = self._records_in(span.chunk_id, span.start, span.end)
+        return Span(span.chunk_id, span.start, span.end, tuple(inside)) if len(inside) > len(span.locations) else span
+
+    def _records_in(self, chunk_id: bytes, start: int, end: int) -> list[BlobLocation]:
+        """The records lying wholly inside bytes [start, end) of a chunk."""
+        layout = self._layouts.get(chunk_id)
+        if layout is None:
+            chunk = self.repo.index.chunks.get(chunk_id)
+            if chunk is None:
+                return []
+            blobs = sorted(chunk.blobs, key=lambda blob: blob.offset)
+            layout = self._layouts[chunk_id] = ([blob.offset for blob in blobs], blobs)
+            while len(self._layouts) > 64:
+                self._layouts.pop(next(iter(self._layouts)))
+        offsets, blobs = layout
+        inside = []
+        for index in range(bisect.bisect_left(offsets, start), len(blobs)):
+            blob = blobs[index]
+            if blob.offset + blob.length > end:
+                break
+            inside.append(blob)
+        return inside
+
+    def _keep(self, opened: dict, results: dict, keep: bool, wanted: set | None = None) -> None:
+        """Record what was asked for in `results` (everything if `wanted` is None),
+        and keep every verified plaintext in memory if `keep`."""
+        if wanted is None:
+            results.update(opened)
+        else:
+            results.update((blob_id, opened[blob_id]) for blob_id in wanted if blob_id in opened)
         if keep:
             for blob_id, value in opened.items():
                 if not isinstance(value, Exception):

@@ -10,15 +10,15 @@ more is asked for only once half the window has been consumed, so the fetches
 go out as a few large ranged GETs in flight at once. A jump resets the window.
 The fetcher's budget bounds what all handles together have in flight.
 
-Directory prefetch: when a directory of a snapshot is opened, the blocks of
-its small files are fetched in the background in one go (their blobs sit side
+Neighbour prefetch: when a small file is opened, the small files after it in
+its directory are fetched in the background in one go (their blobs sit side
 by side in the chunks), because `cp -a`, `rsync` and file managers read them
-next, one file at a time.
+next, one file at a time. Listing a directory (`ls -lR`) fetches no content.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cloudfs.browse.background import Background
 from cloudfs.browse.blobs import BlobFetcher
@@ -29,7 +29,10 @@ from cloudfs.snapshot.tree import Entry
 INITIAL_WINDOW = 4 << 20
 MAX_WINDOW = 32 << 20
 SMALL_FILE = 1 << 20
-DIRECTORY_PREFETCH = 32 << 20
+DISK_CACHED_FILE = 16 << 20      # larger files stream past the disk cache (see docs/browse.md)
+DIRECTORY_PREFETCH = 32 << 20    # bytes of small files fetched ahead in one directory
+REFILL_FILES = 8                 # ... again when the reader is this close to the end of it
+DIRECTORIES_TRACKED = 4096
 
 
 @dataclass
@@ -39,6 +42,7 @@ class ReadAhead:
     window: int = 0          # blocks
     ahead_until: int = 0     # blocks below this have been asked for
     furthest: int = 0        # end block of the furthest read so far
+    frontiers: dict = field(default_factory=dict)   # chunk id -> end of the region asked for
 
 
 class ContentReader:
@@ -48,6 +52,7 @@ class ContentReader:
         self.block_size = block_size
         self.background = background
         self._zeros = memoryview(bytes(block_size))
+        self._neighbours_done: dict[bytes, int] = {}    # directory node -> entries fetched ahead
 
     async def read(self, entry: Entry, offset: int, size: int, ahead: ReadAhead | None = None) -> bytes:
         """Bytes [offset, offset+size) of a file entry, verified; IntegrityError or
@@ -63,7 +68,8 @@ class ContentReader:
                                  f"lists {len(ids)} of blocks {first}..{last - 1}")
         if ahead is not None:
             self._read_ahead(entry, ahead, first, last)
-        blobs = await self.fetcher.get_many([b for b in ids if b is not None])
+        blobs = await self.fetcher.get_many([b for b in ids if b is not None],
+                                            persist=entry.size <= DISK_CACHED_FILE)
         parts = []
         for index, block_id in enumerate(ids, first):
             length = min(block_size, entry.size - index * block_size)
@@ -81,7 +87,7 @@ class ContentReader:
         sequential = first == 0 or ahead.furthest - most <= first <= ahead.furthest + initial
         ahead.furthest = max(ahead.furthest, last) if sequential else last
         if not sequential:
-            ahead.window, ahead.ahead_until = 0, last
+            ahead.window, ahead.ahead_until, ahead.frontiers = 0, last, {}
             return
         ahead.window = initial if ahead.window == 0 else min(most, ahead.window * 2)
         target = min(blocks, last + ahead.window)
@@ -89,20 +95,57 @@ class ContentReader:
         if start >= target or (target - start < ahead.window // 2 and target < blocks):
             return
         ahead.ahead_until = target
-        self.background.spawn(self._prefetch_blocks, entry, start, target)
+        ids = self.trees.cached_block_ids(entry, start, target)
+        if ids is None:
+            self.background.spawn(self._prefetch_blocks, entry, ahead, start, target)
+        else:
+            self._prefetch_regions(ahead, ids)
 
-    async def _prefetch_blocks(self, entry: Entry, first: int, last: int) -> None:
-        ids = await self.trees.block_ids(entry, first, last)
-        await self.fetcher.prefetch([b for b in ids if b is not None])
+    async def _prefetch_blocks(self, entry: Entry, ahead: ReadAhead, first: int, last: int) -> None:
+        self._prefetch_regions(ahead, await self.trees.block_ids(entry, first, last))
 
-    def prefetch_small_files(self, entries: list[Entry]) -> None:
-        """Fetch the blocks of a directory's small files in the background."""
-        wanted, total = [], 0
-        for entry in entries:
+    def _prefetch_regions(self, ahead: ReadAhead, ids: list) -> None:
+        """Ask for the chunk regions that hold these blocks, each from where the
+        last request for that chunk ended, so no byte is fetched twice."""
+        regions: dict[bytes, list[int]] = {}
+        for block_id in ids:
+            location = block_id is not None and self.fetcher.repo.index.get(block_id)
+            if location:
+                region = regions.setdefault(location.chunk_id, [location.offset, 0])
+                region[0] = min(region[0], location.offset)
+                region[1] = max(region[1], location.offset + location.length)
+        for chunk_id, (low, high) in regions.items():
+            frontier = ahead.frontiers.get(chunk_id)
+            if frontier is not None and low <= frontier + MAX_WINDOW:
+                low = max(low, frontier)
+            if high > low:
+                self.fetcher.prefetch_region(chunk_id, low, high)
+                ahead.frontiers[chunk_id] = max(high, frontier or 0)
+
+    def prefetch_neighbours(self, directory_id: bytes, name: bytes) -> None:
+        """A small file was opened: fetch the small files after it in its
+        directory in the background, DIRECTORY_PREFETCH bytes at a time, before
+        their turn comes (`cp -a`, `rsync` and file managers go through a
+        directory in order). Listing a directory fetches nothing."""
+        directory = self.trees.cached_directory(directory_id)
+        index = directory.index(name) if directory is not None else None
+        if index is None or directory.entries[index].size > SMALL_FILE:
+            return
+        done_until = self._neighbours_done.get(directory_id, 0)
+        if index < done_until - REFILL_FILES:
+            return
+        wanted, total, position = [], 0, max(index, done_until)
+        for position in range(position, len(directory.entries)):
+            entry = directory.entries[position]
             if entry.is_file and entry.blocks is not None and 0 < entry.size <= SMALL_FILE:
                 if total + entry.size > DIRECTORY_PREFETCH:
                     break
                 wanted += [b for b in entry.blocks if b is not None]
                 total += entry.size
+        else:
+            position = len(directory.entries)
+        self._neighbours_done[directory_id] = position
+        while len(self._neighbours_done) > DIRECTORIES_TRACKED:
+            self._neighbours_done.pop(next(iter(self._neighbours_done)))
         if wanted:
-            self.background.spawn(self.fetcher.prefetch, wanted)
+            self.fetcher.prefetch(wanted)

@@ -19,6 +19,7 @@ import os
 import stat
 
 import pyfuse3
+import trio
 from pyfuse3 import FUSEError
 
 from cloudfs.browse.content import ContentReader, ReadAhead
@@ -76,6 +77,11 @@ class BrowseOperations(pyfuse3.Operations):
         self._files: dict[int, OpenFile] = {}
         self._listings: dict[int, list[tuple[bytes, Node]]] = {}
         self._next_handle = 1
+        self.initialized = trio.Event()
+
+    def init(self):
+        """The kernel's INIT was answered: the mount is usable (and tunable)."""
+        self.initialized.set()
 
     def describe(self, operation: str, args: tuple) -> str:
         """What a failed request was about, e.g. `read of snapshots/…:/docs/a.txt`."""
@@ -191,9 +197,6 @@ class BrowseOperations(pyfuse3.Operations):
         if not node.is_directory:
             raise FUSEError(errno.ENOTDIR)
         listing = await self.namespace.children(node)
-        if node.directory_id is not None and not node.prefetched:
-            node.prefetched = True
-            self.content.prefetch_small_files([child.entry for _, child in listing])
         handle = self._new_handle()
         self._listings[handle] = listing
         return handle
@@ -221,6 +224,8 @@ class BrowseOperations(pyfuse3.Operations):
             raise FUSEError(errno.EROFS)
         if node.entry is None or not node.entry.is_file:
             raise FUSEError(errno.EISDIR if node.is_directory else errno.EINVAL)
+        if node.parent_tree is not None:
+            self.content.prefetch_neighbours(node.parent_tree, node.entry.name)
         handle = self._new_handle()
         self._files[handle] = OpenFile(node)
         return pyfuse3.FileInfo(fh=handle, keep_cache=True)

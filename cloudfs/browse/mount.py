@@ -48,7 +48,7 @@ MAX_REQUESTS = 64          # FUSE requests served at once
 
 @dataclass
 class BrowseSettings:
-    memory_cache_bytes: int = 256 << 20
+    memory_cache_bytes: int = 128 << 20
     disk_cache_bytes: int = 2 << 30          # 0: no disk cache
     refresh_seconds: float = 60.0
     allow_other: bool = False
@@ -141,7 +141,8 @@ async def _serve(plan: BrowsePlan, open_repository: OpenRepository, on_ready) ->
     try:
         disk = await _open_disk_cache(repo, plan.settings)
         background = Background()
-        fetcher = BlobFetcher(repo, memory_bytes=plan.settings.memory_cache_bytes, disk=disk)
+        fetcher = BlobFetcher(repo, memory_bytes=plan.settings.memory_cache_bytes, disk=disk,
+                              background=background)
         trees = TreeCache(fetcher)
         namespace = Namespace(repo, trees, History(trees), background)
         await namespace.refresh()
@@ -179,19 +180,26 @@ async def _mount_and_serve(plan: BrowsePlan, operations: BrowseOperations, backg
         raise MountError(f"cannot mount on {mountpoint}: {error}") from None
     mounted = True
     try:
-        fuseproc.tune_read_ahead(mountpoint, READ_AHEAD_KB)
-        plan.state.announce(Holder(os.getpid(), mountpoint, mountpoint, -1))
-        on_ready()
         async with trio.open_nursery() as nursery:
             background.start(nursery)
+            nursery.start_soon(_serve_until_unmounted, nursery)
+            await operations.initialized.wait()
+            # Only now: the kernel sets the read-ahead from the INIT reply, which
+            # would undo an earlier setting.
+            fuseproc.tune_read_ahead(mountpoint, READ_AHEAD_KB)
+            plan.state.announce(Holder(os.getpid(), mountpoint, mountpoint, -1))
+            on_ready()
             nursery.start_soon(operations.content.fetcher.write_disk_cache)
             nursery.start_soon(operations.namespace.refresh_periodically, plan.settings.refresh_seconds)
             nursery.start_soon(fuseproc.unmount_on_signal, mountpoint)
-            await pyfuse3.main(1, MAX_REQUESTS)
-            nursery.cancel_scope.cancel()
         mounted = _still_mounted(plan)
     finally:
         pyfuse3.close(unmount=mounted)
+
+
+async def _serve_until_unmounted(nursery: trio.Nursery) -> None:
+    await pyfuse3.main(1, MAX_REQUESTS)
+    nursery.cancel_scope.cancel()
 
 
 def _mount_options(plan: BrowsePlan) -> set[str]:

@@ -71,8 +71,8 @@ class Node:
     path: bytes = b""           # inside the snapshot (ENTRY, VERSION) or history (HISTORY)
     entry: Entry | None = None  # ENTRY and VERSION
     target: bytes = b""         # LATEST
+    parent_tree: bytes | None = None   # ENTRY: the directory node that lists it
     lookups: int = 0
-    prefetched: bool = False    # directory content read ahead once
 
     @property
     def immutable(self) -> bool:
@@ -273,7 +273,8 @@ class Namespace:
             key = (view, snapshot_name, "#", entry.ino)       # hard links: one node
         else:
             key = (view, snapshot_name, path)
-        return self._node(key, Kind.ENTRY, snapshot=parent.snapshot, path=path, entry=entry)
+        return self._node(key, Kind.ENTRY, snapshot=parent.snapshot, path=path, entry=entry,
+                          parent_tree=parent.directory_id)
 
     # -- history --------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ round trips instead of one per directory.
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 
 from cloudfs.browse.blobs import BlobFetcher
@@ -33,16 +34,21 @@ PREFETCH_ENTRIES = 100_000      # a tree prefetch stops after this many entries
 class Directory:
     """One decoded directory node: entries sorted by name, found by name."""
 
-    __slots__ = ("entries", "_by_name")
+    __slots__ = ("entries", "_index")
 
     def __init__(self, entries: list[Entry]):
         self.entries = entries
-        self._by_name: dict[bytes, Entry] | None = None
+        self._index: dict[bytes, int] | None = None
+
+    def index(self, name: bytes) -> int | None:
+        """Where `name` is in `entries`, or None."""
+        if self._index is None:
+            self._index = {entry.name: index for index, entry in enumerate(self.entries)}
+        return self._index.get(name)
 
     def child(self, name: bytes) -> Entry | None:
-        if self._by_name is None:
-            self._by_name = {entry.name: entry for entry in self.entries}
-        return self._by_name.get(name)
+        index = self.index(name)
+        return None if index is None else self.entries[index]
 
 
 class TreeCache:
@@ -115,7 +121,7 @@ class TreeCache:
         """Fetch the directory nodes below `root`, breadth first, a level at a
         time; stop after `budget` entries. Failures are left for the reads that
         need those nodes to report. Returns the number of nodes read."""
-        level, seen, entries = [root], {root}, 0
+        level, seen, entries, started = [root], {root}, 0, time.monotonic()
         while level and entries < budget:
             found = await self.directories(level)
             level = []
@@ -127,6 +133,8 @@ class TreeCache:
                     if entry.subtree is not None and entry.subtree not in seen:
                         seen.add(entry.subtree)
                         level.append(entry.subtree)
+        log.info("tree %s: %d directory nodes, %d entries read ahead in %.2f s",
+                 root.hex()[:16], len(seen), entries, time.monotonic() - started)
         return len(seen)
 
     # -- block lists ------------------------------------------------------------------
@@ -140,6 +148,31 @@ class TreeCache:
         out: list[bytes | None] = []
         await self._collect(entry.block_list, first, last, 0, out)
         return out
+
+    def cached_block_ids(self, entry: Entry, first: int, last: int) -> list[bytes | None] | None:
+        """Like block_ids, from decoded nodes only: None if one is not at hand."""
+        if entry.blocks is not None:
+            return entry.blocks[first:last]
+        if entry.block_list is None or last <= first:
+            return []
+        out: list[bytes | None] = []
+        return out if self._collect_cached(entry.block_list, first, last, 0, out) else None
+
+    def _collect_cached(self, node_id: bytes, first: int, last: int, base: int, out: list) -> bool:
+        node = self._block_nodes.get(node_id)
+        if node is None:
+            return False
+        level, ids = node
+        span = FANOUT ** level
+        for index in range(max(0, (first - base) // span), len(ids)):
+            start = base + index * span
+            if start >= last:
+                break
+            if level == 0:
+                out.append(ids[index])
+            elif not self._collect_cached(ids[index], first, last, start, out):
+                return False
+        return True
 
     async def _collect(self, node_id: bytes, first: int, last: int, base: int, out: list) -> None:
         level, ids = await self._block_node(node_id)

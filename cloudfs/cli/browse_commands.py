@@ -38,8 +38,8 @@ def register(subparsers) -> None:
                              "the mount reads everything)")
     browse.add_argument("--refresh", type=float, default=60.0, metavar="SECONDS",
                         help="how often to look for new snapshots (default 60)")
-    browse.add_argument("--memory-cache", type=int, default=256, metavar="MIB",
-                        help="verified data kept in memory (default 256)")
+    browse.add_argument("--memory-cache", type=int, default=128, metavar="MIB",
+                        help="verified data kept in memory (default 128)")
     browse.add_argument("--disk-cache", type=int, default=2048, metavar="MIB",
                         help="fetched data kept on disk, still encrypted (default 2048; 0: none)")
     browse.set_defaults(run=run_browse)
@@ -59,8 +59,8 @@ def register(subparsers) -> None:
                               "rewrite the rest")
     restore.add_argument("--verify", action="store_true",
                          help="read every restored file back and check it against the snapshot")
-    restore.add_argument("--jobs", type=int, default=10, metavar="N",
-                         help="ranged reads fetched and written at once (default 10)")
+    restore.add_argument("--jobs", type=int, default=4, metavar="N",
+                         help="ranged reads fetched and written at once (default 4)")
     restore.add_argument("--no-progress", dest="progress", action="store_false",
                          help="no progress bar (there is none either when stderr is not a terminal)")
     restore.set_defaults(run=run_restore)
@@ -71,6 +71,7 @@ def register(subparsers) -> None:
 
 def run_browse(args) -> int:
     from cloudfs.browse import mount
+    from cloudfs.browse.malloc import keep_freed_memory
     from cloudfs.repo import Repository
 
     if args.memory_cache < 16 or args.disk_cache < 0 or args.refresh <= 0:
@@ -83,6 +84,7 @@ def run_browse(args) -> int:
     if not args.repo:
         raise UsageError("no repository given: use --repo or set CLOUDFS_REPO")
     passphrase = read_passphrase(args)       # here, before a --daemon fork
+    keep_freed_memory()
 
     async def open_repo():
         return await Repository.open(open_store_from(args), passphrase,
@@ -95,6 +97,7 @@ def run_browse(args) -> int:
 
 
 def run_restore(args) -> int:
+    from cloudfs.browse.malloc import keep_freed_memory
     from cloudfs.browse.names import Catalog
     from cloudfs.restore import RestoreOptions, restore, split_argument
 
@@ -103,6 +106,7 @@ def run_restore(args) -> int:
         raise UsageError("no snapshot given: SNAPSHOT[:PATH], e.g. latest or latest:docs/report.odt")
     if args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
+    keep_freed_memory()
     options = RestoreOptions(overwrite=args.overwrite, resume=args.resume, verify=args.verify, jobs=args.jobs)
     bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="restoring", file=sys.stderr,
                disable=not (args.progress and sys.stderr.isatty()))
