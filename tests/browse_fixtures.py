@@ -12,9 +12,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +34,16 @@ from tests.repo_helpers import PASSPHRASE, fast_kdf
 from tests.tree_helpers import capture_directory
 
 CLOUDFS = [sys.executable, "-m", "cloudfs"]
+_STATE_DIRS: list[str] = []
+atexit.register(lambda: [shutil.rmtree(path, ignore_errors=True) for path in _STATE_DIRS])
+
+
+def short_state_home() -> Path:
+    """A state directory with a short path: `cloudfs umount` talks to a Unix
+    socket in it, and pytest's temporary paths are too long for one."""
+    path = tempfile.mkdtemp(prefix="cfs-", dir="/tmp")
+    _STATE_DIRS.append(path)
+    return Path(path)
 
 
 @dataclass
@@ -43,6 +56,7 @@ class TestRepo:
     endpoint: str | None = None          # another way in (a fault proxy), else the server
     snapshots: list[Snapshot] = field(default_factory=list)
     references: list[dict] = field(default_factory=list)   # capture_directory of each
+    state_home: Path = field(default_factory=short_state_home)
 
     @property
     def location(self) -> str:
@@ -55,7 +69,7 @@ class TestRepo:
     def env(self, **extra) -> dict:
         env = self.server.env()
         env.update(CLOUDFS_REPO=self.location, CLOUDFS_PASSWORD=PASSPHRASE.decode(),
-                   XDG_CACHE_HOME=str(self.base / "cache"), XDG_STATE_HOME=str(self.base / "state"))
+                   XDG_CACHE_HOME=str(self.base / "cache"), XDG_STATE_HOME=str(self.state_home))
         if self.endpoint:
             env["CLOUDFS_ENDPOINT_URL"] = self.endpoint
         env.update(extra)
@@ -130,7 +144,7 @@ class BrowseMount:
         return self.path / name
 
     def log(self) -> str:
-        logs = list((self.repo.base / "state" / "cloudfs").glob("browse-*/mount.log"))
+        logs = list((self.repo.state_home / "cloudfs").glob("browse-*/mount.log"))
         return "\n".join(path.read_text(errors="replace") for path in logs)
 
     def wait_for_log(self, text: str, timeout: float = 5.0) -> str:

@@ -159,7 +159,7 @@ def test_umount_and_signals_stop_the_mount_and_a_dead_one_is_cleared(five_snapsh
     repo, _, _ = five_snapshots
     mount = BrowseMount(repo)
     with mount:
-        state = StateDir(next((repo.base / "state" / "cloudfs").glob("browse-*")))
+        state = StateDir(next((repo.state_home / "cloudfs").glob("browse-*")))
         holder = state.holder()
         assert holder is not None and holder.mountpoint == str(mount.path)
         os.kill(holder.pid, signal.SIGTERM)

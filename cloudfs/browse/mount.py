@@ -189,6 +189,7 @@ async def _mount_and_serve(plan: BrowsePlan, operations: BrowseOperations, backg
             fuseproc.tune_read_ahead(mountpoint, READ_AHEAD_KB)
             plan.state.announce(Holder(os.getpid(), mountpoint, mountpoint, -1))
             on_ready()
+            operations.namespace.prefetch_tree(operations.namespace.catalog.latest)
             nursery.start_soon(operations.content.fetcher.write_disk_cache)
             nursery.start_soon(operations.namespace.refresh_periodically, plan.settings.refresh_seconds)
             nursery.start_soon(fuseproc.unmount_on_signal, mountpoint)

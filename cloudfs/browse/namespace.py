@@ -259,10 +259,16 @@ class Namespace:
         return [(name, self._top_level(name)) for name in names]
 
     def _snapshot_root(self, view: str, snapshot: Snapshot) -> Node:
-        if snapshot.tree not in self._prefetched_trees:
+        self.prefetch_tree(snapshot)
+        return self._node((view, snapshot.name, b""), Kind.SNAPSHOT, snapshot=snapshot)
+
+    def prefetch_tree(self, snapshot: Snapshot | None) -> None:
+        """Fetch a snapshot's directory nodes in the background, once per mount
+        (on its first lookup; the newest one as soon as the mount is ready,
+        since a file manager opens it first)."""
+        if snapshot is not None and snapshot.tree not in self._prefetched_trees:
             self._prefetched_trees.add(snapshot.tree)
             self.background.spawn(self.trees.prefetch_tree, snapshot.tree)
-        return self._node((view, snapshot.name, b""), Kind.SNAPSHOT, snapshot=snapshot)
 
     # -- inside snapshots -----------------------------------------------------------------
 
