@@ -60,9 +60,9 @@ def seal_into(key: bytes, plaintext: bytes, associated_data: bytes, out: memoryv
 def unseal(key: bytes, sealed: bytes | memoryview, associated_data: bytes) -> bytes:
     if len(sealed) < SEAL_OVERHEAD:
         raise AuthenticationFailed("sealed message is too short")
-    sealed = bytes(sealed)
+    view = memoryview(sealed)   # slicing a view copies nothing
     try:
-        return _aead(key).decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], associated_data)
+        return _aead(key).decrypt(view[:NONCE_SIZE], view[NONCE_SIZE:], associated_data)
     except InvalidTag:
         raise AuthenticationFailed("authentication failed") from None
 

@@ -50,10 +50,16 @@ class FaultyProxy:
         self._sockets.clear()
 
     def close(self) -> None:
+        """Stop listening and break every connection, so clients fail at once
+        instead of waiting for their read timeout."""
         self._stopping.set()
         self._thread.join(timeout=5)
         self._listener.close()
         for sock in list(self._sockets):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             _close_quietly(sock)
 
     def __enter__(self):
