@@ -83,3 +83,22 @@ def test_scattered_writes_widen_the_ranges_but_never_lose_a_byte():
         rangeset.add(start, end)
     assert len(rangeset) <= RANGE_LIMIT
     assert all(rangeset.covers(start, end) for start, end in written)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ranges, st.integers(0, 240), st.integers(0, 60))
+def test_intersection_and_remove_cut_exactly_the_window(added, start, width):
+    model: set[int] = set()
+    rangeset = RangeSet()
+    for low, high in added:
+        rangeset.add(low, high)
+        model.update(range(low, high))
+    window = set(range(start, start + width))
+    parts = rangeset.intersection(start, start + width)
+    assert {byte for low, high in parts for byte in range(low, high)} == model & window
+    assert all(previous[1] <= following[0] for previous, following in zip(parts, parts[1:]))
+    rangeset.remove(start, start + width)
+    listed = list(rangeset)
+    assert {byte for low, high in listed for byte in range(low, high)} == model - window
+    assert all(previous[1] < following[0] for previous, following in zip(listed, listed[1:]))
+    assert rangeset.total() == len(model - window)

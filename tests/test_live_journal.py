@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 import trio
@@ -236,3 +237,44 @@ def test_an_image_replays_to_the_same_state(tmp_path):
     assert again.sealed == state.sealed and again.current == state.current
     assert again.current_epoch == state.current_epoch
     assert os.path.getsize(tmp_path / JOURNAL_NAME) >= records.HEADER.size
+
+
+def test_the_time_of_each_epochs_first_change_survives_seals_compaction_and_stops(tmp_path):
+    """What the live RPO is computed from (`cloudfs status`)."""
+    async def main():
+        journal = Journal.open(tmp_path)
+        assert journal.oldest_change_ns(unknown=1) is None
+        before = time.time_ns()
+        journal.record_write(1, 0, 10)
+        first = journal.oldest_change_ns(unknown=1)
+        assert before <= first <= time.time_ns()
+        journal.record_write(2, 0, 10)  # later changes do not move it
+        assert journal.oldest_change_ns(unknown=1) == first
+        journal.seal()
+        journal.record_meta(3)
+        second = journal._state.first_change[1]
+        assert second >= first and journal.oldest_change_ns(unknown=1) == first
+        await journal.compact()
+        journal.close_clean({})
+        return first, second
+
+    first, second = trio.run(main)
+    journal = Journal.open(tmp_path)
+    assert journal.oldest_change_ns(unknown=1) == first
+    journal.commit(0)
+    assert journal.oldest_change_ns(unknown=1) == second
+    journal.close()
+    assert Journal.open(tmp_path).oldest_change_ns(unknown=1) == second  # kept by the clean stop
+
+    crashed = tmp_path / "crashed"
+    journal = Journal.open(crashed)
+    journal.record_write(1, 0, 10)
+    journal.close()  # no clean stop: the open epoch's time is lost, `unknown` stands in
+    journal = Journal.open(crashed)
+    assert journal.oldest_change_ns(unknown=7) == 7
+    journal.changes_since(5)
+    assert journal.oldest_change_ns(unknown=7) == 5
+    journal.seal()
+    journal.commit(0)
+    assert journal.oldest_change_ns(unknown=7) is None and not journal.has_pending()
+    journal.close()

@@ -103,6 +103,41 @@ class RangeSet:
         index = bisect_left(self._ends, start + 1)
         return index < len(self._starts) and self._starts[index] < end
 
+    def intersection(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The parts of [start, end) that are inside the set, in order."""
+        if end <= start:
+            return []
+        starts, ends = self._starts, self._ends
+        index = bisect_right(ends, start)  # first range that ends after start
+        parts = []
+        while index < len(starts) and starts[index] < end:
+            parts.append((max(start, starts[index]), min(end, ends[index])))
+            index += 1
+        return parts
+
+    def remove(self, start: int, end: int) -> None:
+        """Take [start, end) out of the set (ranges are cut, never widened)."""
+        if end <= start:
+            return
+        starts, ends = self._starts, self._ends
+        first = bisect_right(ends, start)  # first range that ends after start
+        past = bisect_left(starts, end)  # ranges from here on start at or after end
+        if first >= past:
+            return
+        kept_starts, kept_ends = [], []
+        if starts[first] < start:
+            kept_starts.append(starts[first])
+            kept_ends.append(start)
+        if ends[past - 1] > end:
+            kept_starts.append(end)
+            kept_ends.append(ends[past - 1])
+        starts[first:past] = kept_starts
+        ends[first:past] = kept_ends
+
+    def total(self) -> int:
+        """How many bytes the ranges cover."""
+        return sum(end - start for start, end in self)
+
     def copy(self) -> RangeSet:
         clone = RangeSet()
         clone._starts = list(self._starts)

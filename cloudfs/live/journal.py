@@ -67,6 +67,7 @@ class Journal:
         self._path = directory / JOURNAL_NAME
         self._state = state
         self._current = state.current  # the hot path's shortcut; replaced at seal
+        self._open_epoch_changed = False  # whether the open epoch's first change is timed
         self._fd = fd
         self._file_bytes = file_bytes
         self._buffer = bytearray()
@@ -117,23 +118,23 @@ class Journal:
 
     def record_write(self, ino: int, offset: int, length: int) -> None:
         self._current.add_range(ino, offset, offset + length)
-        self._append(_WRITE, ino, offset, length)
+        self._append_change(_WRITE, ino, offset, length)
 
     def record_truncate(self, ino: int, size: int) -> None:
         self._current.truncate(ino, size)
-        self._append(_TRUNCATE, ino, size)
+        self._append_change(_TRUNCATE, ino, size)
 
     def record_meta(self, ino: int) -> None:
         self._current.mark_meta(ino)
-        self._append(_META, ino)
+        self._append_change(_META, ino)
 
     def record_dir(self, ino: int) -> None:
         self._current.mark_dir(ino)
-        self._append(_DIR, ino)
+        self._append_change(_DIR, ino)
 
     def record_whole(self, ino: int) -> None:
         self._current.mark_whole(ino)
-        self._append(_WHOLE, ino)
+        self._append_change(_WHOLE, ino)
 
     def record_changes(self, changes: ChangeSet) -> None:
         """Journal a whole change set (what reconcile found) into the open epoch."""
@@ -146,6 +147,20 @@ class Journal:
             self.record_meta(ino)
         for ino in changes.dirs:
             self.record_dir(ino)
+
+    def changes_since(self, time_ns: int) -> None:
+        """Say that the open epoch's changes may date back to `time_ns` (what reconcile
+        finds was changed while unmounted, some time after the last checkpoint)."""
+        first = self._state.first_change
+        epoch = self._state.current_epoch
+        first[epoch] = min(first.get(epoch, time_ns), time_ns)
+        self._open_epoch_changed = True
+
+    def _append_change(self, kind: int, a: int, b: int = 0, c: int = 0) -> None:
+        if not self._open_epoch_changed:  # the first change of the epoch: when (the live RPO)
+            self._open_epoch_changed = True
+            self._state.first_change.setdefault(self._state.current_epoch, time.time_ns())
+        self._append(kind, a, b, c)
 
     def _append(self, kind: int, a: int, b: int = 0, c: int = 0, d: int = 0) -> None:
         self._buffer += _pack(kind, a, b, c, d)
@@ -168,7 +183,8 @@ class Journal:
         """
         epoch, changes = self._state.seal()
         self._current = self._state.current
-        self._append(records.SEAL, epoch)
+        self._open_epoch_changed = False
+        self._append(records.SEAL, epoch, self._state.first_change.get(epoch, 0))
         return epoch, changes
 
     def commit(self, epoch: int) -> None:
@@ -184,6 +200,19 @@ class Journal:
 
     def uncommitted_epochs(self) -> list[int]:
         return [*self._state.sealed, self._state.current_epoch]
+
+    def sealed_epochs(self) -> list[int]:
+        """Sealed epochs not yet committed, oldest first."""
+        return list(self._state.sealed)
+
+    def oldest_change_ns(self, unknown: int) -> int | None:
+        """When the oldest change not yet in a committed snapshot was made (None: there
+        is none); `unknown` stands in where the time was lost in a crash."""
+        return self._state.oldest_change_ns(unknown)
+
+    def has_pending(self) -> bool:
+        """Whether anything is not yet committed: changes, or sealed epochs (even empty)."""
+        return bool(self._state.sealed) or bool(self._state.current)
 
     def is_pending(self, ino: int) -> bool:
         if self._current.touches(ino):
@@ -248,7 +277,8 @@ class Journal:
             # copies, plus the dirty files' ranges), packing the image is not: that
             # runs in the thread, so a large state does not stall the FUSE loop.
             frozen = JournalState(current_epoch=self._state.current_epoch,
-                                  sealed=dict(self._state.sealed), current=self._state.current.copy())
+                                  sealed=dict(self._state.sealed), current=self._state.current.copy(),
+                                  first_change=dict(self._state.first_change))
             self._compacting = True
             try:
                 image = await trio.to_thread.run_sync(records.image, frozen)
@@ -300,7 +330,8 @@ class Journal:
         payload = bytearray()
         for ino, final in sorted(finals.items()):
             payload += _pack(records.FINAL, ino, final.size, final.mtime_ns, final.ctime_ns)
-        payload += _pack(records.CLEAN_STOP, len(finals), 0, 0, 0)
+        open_epoch_first = self._state.first_change.get(self._state.current_epoch, 0)
+        payload += _pack(records.CLEAN_STOP, len(finals), open_epoch_first, 0, 0)
         data = records.image(self._state) + records.batch(payload)
         self._buffer.clear()
         new_fd = self._write_temp(data)
@@ -341,6 +372,10 @@ class NullJournal:
 
     def record_whole(self, ino: int) -> None:
         pass
+
+    def has_pending(self) -> bool:
+        """Whether anything is not yet committed: changes, or sealed epochs (even empty)."""
+        return bool(self._state.sealed) or bool(self._state.current)
 
     def is_pending(self, ino: int) -> bool:
         return False

@@ -16,11 +16,13 @@ Record kinds and their fields:
     META       a=ino                        attributes, xattrs or link count changed
     DIR        a=ino                        entries of directory ino changed
     WHOLE      a=ino                        re-read the inode entirely
-    SEAL       a=epoch                      epoch `a` is closed; later records are a+1
+    SEAL       a=epoch b=first_change_ns    epoch `a` is closed; later records are a+1.
+                                            b: when its first change was made (0: unknown)
     COMMIT     a=epoch                      epochs <= a are in a committed snapshot
     OPEN       a=time_ns                    a mount session started
     FINAL      a=ino b=size c=mtime_ns d=ctime_ns   stat of a dirty inode at clean stop
     CLEAN_STOP a=number of FINAL records    the session ended cleanly (last record)
+               b=first_change_ns            of the open epoch (0: none or unknown)
 
 Records carry no epoch: the header names the first epoch, and each SEAL starts the
 next one. `docs/live.md` explains why the format is shaped this way.
@@ -75,6 +77,8 @@ class JournalState:
     clean_stop: bool = False
     finals: dict[int, FinalStat] = field(default_factory=dict)
     sessions: int = 0
+    #: epoch -> when its first change was recorded (ns), where known (the live RPO).
+    first_change: dict[int, int] = field(default_factory=dict)
     _pending_finals: dict[int, FinalStat] = field(default_factory=dict, repr=False)
 
     @property
@@ -92,6 +96,16 @@ class JournalState:
     def commit(self, epoch: int) -> None:
         for sealed_epoch in [e for e in self.sealed if e <= epoch]:
             del self.sealed[sealed_epoch]
+        for known in [e for e in self.first_change if e <= epoch]:
+            del self.first_change[known]
+
+    def oldest_change_ns(self, unknown: int) -> int | None:
+        """When the oldest change not yet committed was made; `unknown` stands in for
+        an epoch with changes whose time was lost (a crash before its seal)."""
+        times = [self.first_change.get(epoch, unknown)
+                 for epoch, changes in (*self.sealed.items(), (self.current_epoch, self.current))
+                 if changes]
+        return min(times) if times else None
 
     def pending(self) -> ChangeSet:
         """The union of every uncommitted epoch, the open one included."""
@@ -116,6 +130,8 @@ class JournalState:
         elif kind == SEAL:
             if a != self.current_epoch:
                 raise JournalFormatError(f"seal of epoch {a} while epoch {self.current_epoch} is open")
+            if b:
+                self.first_change[a] = b
             self.seal()
         elif kind == COMMIT:
             self.commit(a)
@@ -126,6 +142,8 @@ class JournalState:
         elif kind == CLEAN_STOP:
             self.finals, self._pending_finals = self._pending_finals, {}
             self.clean_stop = True
+            if b:
+                self.first_change[self.current_epoch] = b
             return
         else:
             raise JournalFormatError(f"unknown record kind {kind}")
@@ -185,7 +203,7 @@ def image(state: JournalState) -> bytes:
 
     for epoch, changes in state.sealed.items():
         _emit_changes(emit, changes)
-        emit(SEAL, epoch)
+        emit(SEAL, epoch, state.first_change.get(epoch, 0))
     _emit_changes(emit, state.current)
     if payload:
         out.extend(batch(payload))
