@@ -5,10 +5,17 @@ backing tree, records what changed, and turns OSError into FUSEError at the edge
 Handlers are synchronous inside (plain os calls, no thread hop: ~100 us each would
 dominate) and contain no `await` between a backing syscall and its journal record,
 so no other request can run in between. Only fsync awaits, for the disk.
+
+While a snapshot is in flight, `frozen` (a FrozenState) is set: before a handler
+destroys content the sealed state still has to read, it preserves it (copy into
+the spool, or a graveyard link for a file losing its last name), in the same
+synchronous stretch as the change. The graveyard's reserved name at SOURCE's root
+is invisible through the mount. docs/live.md has the rules.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -20,6 +27,7 @@ import trio
 from pyfuse3 import FUSEError
 
 from cloudfs.live import backing, syscalls
+from cloudfs.live.graveyard import NAME as GRAVEYARD_NAME
 from cloudfs.live.inodes import Inode, InodeTable
 from cloudfs.live.records import FinalStat
 
@@ -76,6 +84,8 @@ class LiveOperations(pyfuse3.Operations):
         self._dirs: dict[int, DirHandle] = {}
         #: Final stats of dirty inodes the kernel forgot (for the clean-stop record).
         self.last_seen: dict[int, FinalStat] = {}
+        #: The sealed state of the snapshot in flight (copy-on-write), or None.
+        self.frozen = None
 
     # -- replies ------------------------------------------------------------------
 
@@ -99,6 +109,36 @@ class LiveOperations(pyfuse3.Operations):
         entry.st_ctime_ns = st.st_ctime_ns
         return entry
 
+    def _reserved(self, parent: Inode, name: bytes) -> bool:
+        return name == GRAVEYARD_NAME and parent is self.table.root
+
+    def _refuse_reserved(self, parent: Inode, name: bytes) -> None:
+        if self._reserved(parent, name):
+            raise OSError(errno.EPERM, "name reserved by cloudfs")
+
+    def _readable(self, inode: Inode):
+        """Opens `inode` for reading (for copy-on-write before a truncate)."""
+
+        def open_reader() -> int:
+            path, follow = self.table.path(inode)
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
+
+        return open_reader
+
+    @contextlib.contextmanager
+    def _keeping_if_sealed(self, parent: Inode, parent_fd: int, name: bytes, st):
+        """Around the removal of `name` (stat `st`, or None): keep the file alive for
+        the snapshot in flight if this is its last name (synchronous, no await)."""
+        frozen = self.frozen
+        kept = (frozen is not None and st is not None and parent.protected
+                and frozen.before_last_name_removed(parent_fd, name, st))
+        try:
+            yield
+        except OSError:
+            if kept:
+                frozen.removal_failed(st.st_ino)
+            raise
+
     def _new_entry(self, parent: Inode, name: bytes, st: os.stat_result) -> Inode:
         """Remember a newly created name and journal the new inode."""
         inode = self.table.remember(st, parent, name)
@@ -113,6 +153,8 @@ class LiveOperations(pyfuse3.Operations):
     def lookup(self, parent_nodeid, name, ctx):
         parent = self.table[parent_nodeid]
         try:
+            if self._reserved(parent, name):
+                raise FileNotFoundError(errno.ENOENT, "hidden")
             st = os.stat(name, dir_fd=self.table.dir_fd(parent), follow_symlinks=False)
         except FileNotFoundError:
             negative = pyfuse3.EntryAttributes()
@@ -149,6 +191,9 @@ class LiveOperations(pyfuse3.Operations):
             os.chown(path, attr.st_uid if fields.update_uid else -1,
                      attr.st_gid if fields.update_gid else -1, follow_symlinks=follow)
         if fields.update_size:
+            if self.frozen is not None and inode.protected:
+                opener = (lambda: os.dup(fh)) if fh is not None else self._readable(inode)
+                self.frozen.before_truncate(inode.ino, attr.st_size, opener)
             backing.truncate(path, follow, fh, attr.st_size)
             if inode.protected:
                 self.journal.record_truncate(inode.ino, attr.st_size)
@@ -188,6 +233,7 @@ class LiveOperations(pyfuse3.Operations):
     @_fuse_errors
     def mknod(self, parent_nodeid, name, mode, rdev, ctx):
         parent = self.table[parent_nodeid]
+        self._refuse_reserved(parent, name)
         parent_fd = self.table.dir_fd(parent)
         mode &= ~ctx.umask
         os.mknod(name, mode, rdev, dir_fd=parent_fd)
@@ -196,6 +242,7 @@ class LiveOperations(pyfuse3.Operations):
     @_fuse_errors
     def mkdir(self, parent_nodeid, name, mode, ctx):
         parent = self.table[parent_nodeid]
+        self._refuse_reserved(parent, name)
         parent_fd = self.table.dir_fd(parent)
         mode &= ~ctx.umask
         os.mkdir(name, mode, dir_fd=parent_fd)
@@ -204,6 +251,7 @@ class LiveOperations(pyfuse3.Operations):
     @_fuse_errors
     def symlink(self, parent_nodeid, name, target, ctx):
         parent = self.table[parent_nodeid]
+        self._refuse_reserved(parent, name)
         parent_fd = self.table.dir_fd(parent)
         os.symlink(target, name, dir_fd=parent_fd)
         return self._made(parent, parent_fd, name, ctx, stat.S_IFLNK | 0o777)
@@ -212,6 +260,7 @@ class LiveOperations(pyfuse3.Operations):
     def link(self, nodeid, new_parent_nodeid, new_name, ctx):
         inode = self.table[nodeid]
         new_parent = self.table[new_parent_nodeid]
+        self._refuse_reserved(new_parent, new_name)
         new_parent_fd = self.table.dir_fd(new_parent)
         if inode.links:
             parent_fd, name = self.table.locate(inode)
@@ -239,7 +288,8 @@ class LiveOperations(pyfuse3.Operations):
         parent = self.table[parent_nodeid]
         parent_fd = self.table.dir_fd(parent)
         st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
-        remove(name, dir_fd=parent_fd)
+        with self._keeping_if_sealed(parent, parent_fd, name, st):
+            remove(name, dir_fd=parent_fd)
         self.table.unlinked(parent, name, st)
         if parent.protected:
             self.journal.record_dir(parent.ino)
@@ -250,6 +300,7 @@ class LiveOperations(pyfuse3.Operations):
     def rename(self, old_parent_nodeid, old_name, new_parent_nodeid, new_name, flags, ctx):
         old_parent = self.table[old_parent_nodeid]
         new_parent = self.table[new_parent_nodeid]
+        self._refuse_reserved(new_parent, new_name)
         old_fd = self.table.dir_fd(old_parent)
         new_fd = self.table.dir_fd(new_parent)
         moved = os.stat(old_name, dir_fd=old_fd, follow_symlinks=False)
@@ -257,10 +308,12 @@ class LiveOperations(pyfuse3.Operations):
             replaced = os.stat(new_name, dir_fd=new_fd, follow_symlinks=False)
         except FileNotFoundError:
             replaced = None
-        if flags:
-            syscalls.renameat2(old_fd, old_name, new_fd, new_name, flags)
-        else:
-            os.rename(old_name, new_name, src_dir_fd=old_fd, dst_dir_fd=new_fd)
+        doomed = None if flags & pyfuse3.RENAME_EXCHANGE else replaced
+        with self._keeping_if_sealed(new_parent, new_fd, new_name, doomed):
+            if flags:
+                syscalls.renameat2(old_fd, old_name, new_fd, new_name, flags)
+            else:
+                os.rename(old_name, new_name, src_dir_fd=old_fd, dst_dir_fd=new_fd)
         exchanged = bool(flags & pyfuse3.RENAME_EXCHANGE)
         self.table.renamed(old_parent, old_name, new_parent, new_name, moved, replaced, exchanged)
         if old_parent.protected:
@@ -286,6 +339,8 @@ class LiveOperations(pyfuse3.Operations):
     @_fuse_errors
     def open(self, nodeid, flags, ctx):
         inode = self.table[nodeid]
+        if flags & os.O_TRUNC and self.frozen is not None and inode.protected:
+            self.frozen.before_truncate(inode.ino, 0, self._readable(inode))
         if inode.links:
             parent_fd, name = self.table.locate(inode)
             fd = backing.open_file(name, flags, parent_fd)
@@ -303,6 +358,7 @@ class LiveOperations(pyfuse3.Operations):
     @_fuse_errors
     def create(self, parent_nodeid, name, mode, flags, ctx):
         parent = self.table[parent_nodeid]
+        self._refuse_reserved(parent, name)
         parent_fd = self.table.dir_fd(parent)
         mode &= ~ctx.umask
         fd = os.open(name, backing.open_flags(flags) | os.O_CREAT | (flags & os.O_EXCL),
@@ -322,8 +378,10 @@ class LiveOperations(pyfuse3.Operations):
 
     @_fuse_errors
     def write(self, fh, offset, data):
-        written = os.pwrite(fh, data, offset)
         inode = self._files[fh]
+        if self.frozen is not None and inode.protected:
+            self.frozen.before_write(inode.ino, fh, offset, offset + len(data))
+        written = os.pwrite(fh, data, offset)
         if written != len(data):
             return self._write_rest(fh, inode, offset, data, written)
         if inode.protected:
@@ -400,6 +458,8 @@ class LiveOperations(pyfuse3.Operations):
         names = handle.names
         for index in range(start_id, len(names)):
             name = names[index]
+            if self._reserved(handle.inode, name):
+                continue
             try:
                 st = os.stat(name, dir_fd=handle.fd, follow_symlinks=False)
             except FileNotFoundError:

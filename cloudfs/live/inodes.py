@@ -151,6 +151,10 @@ class InodeTable:
     def find(self, st: os.stat_result) -> Inode | None:
         return self._by_key.get((st.st_dev, st.st_ino))
 
+    def find_ino(self, ino: int) -> Inode | None:
+        """The inode of the protected filesystem with backing number `ino`, if the kernel knows it."""
+        return self._by_key.get((self.device, ino))
+
     # -- reaching the backing inode ---------------------------------------------
 
     def dir_fd(self, inode: Inode) -> int:

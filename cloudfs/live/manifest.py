@@ -12,10 +12,13 @@ import errno
 import os
 import stat
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import msgpack
+
+from cloudfs.live.graveyard import is_graveyard
 
 MANIFEST_NAME = "manifest"
 FORMAT = "cloudfs-live-manifest"
@@ -62,17 +65,38 @@ def parent_of(path: bytes) -> bytes:
     return path.rpartition(b"/")[0]
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a manifest is the tree of: the first mount's baseline (snapshot None), or
+    a committed snapshot of one repository taken with these exclusion patterns."""
+
+    snapshot: str | None = None
+    repo_id: str | None = None
+    exclude: tuple[str, ...] = ()
+
+    def describes(self, snapshot: str | None, repo_id: str, exclude: list[str]) -> bool:
+        return (snapshot is not None and self.snapshot == snapshot and self.repo_id == repo_id
+                and list(self.exclude) == list(exclude))
+
+
 class Tree:
     """Entries of the protected tree by relative path (bytes; b"" is the root itself).
 
-    Indexes by parent and by inode are built on first use; a Tree is not modified
+    Indexes by parent and by inode are built on first use (`index()` builds both
+    now, e.g. in a worker thread before the tree is shared); a Tree is not modified
     after construction.
     """
 
-    def __init__(self, entries: dict[bytes, EntryStat]):
+    def __init__(self, entries: dict[bytes, EntryStat], checkpoint: Checkpoint | None = None):
         self.entries = entries
+        self.checkpoint = checkpoint or Checkpoint()
         self._children: dict[bytes, list[bytes]] | None = None
         self._by_ino: dict[int, list[bytes]] | None = None
+
+    def index(self) -> "Tree":
+        self.children(b"")
+        self.paths_of(0)
+        return self
 
     def get(self, path: bytes) -> EntryStat | None:
         return self.entries.get(path)
@@ -164,6 +188,8 @@ def _scan_directory(fd: int, path: bytes, device: int, entries: dict[bytes, Entr
             if st.st_dev != device:
                 continue
             name = os.fsencode(dir_entry.name)
+            if is_graveyard(path, name):
+                continue
             entries[join(path, name)] = EntryStat.of(st)
             if stat.S_ISDIR(st.st_mode):
                 subdirectories.append(name)
@@ -191,16 +217,22 @@ def load_manifest(state_dir: Path) -> Tree | None:
         document = msgpack.unpackb(data, raw=False, strict_map_key=False)
         if document.get("format") != FORMAT or document.get("version") != VERSION:
             raise ManifestError("unknown manifest format")
-        return Tree({row[0]: EntryStat(*row[1:]) for row in document["entries"]})
+        checkpoint = document.get("checkpoint") or {}
+        return Tree({row[0]: EntryStat(*row[1:]) for row in document["entries"]},
+                    Checkpoint(checkpoint.get("snapshot"), checkpoint.get("repo_id"),
+                               tuple(checkpoint.get("exclude", ()))))
     except (ValueError, KeyError, TypeError, msgpack.UnpackException) as error:
         raise ManifestError(f"damaged manifest: {error}") from error
 
 
 def save_manifest(state_dir: Path, tree: Tree) -> None:
-    """Replace the baseline atomically and durably."""
+    """Replace the baseline (with its checkpoint) atomically and durably."""
+    checkpoint = tree.checkpoint
     document = {
         "format": FORMAT,
         "version": VERSION,
+        "checkpoint": {"snapshot": checkpoint.snapshot, "repo_id": checkpoint.repo_id,
+                       "exclude": list(checkpoint.exclude)},
         "entries": [[path, *entry] for path, entry in tree.entries.items()],
     }
     replace_file(state_dir / MANIFEST_NAME, msgpack.packb(document, use_bin_type=True))

@@ -1,0 +1,445 @@
+"""What a seal freezes: everything the snapshot's builder will look at, as of the seal.
+
+At the seal the journal's pending changes (by backing inode) are turned into the
+builder's `PathChanges` (by path), and the part of the tree the builder will
+examine is read now, in the same synchronous stretch, so that the snapshot is
+the tree at that instant however long its upload takes (I2):
+
+- listings (and the lstat of every entry) of the directories whose entries
+  changed, and of new directories all the way down;
+- lstat, xattrs and symlink targets of every changed entry and of every
+  directory on the way to one;
+- for every file whose content will be read, which byte ranges (the dirty
+  blocks, or all of it): these are the obligations that copy-on-write keeps.
+
+To decide that, `CaptureWalker` walks the tree exactly as `TreeBuilder` will,
+with the manifest (the tree as of the previous snapshot) standing in for the
+previous snapshot's tree. That is only valid when the manifest describes that
+snapshot (its checkpoint says so); otherwise the seal is *full*: every
+directory listed, every file planned whole.
+
+Turning inodes into paths needs no scan: since the previous snapshot, names
+changed only in the directories the journal lists (`dirs`), so an inode is
+either still at one of its manifest paths whose parent did not change, or
+appears in the fresh listing of a changed directory. A directory is found by
+the same rule, from the root down. If what is found contradicts the journal
+(changes made behind the mount's back), `Inconsistent` is raised and the
+caller falls back to a full capture. docs/live.md, "Sealing", has the rules.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple
+
+from cloudfs.live.changes import ChangeSet, RangeSet
+from cloudfs.live.graveyard import is_graveyard
+from cloudfs.live.manifest import EntryStat, Tree, join, parent_of
+from cloudfs.snapshot.builder import PathChanges
+from cloudfs.snapshot.source import DirectorySource
+
+_DIR_LIST_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_DEPTH = 4096
+
+
+class Inconsistent(Exception):
+    """The tree does not match what the journal says (it changed behind the mount's back)."""
+
+
+class FrozenStat(NamedTuple):
+    """The lstat fields a snapshot records, under os.stat_result's names."""
+
+    st_mode: int
+    st_ino: int
+    st_dev: int
+    st_nlink: int
+    st_uid: int
+    st_gid: int
+    st_rdev: int
+    st_size: int
+    st_mtime_ns: int
+    st_ctime_ns: int
+
+    @classmethod
+    def of(cls, st) -> FrozenStat:
+        return cls(st.st_mode, st.st_ino, st.st_dev, st.st_nlink, st.st_uid, st.st_gid, st.st_rdev,
+                   st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@dataclass
+class Capture:
+    """The sealed state of the tree as far as the builder will look at it.
+
+    `changes` is None for a full capture (the builder then compares everything).
+    `reads` maps each file path the builder will open to the byte ranges it will
+    read, a RangeSet clipped to the file's size at the seal.
+    """
+
+    time_ns: int
+    changes: PathChanges | None
+    root: FrozenStat
+    stats: dict[bytes, FrozenStat] = field(default_factory=dict)
+    listings: dict[bytes, list[bytes]] = field(default_factory=dict)
+    xattrs: dict[bytes, dict[bytes, bytes]] = field(default_factory=dict)
+    targets: dict[bytes, bytes] = field(default_factory=dict)
+    reads: dict[bytes, RangeSet] = field(default_factory=dict)
+
+    @property
+    def full(self) -> bool:
+        return self.changes is None
+
+    def obligations(self) -> dict[int, RangeSet]:
+        """By inode: the bytes the builder will read (hard links merged)."""
+        needed: dict[int, RangeSet] = {}
+        for path, ranges in self.reads.items():
+            ino = self.stats[path].st_ino
+            if ino in needed:
+                needed[ino].update(ranges)
+            else:
+                needed[ino] = ranges.copy()
+        return needed
+
+    def bytes_to_read(self) -> int:
+        return sum(ranges.total() for ranges in self.reads.values())
+
+
+def blocks_to_read(ranges, size: int, old_size: int, block_size: int) -> RangeSet:
+    """The bytes `TreeBuilder._update` reads of a file of `size` (was `old_size`)
+    whose dirty ranges are `ranges`: whole blocks touching them, clipped to the
+    size, plus the old last block if it was partial and the size changed."""
+    needed = RangeSet()
+    for start, end in ranges:
+        end = min(end, size)
+        if end > start:
+            needed.add(start - start % block_size, min(size, _round_up(end, block_size)))
+    old_count = _round_up(old_size, block_size) // block_size
+    new_count = _round_up(size, block_size) // block_size
+    if size != old_size and old_size % block_size and old_count - 1 < new_count:
+        last = (old_count - 1) * block_size
+        needed.add(last, min(size, last + block_size))
+    return needed
+
+
+def _round_up(value: int, unit: int) -> int:
+    return -(-value // unit) * unit
+
+
+class CaptureWalker:
+    """Reads, through SOURCE's descriptor, what one seal must freeze.
+
+    `manifest` is the tree as of the previous snapshot when `trusted` (its
+    checkpoint names that snapshot); `has_previous` says whether the builder
+    will have a previous snapshot at all. Synchronous: the caller runs it in
+    the stretch between `journal.seal()` and the next request.
+    """
+
+    def __init__(self, root_fd: int, manifest: Tree, *, block_size: int, has_previous: bool,
+                 trusted: bool, exclude: Callable[[bytes], bool] | None, time_ns: int):
+        self.root_fd = root_fd
+        self.manifest = manifest
+        self.block_size = block_size
+        self.has_previous = has_previous
+        self.trusted = trusted and has_previous
+        self.exclude = exclude or (lambda path: False)
+        root = os.fstat(root_fd)
+        self.device = root.st_dev
+        self.root_ino = root.st_ino
+        self.capture = Capture(time_ns, None, FrozenStat.of(root))
+        self._live = DirectorySource(root_fd)
+        self._touched: set[bytes] = set()
+        # Resolution of inodes to paths (incremental captures).
+        self._changed_dirs: set[int] = set()
+        self._dir_paths: dict[int, bytes] = {}
+        self._found_in: dict[int, list[tuple[int, bytes, FrozenStat]]] = {}
+
+    # -- the two kinds of capture ----------------------------------------------------
+
+    def full(self) -> Capture:
+        """Everything: the builder lists every directory and compares every entry."""
+        self._walk_directory(b"", self.has_previous)
+        return self.capture
+
+    def incremental(self, pending: ChangeSet) -> Capture:
+        """What the builder needs for `pending`, the changes since the previous snapshot
+        (which the manifest must describe). Raises Inconsistent."""
+        if not self.trusted:
+            raise ValueError("an incremental capture needs the manifest of the previous snapshot")
+        changes = self.resolve(pending)
+        self.capture.changes = changes
+        self._touched = changes.touched_directories()
+        self._walk_directory(b"", True)
+        return self.capture
+
+    # -- inodes to paths -----------------------------------------------------------------
+
+    def resolve(self, pending: ChangeSet) -> PathChanges:
+        """The journal's changes (by inode) as the builder's PathChanges (by path)."""
+        self._changed_dirs = set(pending.dirs)
+        self._dir_paths = {self.root_ino: b""}
+        self._list_changed_directories()
+        changes = PathChanges()
+        for ino in self._changed_dirs:
+            if ino in self._dir_paths and self._dir_paths[ino] in self.capture.listings:
+                changes.listings.add(self._dir_paths[ino])
+        for ino in pending.whole | pending.data.keys() | pending.meta:
+            if ino == self.root_ino:
+                continue  # the root has no entry of its own in a snapshot
+            for path, st in self._paths_of(ino):
+                self._classify(changes, pending, ino, path, st)
+        self._mark_replaced_directories(changes)
+        return changes
+
+    def _classify(self, changes: PathChanges, pending: ChangeSet, ino: int, path: bytes,
+                  st: FrozenStat) -> None:
+        if stat.S_ISREG(st.st_mode):
+            if ino in pending.whole:
+                changes.data[path] = None
+            elif ino in pending.data:
+                changes.data[path] = list(pending.data[ino])
+            else:
+                changes.meta.add(path)
+            return
+        changes.meta.add(path)
+        if stat.S_ISDIR(st.st_mode) and ino in pending.whole:
+            changes.listings.add(path)  # a new directory, perhaps where another one was
+
+    def _mark_replaced_directories(self, changes: PathChanges) -> None:
+        """A directory in a changed listing that is not the one the manifest has at that
+        path is relisted: the builder would otherwise reuse the old one's node."""
+        for directory, names in list(self.capture.listings.items()):
+            for name in names:
+                path = join(directory, name)
+                st = self.capture.stats[path]
+                if not stat.S_ISDIR(st.st_mode):
+                    continue
+                before = self.manifest.get(path)
+                if before is None or before.ino != st.st_ino or not before.is_dir:
+                    changes.listings.add(path)
+
+    def _list_changed_directories(self) -> None:
+        """List every changed directory that can be found, parents first where that
+        is how they are found."""
+        waiting = set(self._changed_dirs)
+        progress = True
+        while waiting and progress:
+            progress = False
+            stack = sorted(waiting)
+            while stack:
+                ino = stack.pop()
+                if ino not in waiting:
+                    continue
+                path = self._dir_path(ino)
+                if path is None:
+                    continue
+                self._list_changed(ino, path)
+                waiting.discard(ino)
+                progress = True
+                stack.extend(child for child in self._subdirectories(path) if child in waiting)
+
+    def _subdirectories(self, path: bytes) -> list[int]:
+        return [self.capture.stats[join(path, name)].st_ino for name in self.capture.listings[path]
+                if stat.S_ISDIR(self.capture.stats[join(path, name)].st_mode)]
+
+    def _list_changed(self, ino: int, path: bytes) -> None:
+        names = self._list(path, expect_ino=ino)
+        for name in names:
+            st = self.capture.stats[join(path, name)]
+            self._found_in.setdefault(st.st_ino, []).append((ino, name, st))
+
+    def _dir_path(self, ino: int, depth: int = 0) -> bytes | None:
+        """Where directory `ino` is now, or None if it cannot be found (removed)."""
+        known = self._dir_paths.get(ino)
+        if known is not None:
+            return known
+        if depth > _MAX_DEPTH:
+            raise Inconsistent("directories nested in a loop")
+        for parent, name, st in self._found_in.get(ino, ()):
+            if stat.S_ISDIR(st.st_mode):
+                parent_path = self._dir_path(parent, depth + 1)
+                if parent_path is not None:
+                    return self._remember_dir(ino, join(parent_path, name))
+        for old_path in self.manifest.paths_of(ino):
+            before = self.manifest.get(old_path)
+            if not old_path or not before.is_dir:
+                continue
+            parent = self.manifest.get(parent_of(old_path)).ino
+            if parent in self._changed_dirs:
+                continue  # its listing changed: the fresh listings say where it is
+            parent_path = self._dir_path(parent, depth + 1)
+            if parent_path is not None:
+                return self._remember_dir(ino, join(parent_path, old_path.rpartition(b"/")[2]))
+        return None
+
+    def _remember_dir(self, ino: int, path: bytes) -> bytes:
+        self._dir_paths[ino] = path
+        return path
+
+    def _paths_of(self, ino: int) -> list[tuple[bytes, FrozenStat]]:
+        """Every path of inode `ino` now, with its stat: its names in changed
+        directories, and its manifest names in directories that did not change."""
+        found = []
+        for parent, name, st in self._found_in.get(ino, ()):
+            found.append((join(self._dir_paths[parent], name), st))
+        for old_path in self.manifest.paths_of(ino):
+            if not old_path:
+                continue
+            parent = self.manifest.get(parent_of(old_path)).ino
+            if parent in self._changed_dirs:
+                continue
+            parent_path = self._dir_path(parent)
+            if parent_path is None:
+                raise Inconsistent(f"the directory of {old_path!r} is gone but its listing did not change")
+            path = join(parent_path, old_path.rpartition(b"/")[2])
+            st = self._stat(path)
+            if st.st_ino != ino:
+                raise Inconsistent(f"{path!r} is another inode than the journal says")
+            found.append((path, st))
+        return found
+
+    # -- the builder's walk, mirrored ---------------------------------------------------------
+
+    def _walk_directory(self, path: bytes, has_previous: bool) -> None:
+        changes = self.capture.changes
+        if has_previous and changes is not None and path not in self._touched:
+            return  # the builder reuses the previous node
+        relist = not has_previous or changes is None or path in changes.listings
+        names = self._listing(path) if relist else self._previous_names(path)
+        for name in names:
+            child = join(path, name)
+            if self.exclude(child):
+                continue
+            before = self.manifest.get(child) if has_previous and self.trusted else None
+            self._walk_child(child, before, relist)
+
+    def _previous_names(self, path: bytes) -> list[bytes]:
+        return [name for name in self.manifest.children(path) if not is_graveyard(path, name)]
+
+    def _walk_child(self, path: bytes, before: EntryStat | None, relisted: bool) -> None:
+        if self._unchanged(path, before, relisted):
+            return
+        st = self._stat(path)
+        self._capture_xattrs(path)
+        if stat.S_ISREG(st.st_mode):
+            self._plan_read(path, st, before)
+        elif stat.S_ISDIR(st.st_mode):
+            self._walk_directory(path, before is not None and before.is_dir)
+        elif stat.S_ISLNK(st.st_mode):
+            self.capture.targets[path] = self._live.readlink(path)
+
+    def _unchanged(self, path: bytes, before: EntryStat | None, relisted: bool) -> bool:
+        changes = self.capture.changes
+        if before is None or changes is None or path in self._touched:
+            return False
+        if path in changes.data or path in changes.meta:
+            return False
+        return not relisted or self._stat(path).st_ino == before.ino
+
+    def _plan_read(self, path: bytes, st: FrozenStat, before: EntryStat | None) -> None:
+        changes = self.capture.changes
+        same_file = before is not None and stat.S_ISREG(before.mode) and before.ino == st.st_ino
+        if same_file and changes is not None and changes.data.get(path) is not None:
+            needed = blocks_to_read(changes.data[path], st.st_size, before.size, self.block_size)
+        elif same_file and changes is not None and path not in changes.data:
+            return
+        elif same_file and changes is None and _same_stat(before, st):
+            return
+        else:
+            needed = RangeSet([(0, st.st_size)])
+        if needed:
+            self.capture.reads[path] = needed
+
+    # -- reading the live tree ------------------------------------------------------------------
+
+    def _listing(self, path: bytes) -> list[bytes]:
+        listed = self.capture.listings.get(path)
+        return listed if listed is not None else self._list(path)
+
+    def _list(self, path: bytes, expect_ino: int | None = None) -> list[bytes]:
+        """List a directory and lstat every entry (other filesystems and the graveyard
+        left out); recorded in the capture."""
+        try:
+            fd = os.open(path or b".", _DIR_LIST_FLAGS, dir_fd=self.root_fd)
+        except OSError as error:
+            if error.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                raise Inconsistent(f"directory {path!r} is gone") from None
+            raise
+        try:
+            if expect_ino is not None and os.fstat(fd).st_ino != expect_ino:
+                raise Inconsistent(f"{path!r} is another directory than the journal says")
+            names = []
+            with os.scandir(fd) as listing:
+                for entry in listing:
+                    name = os.fsencode(entry.name)
+                    if is_graveyard(path, name):
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if st.st_dev != self.device:
+                        continue  # another filesystem mounted inside: not protected
+                    names.append(name)
+                    self.capture.stats[join(path, name)] = FrozenStat.of(st)
+        finally:
+            os.close(fd)
+        self.capture.listings[path] = names
+        return names
+
+    def _stat(self, path: bytes) -> FrozenStat:
+        known = self.capture.stats.get(path)
+        if known is not None:
+            return known
+        try:
+            st = FrozenStat.of(self._live.lstat(path))
+        except FileNotFoundError:
+            raise Inconsistent(f"{path!r} is gone") from None
+        self.capture.stats[path] = st
+        return st
+
+    def _capture_xattrs(self, path: bytes) -> None:
+        try:
+            values = self._live.xattrs(path)
+        except OSError as error:
+            if error.errno == errno.ENOENT:
+                raise Inconsistent(f"{path!r} is gone") from None
+            values = {}
+        if values:
+            self.capture.xattrs[path] = values
+
+
+def _same_stat(before: EntryStat, st: FrozenStat) -> bool:
+    """`Entry.same_stat` of the builder, against the manifest's entry."""
+    return (before.ino == st.st_ino and before.size == st.st_size and before.mode == st.st_mode
+            and before.mtime_ns == st.st_mtime_ns and before.ctime_ns == st.st_ctime_ns)
+
+
+def manifest_after(manifest: Tree, capture: Capture, checkpoint) -> Tree:
+    """The manifest as of the seal: the old one with what the capture saw applied.
+
+    Relisted directories get exactly their fresh entries (the subtrees of names
+    that are gone, or that changed type, are dropped; a directory replaced by
+    another is relisted itself, deeper); every captured stat replaces the old
+    one. Pure: runs in a worker thread while the snapshot uploads.
+    """
+    entries = dict(manifest.entries)
+    entries[b""] = EntryStat.of(capture.root)
+    for directory in sorted(capture.listings, key=_depth):
+        fresh = {name: capture.stats[join(directory, name)] for name in capture.listings[directory]}
+        for name in manifest.children(directory):
+            old_path = join(directory, name)
+            now = fresh.get(name)
+            if now is None or manifest.get(old_path).is_dir != stat.S_ISDIR(now.st_mode):
+                for gone in manifest.subtree(old_path):
+                    entries.pop(gone, None)
+        for name, st in fresh.items():
+            entries[join(directory, name)] = EntryStat.of(st)
+    for path, st in capture.stats.items():
+        entries[path] = EntryStat.of(st)
+    return Tree(entries, checkpoint).index()
+
+
+def _depth(path: bytes) -> int:
+    return path.count(b"/") + 1 if path else 0
