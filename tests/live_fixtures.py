@@ -250,6 +250,8 @@ class LiveTree:
     before: dict | None = None
     mounted_at: list[Path] = field(default_factory=list)
     pids: set[int] = field(default_factory=set)
+    #: Environment of the cloudfs commands (None: this process's).
+    env: dict | None = None
 
     def __post_init__(self):
         self.source = self.base / "source"
@@ -265,14 +267,14 @@ class LiveTree:
             args.append(mountpoint)
         where = mountpoint or self.source
         self.mounted_at.append(where)
-        run_cloudfs(*args)
+        run_cloudfs(*args, env=self.env)
         holder = StateDir(self.state_dir).holder()
         assert holder is not None, "mounted, but no daemon holds the state directory"
         self.pids.add(holder.pid)
         return where
 
-    def umount(self, where: Path | None = None) -> None:
-        run_cloudfs("umount", where or self.mounted_at[-1])
+    def umount(self, where: Path | None = None, *options: str) -> subprocess.CompletedProcess:
+        return run_cloudfs("umount", *options, where or self.mounted_at[-1], env=self.env)
 
     def daemon_pid(self) -> int:
         holder = StateDir(self.state_dir).holder()
@@ -291,7 +293,7 @@ class LiveTree:
         args = ["changes", "--json", "--state-dir", self.state_dir, self.source]
         if journal_only:
             args.append("--journal-only")
-        return json.loads(run_cloudfs(*args).stdout)
+        return json.loads(run_cloudfs(*args, env=self.env).stdout)
 
     def verify_changes(self) -> None:
         """The journal's view equals what changed since before the first mount.
@@ -317,7 +319,8 @@ class LiveTree:
             entry = mounttable.mounted_at(str(where))
             if entry is None or entry.fstype != mounttable.FSTYPE:
                 continue
-            result = run_cloudfs("umount", where, "--timeout", "20", check=False, timeout=30)
+            result = run_cloudfs("umount", where, "--timeout", "20", "--snapshot-timeout", "5",
+                                 check=False, timeout=60, env=self.env)
             if result.returncode:
                 subprocess.run(["fusermount3", "-u", "-z", str(where)], capture_output=True)
         for pid in self.pids:

@@ -1,21 +1,40 @@
-"""`cloudfs mount`, `cloudfs umount` and `cloudfs changes`: parse, call cloudfs.live, report."""
+"""`cloudfs mount`, `cloudfs umount` and `cloudfs changes`: parse, call cloudfs.live, report.
+
+With --repo (or a --config file naming a repository) the mount also takes encrypted
+snapshots into that repository; the repository is opened, and the passphrase read,
+before mounting, so that any error is one line at the prompt.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import sys
+import tomllib
 from pathlib import Path
 
+from cloudfs.cli.common import open_store_from, repository_options
+from cloudfs.errors import UsageError
 from cloudfs.live.view import DATA, display_path
+
+DEFAULT_INTERVAL = 300.0
+DEFAULT_SPOOL = 1 << 30
+CONFIG_KEYS = {"repository", "password_file", "endpoint_url", "interval", "spool_size",
+               "bandwidth_limit", "exclude"}
 
 
 def register(subparsers) -> None:
     mount = subparsers.add_parser(
         "mount", help="mount a protected directory and journal every change",
+        parents=[repository_options()],
         description="Serve SOURCE through a FUSE mount that journals every change, so "
                     "that nothing is missed by the backup. Without MOUNTPOINT the mount "
-                    "covers SOURCE itself and applications keep their paths.")
+                    "covers SOURCE itself and applications keep their paths. With --repo "
+                    "it takes encrypted, incremental snapshots into that repository: the "
+                    "first one of all of SOURCE, then every --interval seconds, on "
+                    "`cloudfs snapshot`, and before unmounting.")
     mount.add_argument("source", metavar="SOURCE", help="the directory to protect")
     mount.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?",
                        help="where to mount (default: over SOURCE itself)")
@@ -27,6 +46,22 @@ def register(subparsers) -> None:
                             "the next journaled mount finds the changes by rescanning)")
     mount.add_argument("--allow-other", action="store_true", default=None,
                        help="let other users use the mount (the default when run as root)")
+    snapshots = mount.add_argument_group("snapshots (with --repo)")
+    snapshots.add_argument("--config", metavar="FILE",
+                           help="TOML file with any of: repository, password_file, endpoint_url, "
+                                "interval, spool_size, bandwidth_limit, exclude (a list); "
+                                "options given here override it")
+    snapshots.add_argument("--interval", type=parse_duration, metavar="SECONDS",
+                           help="seal a snapshot this often if anything changed (default 300; "
+                                "suffixes s, m, h)")
+    snapshots.add_argument("--spool-size", type=parse_size, metavar="SIZE",
+                           help="room for copy-on-write while a snapshot uploads (default 1G); "
+                                "if it fills, that snapshot is retried from a new seal")
+    snapshots.add_argument("--bandwidth-limit", type=parse_size, metavar="BYTES_PER_S",
+                           help="upload at most this many bytes per second (suffixes K, M, G)")
+    snapshots.add_argument("--exclude", action="append", metavar="PATTERN",
+                           help="leave out of snapshots: a name pattern (*.tmp) anywhere, or a "
+                                "path pattern relative to SOURCE (build/*); repeatable")
     mount.set_defaults(run=_mount)
 
     umount = subparsers.add_parser(
@@ -37,6 +72,10 @@ def register(subparsers) -> None:
                         help="detach now even if files are open; the daemon stops when they are closed")
     umount.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
                         help="how long to wait for the daemon to stop (default 120)")
+    umount.add_argument("--snapshot-timeout", type=float, default=60.0, metavar="SECONDS",
+                        help="how long the final snapshot of what is pending may take before "
+                             "unmounting anyway (default 60; 0: none). Changes it misses stay in "
+                             "the journal and the next mount commits them")
     umount.set_defaults(run=_umount)
 
     changes = subparsers.add_parser(
@@ -60,15 +99,112 @@ def _state_dir_option(parser) -> None:
 def _mount(args) -> int:
     from cloudfs.live import mount
 
+    _apply_config(args)
     plan = mount.plan(args.source, args.mountpoint, args.state_dir,
                       journaling=args.journaling, allow_other=args.allow_other)
-    return mount.run(plan, args.daemon)
+    backup = _backup_settings(args) if args.repo else None
+    return mount.run(plan, args.daemon, backup)
+
+
+def _backup_settings(args):
+    """Open the repository now (passphrase, network): its errors are one line here."""
+    import trio
+
+    from cloudfs.cli.common import open_repository
+    from cloudfs.daemon import BackupSettings
+    from cloudfs.snapshot.source import exclusion_matcher
+
+    if not args.journaling:
+        raise UsageError("--repo needs the journal: it cannot be combined with --no-journal")
+    exclude = args.exclude or []
+    exclusion_matcher(exclude)
+    repo = trio.run(open_repository, args)
+
+    def reopen_store():
+        store = open_store_from(args)
+        if args.bandwidth_limit:
+            from cloudfs.store.throttle import ThrottledStore
+
+            store = ThrottledStore(store, args.bandwidth_limit)
+        return store
+
+    return BackupSettings(repo=repo, location=args.repo, reopen_store=reopen_store,
+                          interval=args.interval or DEFAULT_INTERVAL,
+                          spool_limit=args.spool_size or DEFAULT_SPOOL, exclude=exclude)
+
+
+def _apply_config(args) -> None:
+    """Fill what the command line (or the environment) left unset from --config."""
+    if not args.config:
+        return
+    try:
+        with open(args.config, "rb") as handle:
+            config = tomllib.load(handle)
+    except OSError as error:
+        raise UsageError(f"cannot read {args.config}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise UsageError(f"{args.config} is not valid TOML: {error}") from None
+    unknown = sorted(set(config) - CONFIG_KEYS)
+    if unknown:
+        raise UsageError(f"{args.config}: unknown setting {unknown[0]!r} "
+                         f"(known: {', '.join(sorted(CONFIG_KEYS))})")
+    simple = {"repository": "repo", "password_file": "password_file", "endpoint_url": "endpoint_url"}
+    for key, attribute in simple.items():
+        if key in config and getattr(args, attribute) is None:
+            setattr(args, attribute, str(config[key]))
+    parsers = {"interval": parse_duration, "spool_size": parse_size, "bandwidth_limit": parse_size}
+    for key, parse in parsers.items():
+        if key in config and getattr(args, key) is None:
+            setattr(args, key, _parse_setting(args.config, key, config[key], parse))
+    if "exclude" in config and not args.exclude:
+        patterns = config["exclude"]
+        if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+            raise UsageError(f"{args.config}: exclude must be a list of patterns")
+        args.exclude = patterns
+
+
+def _parse_setting(path: str, key: str, value, parse):
+    try:
+        return parse(str(value))
+    except argparse.ArgumentTypeError as error:
+        raise UsageError(f"{path}: {key}: {error}") from None
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?(?:/s)?\s*$", re.IGNORECASE)
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """"1G", "512MiB", "10M/s", "65536" -> bytes (K, M, G, T are powers of 1024)."""
+    match = _SIZE.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512M, 1G)")
+    value = float(match.group(1)) * 1024 ** " kmgt".index(match.group(2).lower() or " ")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return int(value)
+
+
+def parse_duration(text: str) -> float:
+    """"300", "30s", "5m", "1h" -> seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 300, 5m, 1h)")
+    unit = (match.group(2) or "s").lower()
+    seconds = float(match.group(1)) * {"s": 1, "m": 60, "min": 60, "h": 3600}[unit]
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return seconds
 
 
 def _umount(args) -> int:
     from cloudfs.live import mount
 
-    mount.unmount(args.path, lazy=args.lazy, timeout=args.timeout)
+    final = mount.unmount(args.path, lazy=args.lazy, timeout=args.timeout,
+                          snapshot_timeout=args.snapshot_timeout)
+    if final is not None and final.get("repository", True) is not None and not final.get("committed"):
+        print("cloudfs: warning: the final snapshot did not complete; the changes stay in the "
+              "journal and the next mount commits them", file=sys.stderr)
     return 0
 
 

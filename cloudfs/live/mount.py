@@ -5,6 +5,10 @@ MountError). `serve()` runs one mount in this process until it is unmounted
 (`cloudfs umount`, SIGTERM, SIGINT), then records a clean stop. `run()` does that
 in the foreground or, with --daemon, in a detached process that the command waits
 for until the mount is ready. pyfuse3 allows one FUSE session per process.
+
+The same trio loop serves the control socket and, with a repository, the snapshot
+daemon (`cloudfs.daemon`): before unmounting on a signal or `cloudfs umount`, a
+final snapshot is taken, for a bounded time.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from cloudfs import control
 from cloudfs.errors import CloudfsError, MountError
-from cloudfs.live import mounttable, syscalls
+from cloudfs.live import graveyard, mounttable, syscalls
 from cloudfs.live.fs import LiveOperations
 from cloudfs.live.inodes import InodeTable
 from cloudfs.live.journal import NullJournal
@@ -125,21 +130,24 @@ def _check_fuse_device() -> None:
 # -- serving ---------------------------------------------------------------------------
 
 
-def serve(plan: MountPlan, on_ready: Callable[[], None]) -> None:
-    """Mount, serve until unmounted, stop cleanly. Returns after the mount is gone."""
+def serve(plan: MountPlan, on_ready: Callable[[], None], backup=None) -> None:
+    """Mount, serve until unmounted, stop cleanly. Returns after the mount is gone.
+    `backup` (daemon.BackupSettings) makes the mount take snapshots."""
     plan.state.acquire(plan.source)
     try:
         _raise_descriptor_limit()
         source_fd = os.open(plan.source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            _serve_with(plan, source_fd, on_ready)
+            _serve_with(plan, source_fd, on_ready, backup)
         finally:
             os.close(source_fd)
     finally:
         plan.state.release()
 
 
-def _serve_with(plan: MountPlan, source_fd: int, on_ready: Callable[[], None]) -> None:
+def _serve_with(plan: MountPlan, source_fd: int, on_ready: Callable[[], None], backup) -> None:
+    from cloudfs.daemon import SnapshotDaemon
+
     operations = LiveOperations(InodeTable(source_fd), NullJournal())
     options = set(pyfuse3.default_options) | {"subtype=cloudfs", f"fsname={_fsname(plan)}"}
     if plan.allow_other:
@@ -149,20 +157,27 @@ def _serve_with(plan: MountPlan, source_fd: int, on_ready: Callable[[], None]) -
         pyfuse3.init(operations, str(plan.mountpoint), options)
     except RuntimeError as error:
         raise MountError(f"cannot mount on {plan.mountpoint}: {error}") from None
-    mounted, clean = True, False
+    mounted, clean, daemon = True, False, None
     try:
         # Mounted but not serving yet: requests wait while we reconcile, and nothing
         # can change SOURCE through its path any more when the mount covers it.
         if plan.journaling:
+            graveyard.clear_leftovers(source_fd)
             operations.journal, operations.last_seen = open_journal(plan.state.path, source_fd)
-        _tune_read_ahead(plan.mountpoint)
+        device = _tune_read_ahead(plan.mountpoint)
+        mountpoint = str(plan.mountpoint)
+        daemon = SnapshotDaemon(source=plan.source, mountpoint=plan.mountpoint, state_dir=plan.state.path,
+                                operations=operations, source_fd=source_fd, device=device,
+                                settings=backup, unmount=lambda: _detach_now(mountpoint))
         plan.state.announce(Holder(os.getpid(), str(plan.source), str(plan.mountpoint), source_fd))
         on_ready()
-        trio.run(_serve_requests, operations, str(plan.mountpoint))
+        trio.run(_serve_requests, operations, mountpoint, daemon)
         mounted = _still_mounted(plan)
         clean = not mounted
     finally:
         pyfuse3.close(unmount=mounted)
+        if daemon is not None:
+            daemon.close()
         _stop_journal(operations, clean)
         operations.close()
 
@@ -188,27 +203,33 @@ def _stop_journal(operations: LiveOperations, clean: bool) -> None:
     journal.close()
 
 
-async def _serve_requests(operations: LiveOperations, mountpoint: str) -> None:
+async def _serve_requests(operations: LiveOperations, mountpoint: str, daemon) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(operations.journal.run)
-        nursery.start_soon(_unmount_on_signal, mountpoint)
+        await daemon.start(nursery)
+        nursery.start_soon(_unmount_on_signal, mountpoint, daemon.final_snapshot)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 
 
-async def _unmount_on_signal(mountpoint: str) -> None:
+async def _unmount_on_signal(mountpoint: str, final_snapshot) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.warning("%s: unmounting %s", signal.Signals(signum).name, mountpoint)
-            try:
-                await trio.to_thread.run_sync(detach, mountpoint, False)
-            except OSError as error:
-                if error.errno != errno.EBUSY:
-                    log.error("cannot unmount %s: %s", mountpoint, error)
-                    continue
-                log.warning("%s is busy: detached; stopping once the last open file is closed",
-                            mountpoint)
-                await trio.to_thread.run_sync(detach, mountpoint, True)
+            await final_snapshot()
+            await _detach_now(mountpoint)
+
+
+async def _detach_now(mountpoint: str) -> None:
+    """Unmount from inside the daemon; if busy, detach lazily (served until the last close)."""
+    try:
+        await trio.to_thread.run_sync(detach, mountpoint, False)
+    except OSError as error:
+        if error.errno != errno.EBUSY:
+            log.error("cannot unmount %s: %s", mountpoint, error)
+            return
+        log.warning("%s is busy: detached; stopping once the last open file is closed", mountpoint)
+        await trio.to_thread.run_sync(detach, mountpoint, True)
 
 
 def detach(mountpoint: str, lazy: bool = False) -> None:
@@ -240,20 +261,22 @@ def _raise_descriptor_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _tune_read_ahead(mountpoint: Path) -> None:
+def _tune_read_ahead(mountpoint: Path) -> str | None:
+    """Raise the mount's read-ahead; return its device ("major:minor")."""
     entry = mounttable.mounted_at(str(mountpoint))
     if entry is None:
-        return
+        return None
     try:
         Path(f"/sys/class/bdi/{entry.device}/read_ahead_kb").write_text(f"{READ_AHEAD_KB}\n")
     except OSError as error:
         log.info("cannot raise read-ahead for %s: %s", mountpoint, error)
+    return entry.device
 
 
 # -- foreground and daemon ----------------------------------------------------------------
 
 
-def run(plan: MountPlan, daemon: bool) -> int:
+def run(plan: MountPlan, daemon: bool, backup=None) -> int:
     """Serve `plan` here (foreground) or in a detached process once it is ready (daemon)."""
     if not daemon:
         def announce():
@@ -261,12 +284,12 @@ def run(plan: MountPlan, daemon: bool) -> int:
                   f"(state in {plan.state.path}); stop with: cloudfs umount {plan.mountpoint}",
                   file=sys.stderr, flush=True)
 
-        serve(plan, announce)
+        serve(plan, announce, backup)
         return 0
-    return _run_detached(plan)
+    return _run_detached(plan, backup)
 
 
-def _run_detached(plan: MountPlan) -> int:
+def _run_detached(plan: MountPlan, backup) -> int:
     plan.state.create()  # for the log, before detaching
     read_end, write_end = os.pipe()
     child = os.fork()
@@ -286,10 +309,10 @@ def _run_detached(plan: MountPlan) -> int:
     os.setsid()
     if os.fork():
         os._exit(0)
-    os._exit(_daemon_main(plan, write_end))
+    os._exit(_daemon_main(plan, write_end, backup))
 
 
-def _daemon_main(plan: MountPlan, report_fd: int) -> int:
+def _daemon_main(plan: MountPlan, report_fd: int, backup) -> int:
     """The detached process: log to the state directory, tell the parent how it went."""
     log_fd = os.open(plan.state.log_path(), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     null_fd = os.open(os.devnull, os.O_RDONLY)
@@ -307,7 +330,7 @@ def _daemon_main(plan: MountPlan, report_fd: int) -> int:
         reported = True
 
     try:
-        serve(plan, ready)
+        serve(plan, ready, backup)
         return 0
     except CloudfsError as error:
         log.error("%s", error)
@@ -332,12 +355,16 @@ def _read_until_closed(fd: int) -> bytes:
 # -- unmounting ------------------------------------------------------------------------------
 
 
-def unmount(path: str, lazy: bool = False, timeout: float = 120.0) -> None:
-    """Unmount the cloudfs mount at `path` and wait until its daemon has stopped cleanly."""
+def unmount(path: str, lazy: bool = False, timeout: float = 120.0,
+            snapshot_timeout: float = 60.0) -> dict | None:
+    """Take a final snapshot (at most `snapshot_timeout` seconds, none if 0), unmount the
+    cloudfs mount at `path`, and wait until its daemon has stopped cleanly. Returns the
+    daemon's answer about the final snapshot (None if it could not be asked)."""
     entry = mounttable.mounted_at(_resolve_parent(path))
     if entry is None or entry.fstype != mounttable.FSTYPE:
         raise MountError(f"{path} is not a cloudfs mount")
     state = StateDir(Path(entry.source))
+    final = _final_snapshot(state.path, snapshot_timeout) if snapshot_timeout > 0 else None
     try:
         detach(entry.mountpoint, lazy)
     except OSError as error:
@@ -349,3 +376,14 @@ def unmount(path: str, lazy: bool = False, timeout: float = 120.0) -> None:
         if time.monotonic() > deadline:
             raise MountError(f"unmounted, but the daemon (pid {holder.pid}) has not stopped after {timeout:.0f}s")
         time.sleep(0.02)
+    return final
+
+
+def _final_snapshot(state_dir: Path, seconds: float) -> dict | None:
+    """Ask the daemon to commit what is pending before it goes (bounded)."""
+    try:
+        return control.request(state_dir, "snapshot", timeout=seconds + 10, final=True,
+                               wait_seconds=seconds)
+    except CloudfsError as error:
+        log.warning("no final snapshot: %s", error)
+        return None

@@ -1,0 +1,493 @@
+"""The snapshot daemon of a live mount: when to seal, one upload at a time, commits; the control socket.
+
+Wiring only. Sealing and copy-on-write are `cloudfs.live.seal`/`frozen`; building
+and committing a snapshot is `cloudfs.uploader.Uploader`; the socket protocol is
+`cloudfs.control`. What this module decides:
+
+- **When to seal**: every `interval` seconds if anything changed; when asked
+  (`cloudfs snapshot`); before unmounting (`final_snapshot`, bounded); a while
+  after a snapshot was given up. At most one snapshot is in flight: a seal
+  asked for during an upload happens when that upload ends.
+- **Which previous snapshot**: the one the manifest describes (its checkpoint),
+  which is what the journal's pending changes are relative to; if the manifest
+  describes none (first mount, another repository, other exclusions, a state
+  directory reset) the seal is full and the newest snapshot of this host and
+  SOURCE, if any, is the parent.
+- **Commit**: once `Uploader.commit` returns, the manifest (the tree as of the
+  seal, computed while uploading) is saved with its checkpoint, then
+  `journal.commit(epoch)`; spool and graveyard are dropped. A crash between the
+  two re-reads a little at the next mount, never misses anything.
+
+Everything here runs on the trio thread of the mount process.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import os
+import random
+import socket
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import trio
+
+from cloudfs import control
+from cloudfs.errors import AccessDenied, CloudfsError, StoreUnavailable, UsageError, leaf_errors
+from cloudfs.live.capture import manifest_after
+from cloudfs.live.graveyard import Graveyard
+from cloudfs.live.manifest import MANIFEST_NAME, Checkpoint, Tree, load_manifest, save_manifest
+from cloudfs.live.seal import Sealed, Sealer
+from cloudfs.live.spool import Spool, SpoolFull
+from cloudfs.repo import Repository, Snapshot
+from cloudfs.snapshot.source import exclusion_matcher
+from cloudfs.store.base import Store
+from cloudfs.uploader import Uploader, latest_snapshot_of
+
+log = logging.getLogger(__name__)
+
+FINAL_TIMEOUT = 30.0           # seconds a signal's final snapshot may take before unmounting
+RETRY_AFTER_FAILURE = 15.0     # seconds before a fresh seal after a snapshot was given up
+STORE_RETRY_BASE, STORE_RETRY_MAX = 1.0, 60.0
+
+
+@dataclass
+class BackupSettings:
+    """What `cloudfs mount --repo` asked for. The repository is opened (passphrase,
+    network) before mounting, so that its errors reach the command line."""
+
+    repo: Repository
+    location: str
+    reopen_store: Callable[[], Store]     # the store afresh, in the serving process
+    interval: float = 300.0
+    spool_limit: int = 1 << 30
+    exclude: list[str] = field(default_factory=list)
+
+    def serving_repository(self) -> Repository:
+        """The opened repository with a store (connections, threads) of this process:
+        after --daemon forks, nothing of the parent's store is used."""
+        opened = self.repo
+        repo = Repository(self.reopen_store(), opened.master, opened.config, opened.slot, opened.cache)
+        repo.index = opened.index
+        return repo
+
+
+class _PreviousGone(CloudfsError):
+    """The snapshot the journal is relative to is no longer in the repository."""
+
+
+@dataclass
+class _SealRecord:
+    ticket: int                 # requests up to this ticket are served by this seal
+    epoch: int | None
+    time_ns: int | None
+    error: str | None = None
+
+
+class SnapshotDaemon:
+    """Snapshots of one live mount (or, without settings, only its status)."""
+
+    def __init__(self, *, source: Path, mountpoint: Path, state_dir: Path, operations, source_fd: int,
+                 device: str | None, settings: BackupSettings | None,
+                 unmount: Callable[[], Awaitable[None]]):
+        self.source = source
+        self.mountpoint = mountpoint
+        self.state_dir = state_dir
+        self.operations = operations
+        self.journal = operations.journal
+        self.settings = settings
+        self._unmount = unmount
+        self._changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._wanted = 0
+        self._seals: collections.deque[_SealRecord] = collections.deque(maxlen=256)
+        self._commits: collections.deque[tuple[int, str]] = collections.deque(maxlen=256)
+        self._inflight: Sealed | None = None
+        self._retry_at: float | None = None
+        self._failures = 0
+        self._last_error: str | None = None
+        self.history: collections.deque[dict] = collections.deque(maxlen=20)
+        uncommitted = getattr(self.journal, "uncommitted_epochs", lambda: [0])()
+        self._committed_epoch = uncommitted[0] - 1
+        if settings is None:
+            return
+        self.repo = settings.serving_repository()
+        self.exclude = exclusion_matcher(settings.exclude)
+        self.uploader = Uploader(self.repo, str(source), None, self.exclude)
+        self.spool = Spool(state_dir, settings.spool_limit)
+        self.spool.clear()
+        self.graveyard = Graveyard(source_fd)
+        self.sealer = Sealer(operations, self.journal, source_fd, str(mountpoint), device, self.spool,
+                             self.graveyard, self.repo.config.block_size, self.exclude)
+        self.manifest: Tree = load_manifest(state_dir)
+        self._trusted = self._manifest_describes_a_snapshot()
+        self._force_full = False
+        self._next_seal_at = time.time() + settings.interval
+
+    # -- starting and stopping ------------------------------------------------------------
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Seal what is pending from before (or everything, for a first snapshot) while
+        no request is served yet, then serve the control socket and the snapshot loop."""
+        self._nursery = nursery
+        if self.settings is not None and (not self._trusted or self._has_work()):
+            self._seal_before_serving()
+        await nursery.start(control.serve, self.state_dir, self._handlers())
+        if self.settings is not None:
+            nursery.start_soon(self._run)
+
+    def _seal_before_serving(self) -> None:
+        """No request has been served, so nothing is in the kernel's cache: no flush."""
+        try:
+            self._inflight = self.sealer.seal_now(self.manifest, incremental=True, trusted=self._trusted)
+            self._seals.append(_SealRecord(0, self._inflight.epoch, self._inflight.time_ns))
+        except Exception as error:  # noqa: BLE001 - the mount serves whatever happens here
+            log.exception("cannot seal at startup; will try again")
+            self._force_full = True
+            self._given_up(_one_line(error))
+
+    def close(self) -> None:
+        """After the loop ended: drop spool and graveyard (the sealed epochs stay in the
+        journal and are committed after the next mount)."""
+        if self.settings is not None:
+            self.sealer.release()
+            self.graveyard.close()
+
+    async def final_snapshot(self, timeout: float = FINAL_TIMEOUT) -> dict:
+        """Before unmounting: seal and commit what is pending, waiting at most `timeout`
+        seconds and not at all while the store is unreachable."""
+        if self.settings is None:
+            return {"snapshot": None, "committed": False, "repository": None}
+        if not self._has_work():
+            return {"snapshot": self._last_snapshot_name(), "committed": True}
+        reply = {"snapshot": None, "committed": False}
+        with trio.move_on_after(timeout):
+            reply = await self._snapshot(wait=True, give_up_if_store_down=True)
+        if not reply.get("committed"):
+            log.warning("unmounting with changes not yet in a snapshot; they stay in the journal "
+                        "and the next mount commits them")
+        return reply
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            if self._inflight is None:
+                await self._wait_for_a_reason_to_seal()
+                try:
+                    self._inflight = await self._seal()
+                except Exception as error:  # noqa: BLE001 - a seal must not end the daemon
+                    log.exception("seal failed")
+                    self._force_full = True
+                    self._given_up(_one_line(error))
+                    continue
+            sealed = self._inflight
+            try:
+                await self._upload(sealed)
+            finally:
+                self._inflight = None
+
+    async def _wait_for_a_reason_to_seal(self) -> None:
+        interval = self.settings.interval
+        while True:
+            if self._wanted > self._served_ticket():
+                return
+            due = self._next_seal_at if self._retry_at is None else min(self._next_seal_at, self._retry_at)
+            now = time.time()
+            if now >= due:
+                if self._has_work():
+                    return
+                self._next_seal_at, self._retry_at = now + interval, None
+                continue
+            with trio.move_on_after(due - now):
+                await self._changed.wait()
+
+    async def _seal(self) -> Sealed:
+        flush_s = await self.sealer.flush()
+        ticket = self._wanted
+        try:
+            sealed = self.sealer.seal_now(self.manifest, incremental=not self._force_full,
+                                          trusted=self._trusted)
+        except Exception as error:
+            self._seals.append(_SealRecord(ticket, None, None, str(error)))
+            self._notify()
+            raise
+        sealed.flush_s = flush_s
+        self._seals.append(_SealRecord(ticket, sealed.epoch, sealed.time_ns))
+        self._next_seal_at, self._retry_at = time.time() + self.settings.interval, None
+        self._notify()
+        return sealed
+
+    async def _upload(self, sealed: Sealed) -> None:
+        """Build, upload and commit the snapshot of `sealed`, or give it up."""
+        committed = False
+        try:
+            previous = await self._previous_for(sealed)
+            self.uploader.previous = previous
+            changes = sealed.capture.changes if previous is not None else None
+            manifest: list[Tree] = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._compute_manifest, sealed, manifest)
+                snapshot = await self.uploader.commit(sealed.frozen.source(), changes, sealed.time_ns)
+            await self._commit(sealed, snapshot, manifest[0])
+            committed = True
+        except _PreviousGone as error:
+            log.warning("%s; the next snapshot compares everything", error)
+            self._trusted = False
+            self._given_up(str(error))
+        except Exception as error:  # noqa: BLE001 - any failure gives this snapshot up
+            if any(isinstance(leaf, SpoolFull) for leaf in leaf_errors(error)):
+                self._given_up(_one_line(error))
+            else:
+                log.error("snapshot of epoch %d failed; the next seal captures everything",
+                          sealed.epoch, exc_info=error)
+                self._force_full = True
+                self._given_up(_one_line(error))
+        finally:
+            if not committed:
+                self.sealer.release(sealed)
+
+    async def _compute_manifest(self, sealed: Sealed, out: list) -> None:
+        out.append(await trio.to_thread.run_sync(manifest_after, self.manifest, sealed.capture, None))
+
+    async def _commit(self, sealed: Sealed, snapshot: Snapshot, manifest: Tree) -> None:
+        manifest.checkpoint = Checkpoint(snapshot.name, self.repo.config.repo_id_hex,
+                                         tuple(self.settings.exclude))
+        await trio.to_thread.run_sync(save_manifest, self.state_dir, manifest)
+        self.journal.commit(sealed.epoch)
+        self.manifest, self._trusted, self._force_full = manifest, True, False
+        frozen, kept = sealed.frozen, len(self.graveyard.kept)
+        self.sealer.release(sealed)
+        self._committed_epoch = sealed.epoch
+        self._commits.append((sealed.epoch, snapshot.name))
+        self.history.append({
+            "snapshot": snapshot.name, "epoch": sealed.epoch, "full": sealed.full,
+            "sealed_ns": sealed.time_ns, "flush_ms": sealed.flush_s * 1000, "stall_ms": sealed.stall_s * 1000,
+            "seal_to_commit_s": (time.time_ns() - sealed.time_ns) / 1e9,
+            "files": snapshot.stats.get("files"), "bytes_read": snapshot.stats.get("bytes_read"),
+            "bytes_added": snapshot.stats.get("bytes_added"),
+            "bytes_stored": snapshot.stats.get("bytes_stored"),
+            "cow_copies": frozen.copies, "cow_bytes": frozen.copied_bytes, "kept_files": kept,
+        })
+        self._notify()
+        try:
+            await self.journal.sync()  # the COMMIT record (harmless if lost: a re-read)
+        except OSError as error:
+            log.warning("cannot sync the journal after a commit: %s", error)
+
+    def _given_up(self, reason: str) -> None:
+        """The sealed epochs stay in the journal; a fresh seal retries a while later."""
+        self._failures += 1
+        self._last_error = reason
+        self._retry_at = time.time() + min(RETRY_AFTER_FAILURE, self.settings.interval)
+        self._notify()
+
+    async def _previous_for(self, sealed: Sealed) -> Snapshot | None:
+        """The snapshot to build on: the one the capture was planned against, or for a
+        full capture the newest of this host and SOURCE (or none)."""
+        known = self.uploader.previous
+        if sealed.previous_name is not None and known is not None and known.name == sealed.previous_name:
+            return known
+        snapshots = await self._until_store_answers(self.repo.snapshots)
+        if sealed.previous_name is None:
+            previous = latest_snapshot_of(snapshots, socket.gethostname(), str(self.source))
+        else:
+            previous = next((s for s in snapshots if s.name == sealed.previous_name), None)
+            if previous is None:
+                raise _PreviousGone(f"{sealed.previous_name}, which the journal is relative to, "
+                                    "is gone from the repository")
+        status = self.uploader.status
+        if previous is not None and status.last_snapshot is None:
+            status.last_snapshot, status.last_snapshot_time_ns = previous.name, previous.time_ns
+        return previous
+
+    async def _until_store_answers(self, operation):
+        failures = 0
+        status = self.uploader.status
+        while True:
+            try:
+                result = await operation()
+            except Exception as error:  # noqa: BLE001
+                if not _store_is_down(error):
+                    raise
+                failures += 1
+                if status.store_error is None:
+                    status.store_error_since_ns = time.time_ns()
+                    log.warning("store unavailable, will retry: %s", error)
+                status.store_error = _one_line(error)
+                delay = min(STORE_RETRY_MAX, STORE_RETRY_BASE * 2 ** min(failures - 1, 10))
+                await trio.sleep(random.uniform(delay / 2, delay))
+                continue
+            status.store_error = status.store_error_since_ns = None
+            return result
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def _handlers(self) -> dict:
+        return {"status": self._handle_status, "snapshot": self._handle_snapshot,
+                "flush": self._handle_flush, "stop": self._handle_stop}
+
+    async def _handle_status(self, request: dict) -> dict:
+        return self.status()
+
+    async def _handle_snapshot(self, request: dict) -> dict:
+        if request.get("final"):
+            return await self.final_snapshot(float(request.get("wait_seconds") or FINAL_TIMEOUT))
+        self._require_repository()
+        return await self._snapshot(wait=bool(request.get("wait")))
+
+    async def _handle_flush(self, request: dict) -> dict:
+        self._require_repository()
+        epochs = self.journal.sealed_epochs()
+        if not epochs:
+            return {"snapshot": self._last_snapshot_name()}
+        return {"snapshot": await self._wait_committed(max(epochs))}
+
+    async def _handle_stop(self, request: dict) -> dict:
+        reply = await self.final_snapshot(float(request.get("wait_seconds") or FINAL_TIMEOUT))
+        self._nursery.start_soon(self._unmount)
+        return reply
+
+    def _require_repository(self) -> None:
+        if self.settings is None:
+            raise UsageError(f"{self.mountpoint} was mounted without --repo: it journals, "
+                             "but takes no snapshots")
+
+    async def _snapshot(self, *, wait: bool, give_up_if_store_down: bool = False) -> dict:
+        self._wanted += 1
+        ticket = self._wanted
+        self._notify()
+        record = await self._wait_sealed(ticket)
+        if record.error is not None:
+            raise CloudfsError(f"the seal failed: {record.error}")
+        reply = {"epoch": record.epoch, "time_ns": record.time_ns, "snapshot": None, "committed": False}
+        if wait:
+            name = await self._wait_committed(record.epoch, give_up_if_store_down)
+            reply.update(snapshot=name, committed=name is not None)
+        return reply
+
+    async def _wait_sealed(self, ticket: int) -> _SealRecord:
+        while True:
+            record = next((r for r in self._seals if r.ticket >= ticket), None)
+            if record is not None:
+                return record
+            await self._changed.wait()
+
+    async def _wait_committed(self, epoch: int, give_up_if_store_down: bool = False) -> str | None:
+        while self._committed_epoch < epoch:
+            if give_up_if_store_down and self.uploader.status.store_error is not None:
+                return None
+            with trio.move_on_after(0.2 if give_up_if_store_down else math.inf):
+                await self._changed.wait()
+        return next((name for committed, name in self._commits if committed >= epoch),
+                    self._last_snapshot_name())
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    # -- state ------------------------------------------------------------------------------
+
+    def _served_ticket(self) -> int:
+        return self._seals[-1].ticket if self._seals else 0
+
+    def _has_work(self) -> bool:
+        """Anything not yet in a committed snapshot: pending changes, or sealed epochs."""
+        has_pending = getattr(self.journal, "has_pending", None)
+        return self._inflight is not None or (has_pending is not None and has_pending())
+
+    def _manifest_describes_a_snapshot(self) -> bool:
+        checkpoint = self.manifest.checkpoint
+        return checkpoint.describes(checkpoint.snapshot, self.repo.config.repo_id_hex, self.settings.exclude)
+
+    def _last_snapshot_name(self) -> str | None:
+        if self._commits:
+            return self._commits[-1][1]
+        return self.uploader.status.last_snapshot if self.settings is not None else None
+
+    def status(self) -> dict:
+        """What `cloudfs status` shows (docs/live.md lists the keys)."""
+        pending = self.journal.pending()
+        files, size = _pending_figures(pending, self.operations.table)
+        oldest = getattr(self.journal, "oldest_change_ns", None)
+        reply = {
+            "source": str(self.source), "mountpoint": str(self.mountpoint), "state_dir": str(self.state_dir),
+            "pid": os.getpid(),
+            "repository": self.settings.location if self.settings else None,
+            "epoch": getattr(self.journal, "epoch", None),
+            "sealed_epochs": getattr(self.journal, "sealed_epochs", list)(),
+            "pending_files": files, "pending_bytes": size,
+            "oldest_change_ns": oldest(self._manifest_time_ns()) if oldest else None,
+        }
+        if self.settings is None:
+            return reply
+        inflight = self._inflight
+        reply.update({
+            "spool_bytes": self.spool.used, "spool_limit": self.spool.limit,
+            "next_snapshot_ns": int(self._next_seal_at * 1e9),
+            "interval": self.settings.interval,
+            "upload": self.uploader.status.as_dict(),
+            "in_flight": None if inflight is None else {
+                "epoch": inflight.epoch, "sealed_ns": inflight.time_ns, "full": inflight.full,
+                "files_to_read": len(inflight.capture.reads),
+                "bytes_to_read": inflight.capture.bytes_to_read(),
+                "given_up": inflight.frozen.failure},
+            "failures": self._failures, "last_error": self._last_error,
+            "history": list(self.history),
+        })
+        return reply
+
+    def _manifest_time_ns(self) -> int:
+        try:
+            return (self.state_dir / MANIFEST_NAME).stat().st_mtime_ns
+        except OSError:
+            return time.time_ns()
+
+
+def _pending_figures(pending, table) -> tuple[int, int]:
+    """How many files have pending changes, and roughly how many bytes (dirty ranges,
+    or the current size where the whole file is to be read)."""
+    files = pending.whole | pending.data.keys() | pending.meta
+    size = 0
+    for ino in pending.whole | pending.data.keys():
+        current = _current_size(table, ino)
+        if ino in pending.whole:
+            size += current or 0
+            continue
+        for start, end in pending.data[ino]:
+            end = min(end, current) if current is not None else end
+            if end < (1 << 62):
+                size += max(0, end - start)
+    directories = {ino for ino in files if _is_directory(table, ino)}
+    return len(files - directories), size
+
+
+def _current_size(table, ino: int) -> int | None:
+    inode = table.find_ino(ino)
+    if inode is None:
+        return None
+    try:
+        return table.stat(inode).st_size
+    except OSError:
+        return None
+
+
+def _is_directory(table, ino: int) -> bool:
+    inode = table.find_ino(ino)
+    return inode is not None and inode.kind == stat.S_IFDIR
+
+
+def _store_is_down(error: BaseException) -> bool:
+    leaves = leaf_errors(error)
+    return bool(leaves) and all(isinstance(leaf, (StoreUnavailable, AccessDenied)) for leaf in leaves)
+
+
+def _one_line(error: BaseException) -> str:
+    leaves = leaf_errors(error)
+    first = leaves[0] if leaves else error
+    return str(first).splitlines()[0] if str(first) else type(first).__name__
