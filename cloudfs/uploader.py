@@ -96,7 +96,7 @@ class UploadStatus:
             "uploading": self.uploading_since_ns is not None,
             "uploading_since_ns": self.uploading_since_ns,
             "current_bytes_read": current.bytes_read if current else 0,
-            "current_files": current.files if current else 0,
+            "current_files": current.files_read if current else 0,
             "store_ok": self.store_error is None,
             "store_error": self.store_error,
             "store_error_since_ns": self.store_error_since_ns,

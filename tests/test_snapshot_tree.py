@@ -89,7 +89,7 @@ def test_an_unchanged_tree_gives_the_same_root_and_stores_nothing_new(repo, tree
 
 
 def test_changed_blocks_of_a_big_file_are_the_only_ones_read(repo, tree):
-    first, _, _ = build(repo, tree)
+    first, full, _ = build(repo, tree)
     big = tree / "big.bin"
     regions = [(BLOCK * 3 + 100, 50), (BLOCK * 300, BLOCK), (BLOCK * 599, 10)]
     with open(big, "r+b") as handle:
@@ -99,6 +99,7 @@ def test_changed_blocks_of_a_big_file_are_the_only_ones_read(repo, tree):
     second, stats, sink = build(repo, tree, first, changes)
     assert_matches(repo, second, tree)
     assert stats.bytes_read == 3 * BLOCK
+    assert (stats.files, stats.bytes) == (full.files, full.bytes), "totals cover the whole tree"
     assert sink.data == 3
     # 3 leaves of 256 blocks touched: each leaf plus the block-list root, and the root directory.
     assert sink.trees == 3 + 1 + 1

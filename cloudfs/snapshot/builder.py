@@ -29,7 +29,7 @@ import trio
 from cloudfs.snapshot import blocklist
 from cloudfs.snapshot.reader import TreeReader
 from cloudfs.snapshot.source import FileReader, Source, join
-from cloudfs.snapshot.tree import Entry, encode_directory
+from cloudfs.snapshot.tree import Entry, encode_directory, subtree_totals
 
 READ_BATCH = 4 << 20
 FILE_TASKS = 32
@@ -75,9 +75,9 @@ class PathChanges:
 
 @dataclass
 class BuildStats:
-    files: int = 0
-    directories: int = 0
-    bytes: int = 0            # total size of the files in the snapshot
+    files: int = 0            # in the whole new tree (set when the build ends)
+    directories: int = 0      # directory nodes written
+    bytes: int = 0            # total size of the files in the new tree
     bytes_read: int = 0       # read from the source to build it
     files_read: int = 0
     vanished: int = 0         # entries that disappeared while being read
@@ -98,17 +98,18 @@ class TreeBuilder:
         self._threads = trio.CapacityLimiter(WORKER_THREADS)
 
     async def build(self, previous_root: bytes | None, changes: PathChanges | None) -> bytes:
-        """The id of the new root directory node."""
+        """The id of the new root directory node. Afterwards stats.files and
+        stats.bytes are the totals of the whole new tree."""
         self._changes = changes
         self._touched = changes.touched_directories() if changes is not None else set()
-        return await self._directory(b"", previous_root)
+        root, self.stats.files, self.stats.bytes = await self._directory(b"", previous_root)
+        return root
 
     # -- directories ----------------------------------------------------------------
 
-    async def _directory(self, path: bytes, previous: bytes | None) -> bytes:
+    async def _directory(self, path: bytes, previous: bytes | None) -> tuple[bytes, int, int]:
+        """The node id of a directory's new version, and its subtree's file and byte totals."""
         changes = self._changes
-        if previous is not None and changes is not None and path not in self._touched:
-            return previous
         old = {e.name: e for e in await self.reader.directory(previous)} if previous else {}
         relist = previous is None or changes is None or path in changes.listings
         names = self.source.listdir(path) if relist else list(old)
@@ -118,7 +119,8 @@ class TreeBuilder:
                 if not self.exclude(join(path, name)):
                     await self._child(nursery, path, name, old.get(name), relist, entries)
         self.stats.directories += 1
-        return await self.sink.put_tree(encode_directory(list(entries.values())))
+        children = list(entries.values())
+        return (await self.sink.put_tree(encode_directory(children)), *subtree_totals(children))
 
     async def _child(self, nursery, directory: bytes, name: bytes, old: Entry | None,
                      relisted: bool, entries: dict[bytes, Entry]) -> None:
@@ -127,7 +129,6 @@ class TreeBuilder:
         path = join(directory, name)
         try:
             if self._unchanged(path, old, relisted):
-                self._count(old)
                 entries[name] = old
                 return
             st = self.source.lstat(path)
@@ -138,12 +139,20 @@ class TreeBuilder:
                 nursery.start_soon(self._file_task, path, st, old, entry, entries)
                 return
             if stat.S_ISDIR(st.st_mode):
-                entry.subtree = await self._directory(path, old.subtree if old and old.is_dir else None)
+                await self._subdirectory(path, old, entry)
             elif stat.S_ISLNK(st.st_mode):
                 entry.target = self.source.readlink(path)
             entries[name] = entry
         except FileNotFoundError:
             self.stats.vanished += 1   # removed while we looked: not part of this tree
+
+    async def _subdirectory(self, path: bytes, old: Entry | None, entry: Entry) -> None:
+        """Fill a directory entry's subtree: reused when no change lies below it."""
+        previous = old.subtree if old is not None and old.is_dir and old.ino == entry.ino else None
+        if previous is not None and self._changes is not None and path not in self._touched:
+            entry.subtree, entry.tree_files, entry.tree_bytes = previous, old.tree_files, old.tree_bytes
+        else:
+            entry.subtree, entry.tree_files, entry.tree_bytes = await self._directory(path, previous)
 
     def _unchanged(self, path: bytes, old: Entry | None, relisted: bool) -> bool:
         changes = self._changes
@@ -162,11 +171,6 @@ class TreeBuilder:
                 raise FileNotFoundError(path) from None
             return {}
 
-    def _count(self, entry: Entry) -> None:
-        if entry.is_file:
-            self.stats.files += 1
-            self.stats.bytes += entry.size
-
     # -- file content -----------------------------------------------------------------
 
     async def _file_task(self, path: bytes, st, old: Entry | None, entry: Entry,
@@ -178,7 +182,6 @@ class TreeBuilder:
             return
         finally:
             self._file_slots.release()
-        self._count(entry)
         entries[entry.name] = entry
 
     async def _content(self, path: bytes, st, old: Entry | None):

@@ -10,6 +10,8 @@ by name. An entry is a map with short keys (see docs/format.md, "Trees"):
     rd  device number (c, b)    x   xattrs {name (bin): value (bin)}
     l   symlink target (bin)    d   subdirectory node id (directories)
     b   block ids, inline       bl  block-list root id (files of more than FANOUT blocks)
+    tf, tb  directories: files and bytes of files in the whole subtree (for totals
+            without walking unchanged subtrees)
 
 A nil block id is a block of zeros (a hole, or zeros written): stored nowhere,
 restored as a hole. Access times are not recorded: reading a tree (even to back
@@ -43,6 +45,8 @@ class Entry:
     subtree: bytes | None = None             # directories: node id
     blocks: list[bytes | None] | None = None  # files: inline block ids
     block_list: bytes | None = None          # files: root of a block-list tree
+    tree_files: int = 0                       # directories: files below, at any depth
+    tree_bytes: int = 0                       # directories: their total size
 
     @property
     def is_dir(self) -> bool:
@@ -80,6 +84,8 @@ class Entry:
             out["b"] = self.blocks
         if self.block_list is not None:
             out["bl"] = self.block_list
+        if self.subtree is not None:
+            out["tf"], out["tb"] = self.tree_files, self.tree_bytes
         return out
 
     @classmethod
@@ -91,7 +97,19 @@ class Entry:
             target=_optional_bytes(value.get("l")), subtree=_optional_bytes(value.get("d")),
             blocks=[_optional_bytes(b) for b in value["b"]] if "b" in value else None,
             block_list=_optional_bytes(value.get("bl")),
+            tree_files=value.get("tf", 0), tree_bytes=value.get("tb", 0),
         )
+
+
+def subtree_totals(entries: list[Entry]) -> tuple[int, int]:
+    """Files and bytes of files in the tree these entries make (one directory's)."""
+    files = total = 0
+    for entry in entries:
+        if entry.is_file:
+            files, total = files + 1, total + entry.size
+        elif entry.subtree is not None:
+            files, total = files + entry.tree_files, total + entry.tree_bytes
+    return files, total
 
 
 def encode_directory(entries: list[Entry]) -> bytes:
