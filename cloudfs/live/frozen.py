@@ -182,17 +182,14 @@ class FrozenState:
     def source(self) -> "FrozenSource":
         return FrozenSource(self)
 
-    def read_preserved(self, ino: int, data: bytearray, offset: int) -> None:
-        """Lay the preserved pieces of `ino` over `data` (read live at `offset`);
-        raise SpoolFull if the state was given up. Any thread."""
+    def preserved_pieces(self, ino: int, start: int, end: int) -> list[tuple[int, int, int]]:
+        """The preserved pieces of `ino` overlapping [start, end): (start, end, spool
+        offset). Raises SpoolFull if the state was given up. Any thread."""
         with self._lock:
             if self.failure is not None:
                 raise SpoolFull(self.failure)
             pieces = self._preserved.get(ino)
-            found = pieces.overlapping(offset, offset + len(data)) if pieces else []
-        for start, end, spool_offset in found:
-            low, high = max(start, offset), min(end, offset + len(data))
-            data[low - offset:high - offset] = self.spool.read(spool_offset + low - start, high - low)
+            return pieces.overlapping(start, end) if pieces else []
 
     def open_live(self, ino: int, path: bytes) -> int:
         """A read-only descriptor of inode `ino` (sealed at `path`) wherever it is now:
@@ -303,17 +300,44 @@ class FrozenReader:
         self.plan = plan
 
     def pread(self, length: int, offset: int) -> bytes:
+        """`length` bytes at `offset` as sealed. The common case (nothing preserved
+        there, nothing cut off) returns the live read itself: no copy under the GIL,
+        which the FUSE loop needs."""
+        _yield_to_the_loop()
         if not self.plan.covers(offset, offset + length):
             raise CaptureMiss(f"read of [{offset}, {offset + length}) of inode {self.ino} "
                               "outside what the seal planned (and protects)")
-        data = bytearray(length)
         live = os.pread(self.fd, length, offset)  # live first, then the pieces: see the docstring
-        data[:len(live)] = live
-        self.state.read_preserved(self.ino, data, offset)
+        pieces = self.state.preserved_pieces(self.ino, offset, offset + length)
+        if not pieces and len(live) == length:
+            return live
+        data = bytearray(live)
+        data.extend(bytes(length - len(live)))
+        spool = self.state.spool
+        for start, end, spool_offset in pieces:
+            low, high = max(start, offset), min(end, offset + length)
+            data[low - offset:high - offset] = spool.read(spool_offset + low - start, high - low)
         return bytes(data)
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+_background = threading.local()
+BACKGROUND_NICE = 10
+
+
+def _yield_to_the_loop() -> None:
+    """Lower this worker thread's CPU priority, once: the snapshot's reading, hashing,
+    compressing and sealing are background work, and on a busy machine the FUSE loop
+    thread should win the CPU (and so the GIL) whenever it has a request."""
+    if getattr(_background, "niced", False):
+        return
+    _background.niced = True
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+    except OSError:
+        pass
 
 
 def _read_exactly(fd: int, offset: int, length: int) -> bytes:
