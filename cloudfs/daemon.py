@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import socket
 import stat
 import time
@@ -67,6 +68,7 @@ class BackupSettings:
     interval: float = 300.0
     spool_limit: int = 1 << 30
     exclude: list[str] = field(default_factory=list)
+    show_progress: bool = False           # a progress bar on stderr for full snapshots
 
     def serving_repository(self) -> Repository:
         """The opened repository with a store (connections, threads) of this process:
@@ -127,6 +129,10 @@ class SnapshotDaemon:
         self.manifest: Tree = load_manifest(state_dir)
         self._trusted = self._manifest_describes_a_snapshot()
         self._force_full = False
+        checkpoint = self.manifest.checkpoint
+        if self._trusted and checkpoint.time_ns:  # what status shows until the next commit
+            self.uploader.status.last_snapshot = checkpoint.snapshot
+            self.uploader.status.last_snapshot_time_ns = checkpoint.time_ns
         self._next_seal_at = time.time() + settings.interval
 
     # -- starting and stopping ------------------------------------------------------------
@@ -233,7 +239,11 @@ class SnapshotDaemon:
             manifest: list[Tree] = []
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._compute_manifest, sealed, manifest)
+                progress = trio.CancelScope()
+                if self.settings.show_progress and sealed.full:
+                    nursery.start_soon(self._show_progress, sealed, progress)
                 snapshot = await self.uploader.commit(sealed.frozen.source(), changes, sealed.time_ns)
+                progress.cancel()
             await self._commit(sealed, snapshot, manifest[0])
             committed = True
         except _PreviousGone as error:
@@ -252,12 +262,30 @@ class SnapshotDaemon:
             if not committed:
                 self.sealer.release(sealed)
 
+    async def _show_progress(self, sealed: Sealed, scope: trio.CancelScope) -> None:
+        """A bar of the bytes the full snapshot reads (`cloudfs status` shows the same),
+        until `scope` is cancelled."""
+        from tqdm import tqdm
+
+        bar = tqdm(total=sealed.capture.bytes_to_read(), unit="B", unit_scale=True, unit_divisor=1024,
+                   ncols=shutil.get_terminal_size().columns,  # 80 where the terminal says 0
+                   desc="first snapshot" if sealed.previous_name is None else "full snapshot")
+        try:
+            with scope:
+                while True:
+                    current = self.uploader.status.current
+                    bar.n = current.bytes_read if current else 0
+                    bar.refresh()
+                    await trio.sleep(0.5)
+        finally:
+            bar.close()
+
     async def _compute_manifest(self, sealed: Sealed, out: list) -> None:
         out.append(await trio.to_thread.run_sync(manifest_after, self.manifest, sealed.capture, None))
 
     async def _commit(self, sealed: Sealed, snapshot: Snapshot, manifest: Tree) -> None:
         manifest.checkpoint = Checkpoint(snapshot.name, self.repo.config.repo_id_hex,
-                                         tuple(self.settings.exclude))
+                                         tuple(self.settings.exclude), snapshot.time_ns)
         await trio.to_thread.run_sync(save_manifest, self.state_dir, manifest)
         self.journal.commit(sealed.epoch)
         self.manifest, self._trusted, self._force_full = manifest, True, False

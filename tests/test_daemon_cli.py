@@ -148,3 +148,16 @@ def test_a_bandwidth_limit_spaces_out_uploads(tmp_path):
 
     elapsed = trio.run(upload)
     assert 0.55 <= elapsed < 2.0  # 800 kB at 1 MB/s: the first starts at once, the last at 0.6 s
+
+
+def test_stop_takes_a_final_snapshot_and_unmounts(protected):
+    root = protected.mount(None, "--interval", "3600")
+    protected.flush()
+    (root / "before-stop").write_bytes(b"s" * 5000)
+    reply = protected.request("stop")
+    assert reply["committed"] and reply["snapshot"]
+    wait_until(lambda: protected.daemon_pid_or_none() is None, timeout=30, what="the daemon to stop")
+    entry = mounttable.mounted_at(str(root))
+    assert entry is None or entry.fstype != mounttable.FSTYPE
+    assert protected.snapshots()[-1].name == reply["snapshot"]
+    protected.assert_latest_matches()

@@ -243,10 +243,11 @@ def test_kill_9_between_the_last_chunk_and_the_snapshot_object(protected, tmp_pa
 
 def test_a_stopped_store_slows_no_write_and_uploads_resume_when_it_returns(tmp_path, s3_env):
     server = locals3.start_rclone(tmp_path / "s3-data")
-    proxy = FaultyProxy(int(server.endpoint.rsplit(":", 1)[1]))
-    server.endpoint = proxy.endpoint
-    tree = new_protected(tmp_path / "tree", server)
+    proxy = tree = None
     try:
+        proxy = FaultyProxy(int(server.endpoint.rsplit(":", 1)[1]))
+        server.endpoint = proxy.endpoint
+        tree = new_protected(tmp_path / "tree", server)
         mountpoint = prepare(tree, tmp_path, "--retries", "2")
         locals3.stop(server.proc)                       # the store goes away
         latencies = []
@@ -280,8 +281,10 @@ def test_a_stopped_store_slows_no_write_and_uploads_resume_when_it_returns(tmp_p
         finally:
             locals3.stop(restarted.proc)
     finally:
-        tree.cleanup()
-        proxy.close()
+        if tree is not None:
+            tree.cleanup()
+        if proxy is not None:
+            proxy.close()
         locals3.stop(server.proc)
 
 

@@ -111,6 +111,7 @@ def test_every_snapshot_equals_the_tree_at_its_seal_while_writes_go_on(protected
     with open(source / "big2", "ab") as handle:
         handle.write(b"appended while unmounted")
     protected.mount(mountpoint, "--interval", "3600")
+    assert protected.status()["upload"]["last_snapshot"] is not None  # known from the manifest
     protected.flush()
     protected.assert_latest_matches()
     protected.umount(mountpoint)

@@ -130,7 +130,8 @@ def _backup_settings(args):
 
     return BackupSettings(repo=repo, location=args.repo, reopen_store=reopen_store,
                           interval=args.interval or DEFAULT_INTERVAL,
-                          spool_limit=args.spool_size or DEFAULT_SPOOL, exclude=exclude)
+                          spool_limit=args.spool_size or DEFAULT_SPOOL, exclude=exclude,
+                          show_progress=not args.daemon and sys.stderr.isatty())
 
 
 def _apply_config(args) -> None:

@@ -73,6 +73,7 @@ class Checkpoint:
     snapshot: str | None = None
     repo_id: str | None = None
     exclude: tuple[str, ...] = ()
+    time_ns: int | None = None       # the snapshot's sealing time
 
     def describes(self, snapshot: str | None, repo_id: str, exclude: list[str]) -> bool:
         return (snapshot is not None and self.snapshot == snapshot and self.repo_id == repo_id
@@ -220,7 +221,7 @@ def load_manifest(state_dir: Path) -> Tree | None:
         checkpoint = document.get("checkpoint") or {}
         return Tree({row[0]: EntryStat(*row[1:]) for row in document["entries"]},
                     Checkpoint(checkpoint.get("snapshot"), checkpoint.get("repo_id"),
-                               tuple(checkpoint.get("exclude", ()))))
+                               tuple(checkpoint.get("exclude", ())), checkpoint.get("time_ns")))
     except (ValueError, KeyError, TypeError, msgpack.UnpackException) as error:
         raise ManifestError(f"damaged manifest: {error}") from error
 
@@ -232,7 +233,7 @@ def save_manifest(state_dir: Path, tree: Tree) -> None:
         "format": FORMAT,
         "version": VERSION,
         "checkpoint": {"snapshot": checkpoint.snapshot, "repo_id": checkpoint.repo_id,
-                       "exclude": list(checkpoint.exclude)},
+                       "exclude": list(checkpoint.exclude), "time_ns": checkpoint.time_ns},
         "entries": [[path, *entry] for path, entry in tree.entries.items()],
     }
     replace_file(state_dir / MANIFEST_NAME, msgpack.packb(document, use_bin_type=True))
