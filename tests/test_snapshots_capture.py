@@ -158,6 +158,22 @@ def test_renames_links_new_and_replaced_directories_are_found_by_path(scenario, 
     scenario.assert_manifest_is_a_fresh_scan(capture)
 
 
+def test_a_directory_replaced_by_another_is_captured_as_the_builder_rebuilds_it(scenario, tmp_path):
+    """The builder builds a directory whose inode changed afresh, even where an entry
+    below it is the same inode as before (moved out and back in)."""
+    scenario.start()
+    scenario.rename("old/inner", "inner-for-a-while")
+    scenario.create("new-old")                  # made while "old" exists: another inode number
+    scenario.rename("new-old", "old")           # over the empty "old"
+    scenario.rename("inner-for-a-while", "old/inner")
+    assert scenario.ino("old") != scenario.manifest.get(b"old").ino
+    capture = scenario.capture()
+    assert capture.reads[b"old/inner"].total() == len(b"inner")     # read again, in full
+    snapshot = scenario.build(capture, tmp_path)
+    scenario.assert_snapshot_is_the_tree(snapshot)
+    scenario.assert_manifest_is_a_fresh_scan(capture)
+
+
 def test_a_change_behind_the_journals_back_is_inconsistent_and_a_full_capture_still_works(scenario, tmp_path):
     scenario.start()
     os.rename(scenario.root / "c" / "shared", scenario.root / "c" / "renamed")  # journal not told

@@ -208,7 +208,8 @@ class CaptureWalker:
 
     def _mark_replaced_directories(self, changes: PathChanges) -> None:
         """A directory in a changed listing that is not the one the manifest has at that
-        path is relisted: the builder would otherwise reuse the old one's node."""
+        path is relisted (the builder builds it afresh anyway; this also makes its
+        parents 'touched', so the walk reaches it)."""
         for directory, names in list(self.capture.listings.items()):
             for name in names:
                 path = join(directory, name)
@@ -325,7 +326,8 @@ class CaptureWalker:
         if stat.S_ISREG(st.st_mode):
             self._plan_read(path, st, before)
         elif stat.S_ISDIR(st.st_mode):
-            self._walk_directory(path, before is not None and before.is_dir)
+            # As TreeBuilder._subdirectory: another directory inode at this path is built afresh.
+            self._walk_directory(path, before is not None and before.is_dir and before.ino == st.st_ino)
         elif stat.S_ISLNK(st.st_mode):
             self.capture.targets[path] = self._live.readlink(path)
 
