@@ -64,15 +64,17 @@ class Packer:
     # -- worker threads -------------------------------------------------------------
 
     def store_sync(self, kind: BlobKind, plaintext, *, blob_id: bytes | None = None,
-                   compress: bool = True) -> bytes:
-        """Store one blob unless the repository has it; return its id. Worker threads only."""
+                   compress: bool = True, payload=None) -> bytes:
+        """Store one blob unless the repository has it; return its id. Worker threads only.
+        `payload`, if given, is the already encoded (maybe compressed) plaintext."""
         blob_id = blob_id or self.repo.master.blob_id(plaintext)
         with self._lock:
             self._raise_if_failed()
             if blob_id in self._pending or blob_id in self.repo.index:
                 return blob_id
             self._pending.add(blob_id)
-        payload = encode_payload(plaintext, self.repo.compression_level if compress else None)
+        if payload is None:
+            payload = encode_payload(plaintext, self.repo.compression_level if compress else None)
         chunk, location = self._reserve(blob_id, kind, len(payload), len(plaintext))
         try:
             chunk.builder.seal_into(location, payload)

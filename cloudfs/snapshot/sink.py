@@ -1,9 +1,10 @@
 """Where the builder's blobs go: the repository's packer.
 
 Blocks are stored from worker threads (`store_blocks_sync`), a batch at a time:
-zero blocks are recognised and stored nowhere, and compression is tried on a
-batch only if its first block compresses, so incompressible data (media,
-archives, encrypted files) does not pay for a compression attempt per block.
+zero blocks are recognised and stored nowhere, and compression is tried on the
+rest of a batch only if its first block compressed, so incompressible data
+(media, archives, encrypted files) does not pay for a compression attempt per
+block. The first block's attempt is kept, not done twice.
 """
 
 from __future__ import annotations
@@ -20,21 +21,24 @@ class RepositorySink:
 
     def store_blocks_sync(self, data: bytes, block_size: int) -> list[bytes | None]:
         view = memoryview(data)
-        blocks = [view[start:start + block_size] for start in range(0, len(data), block_size)]
-        compress = self._worth_compressing(blocks)
         store = self.repo.packer.store_sync
-        return [None if _is_zero(block) else store(BlobKind.DATA, block, compress=compress)
-                for block in blocks]
+        level = self.repo.compression_level
+        ids: list[bytes | None] = []
+        compress = None   # decided by the first block that is not zeros
+        for start in range(0, len(data), block_size):
+            block = view[start:start + block_size]
+            if _is_zero(block):
+                ids.append(None)
+            elif compress is None and level is not None:
+                payload = encode_payload(block, level)
+                compress = len(payload) < len(block)
+                ids.append(store(BlobKind.DATA, block, payload=payload))
+            else:
+                ids.append(store(BlobKind.DATA, block, compress=bool(compress)))
+        return ids
 
     async def put_tree(self, data: bytes) -> bytes:
         return await self.repo.put_blob(BlobKind.TREE, data)
-
-    def _worth_compressing(self, blocks: list[memoryview]) -> bool:
-        level = self.repo.compression_level
-        if level is None:
-            return False
-        sample = next((b for b in blocks if not _is_zero(b)), None)
-        return sample is not None and len(encode_payload(sample, level)) < len(sample)
 
 
 def _is_zero(block) -> bool:
