@@ -116,17 +116,20 @@ class SnapshotDaemon:
         self.history: collections.deque[dict] = collections.deque(maxlen=20)
         uncommitted = getattr(self.journal, "uncommitted_epochs", lambda: [0])()
         self._committed_epoch = uncommitted[0] - 1
-        if settings is None:
-            return
+        if settings is not None:
+            self._prepare_snapshots(settings, source_fd, device)
+
+    def _prepare_snapshots(self, settings: BackupSettings, source_fd: int, device: str | None) -> None:
+        """Repository, uploader, spool, graveyard, sealer, and what the manifest describes."""
         self.repo = settings.serving_repository()
         self.exclude = exclusion_matcher(settings.exclude)
-        self.uploader = Uploader(self.repo, str(source), None, self.exclude)
-        self.spool = Spool(state_dir, settings.spool_limit)
+        self.uploader = Uploader(self.repo, str(self.source), None, self.exclude)
+        self.spool = Spool(self.state_dir, settings.spool_limit)
         self.spool.clear()
         self.graveyard = Graveyard(source_fd)
-        self.sealer = Sealer(operations, self.journal, source_fd, str(mountpoint), device, self.spool,
-                             self.graveyard, self.repo.config.block_size, self.exclude)
-        self.manifest: Tree = load_manifest(state_dir)
+        self.sealer = Sealer(self.operations, self.journal, source_fd, str(self.mountpoint), device,
+                             self.spool, self.graveyard, self.repo.config.block_size, self.exclude)
+        self.manifest: Tree = load_manifest(self.state_dir)
         self._trusted = self._manifest_describes_a_snapshot()
         self._force_full = False
         checkpoint = self.manifest.checkpoint
@@ -173,7 +176,10 @@ class SnapshotDaemon:
             return {"snapshot": self._last_snapshot_name(), "committed": True}
         reply = {"snapshot": None, "committed": False}
         with trio.move_on_after(timeout):
-            reply = await self._snapshot(wait=True, give_up_if_store_down=True)
+            try:
+                reply = await self._snapshot(wait=True, give_up_if_store_down=True)
+            except CloudfsError as error:
+                log.error("final snapshot: %s", error)
         if not reply.get("committed"):
             log.warning("unmounting with changes not yet in a snapshot; they stay in the journal "
                         "and the next mount commits them")
