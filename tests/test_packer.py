@@ -88,3 +88,28 @@ def test_a_failed_upload_fails_every_thread_and_hangs_none(tmp_path):
     again = [[os.urandom(4000) for _ in range(50)] for _ in range(3)]
     ids = store_from_threads(repo, again)
     assert trio.run(repo.get_blob, ids[2][49]) == again[2][49]
+
+
+def test_an_interrupted_upload_keeps_what_it_stored(tmp_path):
+    repo = make_repo(tmp_path, FlakyStore, slots=1)
+    repo.packer.index_every = 2
+    blobs = [os.urandom(4000) for _ in range(600)]     # about 9 chunks of 256 KiB
+    FlakyStore.uploads = 0
+
+    async def fail_after_five(name, data, *, exclusive=False, sha256=None):
+        if name.startswith(CHUNKS_PREFIX) and FlakyStore.uploads >= 5:
+            raise StoreUnavailable("the store went away")
+        await FlakyStore.put(repo.store, name, data, exclusive=exclusive, sha256=sha256)
+
+    repo.store.put = fail_after_five
+    with pytest.raises(BaseException):
+        store_from_threads(repo, [blobs])
+
+    # A new session (as after a crash) finds the indexed chunks and stores only the rest.
+    reopened = trio.run(lambda: Repository.open(LocalStore(tmp_path / "repo"), PASSPHRASE, use_cache=False))
+    assert len(reopened.index) >= 4 * 60, "the first four chunks were indexed as the upload went"
+    known = len(reopened.index)
+    reopened.packer = Packer(reopened, slots=2)
+    ids = store_from_threads(reopened, [blobs])[0]
+    assert reopened.written.blobs == len(blobs) - known
+    assert trio.run(reopened.get_blob, ids[0]) == blobs[0]

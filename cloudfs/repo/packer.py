@@ -20,6 +20,10 @@ Concurrency rules (the only ones; keep them true when changing this file):
   new chunk while every slot is taken waits until an upload ends. A failed
   upload frees its slot too and fails every later call with the same error
   (until `reset_failure`), so no thread waits forever.
+- Every `index_every` stored chunks, the upload that completes the batch writes
+  an index object for them, so a long upload that is interrupted (a crash, a
+  lost store) keeps what it stored: the next attempt finds those blobs in the
+  index and does not upload them again.
 - A blob id is "pending" from its reservation until its chunk is in the index;
   dedup checks the index and the pending set under the lock, and the upload
   moves ids from pending to the index under the same lock, so a blob is never
@@ -50,8 +54,9 @@ class _OpenChunk:
 
 
 class Packer:
-    def __init__(self, repo, slots: int = 3, directory: str | None = None):
+    def __init__(self, repo, slots: int = 3, directory: str | None = None, index_every: int = 16):
         self.repo = repo
+        self.index_every = index_every    # chunks per index object during long uploads
         self.directory = directory        # where chunks are built (default: the temp dir)
         self._lock = threading.Lock()
         self._slot_free = threading.Condition(self._lock)
@@ -151,13 +156,18 @@ class Packer:
             self._free_slot(data)
             raise
         info = ChunkInfo(builder.chunk_id, len(data), digest, tuple(builder.blobs))
+        batch = None
         with self._lock:
             self.repo.index.add_chunk(info)
             self._pending.difference_update(chunk.ids)
             self.unindexed.append(info)
             self.repo.written.chunks += 1
             self.repo.written.chunk_bytes += len(data)
+            if len(self.unindexed) >= self.index_every:
+                batch, self.unindexed = self.unindexed, []
         self._free_slot(data)
+        if batch:
+            await self.repo.write_index(batch)
 
     def _free_slot(self, data: FilePayload) -> None:
         data.close()

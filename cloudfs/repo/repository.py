@@ -196,7 +196,7 @@ class Repository:
             data = await self.store.get(name)
             chunks.append(await trio.to_thread.run_sync(self._chunk_info_from_footer, name, data))
             self.index.add_chunk(chunks[-1])
-        await self._write_index(chunks)
+        await self.write_index(chunks)
         dropped = [name for name in self.damaged_objects if name.startswith(INDEX_PREFIX)]
         for name in dropped:
             await self.store.delete(name)
@@ -241,9 +241,10 @@ class Repository:
         """Store the partly filled chunk, then one index object for every chunk
         stored since the last flush. Afterwards every blob put so far is durable.
         Call it when no blob is being stored."""
-        await self._write_index(await self.packer.flush())
+        await self.write_index(await self.packer.flush())
 
-    async def _write_index(self, chunks: list[ChunkInfo]) -> None:
+    async def write_index(self, chunks: list[ChunkInfo]) -> None:
+        """One index object naming these stored chunks."""
         if not chunks:
             return
         name = new_index_name()
