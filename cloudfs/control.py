@@ -32,6 +32,29 @@ def socket_path(state_dir: Path) -> Path:
     return Path(state_dir) / CONTROL_NAME
 
 
+# A Unix socket's path must fit in 108 bytes; a longer one is reached through a
+# descriptor of its directory: /proc/self/fd/N/control.sock.
+_SUN_PATH_MAX = 100
+
+
+class _ReachablePath:
+    """A path to `path` that fits a socket address, for the length of a `with`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd = -1
+
+    def __enter__(self) -> str:
+        if len(os.fsencode(self.path)) < _SUN_PATH_MAX:
+            return str(self.path)
+        self._fd = os.open(self.path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        return f"/proc/self/fd/{self._fd}/{self.path.name}"
+
+    def __exit__(self, *exc) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+
+
 async def serve(state_dir: Path, handlers: dict[str, Handler],
                 task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve requests until cancelled; each connection in its own task."""
@@ -40,7 +63,8 @@ async def serve(state_dir: Path, handlers: dict[str, Handler],
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
     try:
-        await sock.bind(str(path))
+        with _ReachablePath(path) as address:
+            await sock.bind(address)
     finally:
         os.umask(old_umask)
     sock.listen(16)
@@ -98,9 +122,12 @@ def request(state_dir: Path, op: str, timeout: float | None = 30.0, **arguments)
     client.settimeout(timeout)
     try:
         try:
-            client.connect(str(path))
+            with _ReachablePath(path) as address:
+                client.connect(address)
         except (FileNotFoundError, ConnectionRefusedError):
             raise DaemonUnreachable(f"no cloudfs daemon answers at {path}") from None
+        except OSError as error:
+            raise DaemonUnreachable(f"cannot reach the daemon at {path}: {error.strerror}") from None
         client.sendall(json.dumps({"op": op, **arguments}).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):

@@ -7,12 +7,11 @@ from serving is the same for all of them, and lives here:
 - `run_detached(log_path, serve)`: fork a detached process that runs
   `serve(ready)`; the command returns 0 once `ready()` was called there, or
   raises the one-line error the process reported before it got that far.
-- `unmount_on_signal(mountpoint)`: a task that turns SIGTERM, SIGINT and
-  SIGHUP into an unmount, after which pyfuse3.main() returns.
+- `unmount_on_signal(mountpoint, before)`: a task that turns SIGTERM, SIGINT
+  and SIGHUP into an unmount (after `before()`, e.g. a final snapshot), after
+  which pyfuse3.main() returns.
+- `detach`, `detach_now`: unmount (lazily if busy).
 - `tune_read_ahead`, `raise_descriptor_limit`: small per-mount settings.
-
-The live mount's cloudfs/live/mount.py has its own copies from before this
-module existed; both do the same, and may be merged into this one.
 """
 
 from __future__ import annotations
@@ -22,15 +21,15 @@ import logging
 import os
 import resource
 import signal
+import subprocess
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
 
 from cloudfs.errors import CloudfsError, MountError
-from cloudfs.live import mounttable
-from cloudfs.live.mount import detach
+from cloudfs.live import mounttable, syscalls
 
 log = logging.getLogger(__name__)
 
@@ -101,21 +100,40 @@ def _read_until_closed(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-async def unmount_on_signal(mountpoint: str) -> None:
+async def unmount_on_signal(mountpoint: str, before: Callable[[], Awaitable[None]] | None = None) -> None:
     """Unmount on SIGTERM, SIGINT or SIGHUP (lazily if files are open there), so
     that pyfuse3.main() returns and the process stops cleanly."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.warning("%s: unmounting %s", signal.Signals(signum).name, mountpoint)
-            try:
-                await trio.to_thread.run_sync(detach, mountpoint, False)
-            except OSError as error:
-                if error.errno != errno.EBUSY:
-                    log.error("cannot unmount %s: %s", mountpoint, error)
-                    continue
-                log.warning("%s is busy: detached; stopping once the last open file is closed",
-                            mountpoint)
-                await trio.to_thread.run_sync(detach, mountpoint, True)
+            if before is not None:
+                await before()
+            await detach_now(mountpoint)
+
+
+async def detach_now(mountpoint: str) -> None:
+    """Unmount from inside the mount's process; if busy, detach lazily (the open
+    files are served until they are closed)."""
+    try:
+        await trio.to_thread.run_sync(detach, mountpoint, False)
+    except OSError as error:
+        if error.errno != errno.EBUSY:
+            log.error("cannot unmount %s: %s", mountpoint, error)
+            return
+        log.warning("%s is busy: detached; stopping once the last open file is closed", mountpoint)
+        await trio.to_thread.run_sync(detach, mountpoint, True)
+
+
+def detach(mountpoint: str, lazy: bool = False) -> None:
+    """Unmount a FUSE mount (umount2 as root, fusermount3 otherwise); OSError(EBUSY) if busy."""
+    if os.geteuid() == 0:
+        syscalls.umount(mountpoint, lazy)
+        return
+    command = ["fusermount3", "-u", *(["-z"] if lazy else []), mountpoint]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        busy = "busy" in result.stderr
+        raise OSError(errno.EBUSY if busy else errno.EINVAL, result.stderr.strip() or "fusermount3 failed")
 
 
 def tune_read_ahead(mountpoint: str, kilobytes: int) -> None:

@@ -74,3 +74,18 @@ def test_status_reads_like_a_report():
     assert "4 files, 3.0 MiB, oldest change 2 min ago (RPO)" in text
     assert "unreachable since 60 s ago: cannot reach it" in text
     assert "next snapshot  in 3 min" in text and "snapshots/x" in text
+
+
+def test_a_state_directory_with_a_long_path_still_has_a_working_socket(tmp_path):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    assert len(str(control.socket_path(deep))) > 108
+
+    async def status(request):
+        return {"deep": True}
+
+    stop = serve_in_background(deep, {"status": status})
+    try:
+        assert control.request(deep, "status") == {"deep": True}
+    finally:
+        stop()

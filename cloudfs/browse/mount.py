@@ -36,7 +36,6 @@ from cloudfs.browse.namespace import Namespace
 from cloudfs.browse.trees import TreeCache
 from cloudfs.errors import MountError
 from cloudfs.live import mounttable
-from cloudfs.live.mount import detach
 from cloudfs.live.state import Holder, StateDir
 from cloudfs.repo import Repository
 
@@ -106,7 +105,7 @@ def _clear_stale_mount(path: str) -> None:
     if holder is not None:
         raise MountError(f"{path} is already mounted by cloudfs (pid {holder.pid})")
     log.warning("%s: removing the mount left behind by a cloudfs process that died", path)
-    detach(path, lazy=True)
+    fuseproc.detach(path, lazy=True)
 
 
 # -- serving -----------------------------------------------------------------------------

@@ -84,6 +84,8 @@ class LiveOperations(pyfuse3.Operations):
         self._dirs: dict[int, DirHandle] = {}
         #: Final stats of dirty inodes the kernel forgot (for the clean-stop record).
         self.last_seen: dict[int, FinalStat] = {}
+        #: Set when the kernel's INIT request has been handled (mount tuning waits for it).
+        self.initialized = trio.Event()
         #: The sealed state of the snapshot in flight (copy-on-write), or None.
         self.frozen = None
 
@@ -146,6 +148,9 @@ class LiveOperations(pyfuse3.Operations):
             self.journal.record_dir(parent.ino)
             self.journal.record_whole(inode.ino)
         return inode
+
+    def init(self):
+        self.initialized.set()
 
     # -- lookups and attributes ---------------------------------------------------
 

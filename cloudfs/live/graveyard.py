@@ -19,9 +19,11 @@ import errno
 import logging
 import os
 
+from cloudfs.snapshot.source import GRAVEYARD_NAME
+
 log = logging.getLogger(__name__)
 
-NAME = b".cloudfs-graveyard"
+NAME = GRAVEYARD_NAME
 
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 

@@ -16,13 +16,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import resource
-import signal
 import stat
-import subprocess
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +26,10 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from cloudfs import control
+from cloudfs import control, fuseproc
+from cloudfs.fuseproc import detach
 from cloudfs.errors import CloudfsError, MountError
-from cloudfs.live import graveyard, mounttable, syscalls
+from cloudfs.live import graveyard, mounttable
 from cloudfs.live.fs import LiveOperations
 from cloudfs.live.inodes import InodeTable
 from cloudfs.live.journal import NullJournal
@@ -135,7 +132,7 @@ def serve(plan: MountPlan, on_ready: Callable[[], None], backup=None) -> None:
     `backup` (daemon.BackupSettings) makes the mount take snapshots."""
     plan.state.acquire(plan.source)
     try:
-        _raise_descriptor_limit()
+        fuseproc.raise_descriptor_limit()
         source_fd = os.open(plan.source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             _serve_with(plan, source_fd, on_ready, backup)
@@ -164,7 +161,7 @@ def _serve_with(plan: MountPlan, source_fd: int, on_ready: Callable[[], None], b
         if plan.journaling:
             graveyard.clear_leftovers(source_fd)
             operations.journal, operations.last_seen = open_journal(plan.state.path, source_fd)
-        device = _tune_read_ahead(plan.mountpoint)
+        device = _mount_device(plan.mountpoint)
         mountpoint = str(plan.mountpoint)
         daemon = SnapshotDaemon(source=plan.source, mountpoint=plan.mountpoint, state_dir=plan.state.path,
                                 operations=operations, source_fd=source_fd, device=device,
@@ -207,41 +204,21 @@ async def _serve_requests(operations: LiveOperations, mountpoint: str, daemon) -
     async with trio.open_nursery() as nursery:
         nursery.start_soon(operations.journal.run)
         await daemon.start(nursery)
-        nursery.start_soon(_unmount_on_signal, mountpoint, daemon.final_snapshot)
+        nursery.start_soon(fuseproc.unmount_on_signal, mountpoint, daemon.final_snapshot)
+        nursery.start_soon(_tune_after_init, operations, mountpoint)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 
 
-async def _unmount_on_signal(mountpoint: str, final_snapshot) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async for signum in signals:
-            log.warning("%s: unmounting %s", signal.Signals(signum).name, mountpoint)
-            await final_snapshot()
-            await _detach_now(mountpoint)
+async def _tune_after_init(operations: LiveOperations, mountpoint: str) -> None:
+    """Raise the read-ahead once the kernel has the INIT reply, which would reset it."""
+    await operations.initialized.wait()
+    await trio.sleep(0)   # let the reply go out first
+    fuseproc.tune_read_ahead(mountpoint, READ_AHEAD_KB)
 
 
 async def _detach_now(mountpoint: str) -> None:
-    """Unmount from inside the daemon; if busy, detach lazily (served until the last close)."""
-    try:
-        await trio.to_thread.run_sync(detach, mountpoint, False)
-    except OSError as error:
-        if error.errno != errno.EBUSY:
-            log.error("cannot unmount %s: %s", mountpoint, error)
-            return
-        log.warning("%s is busy: detached; stopping once the last open file is closed", mountpoint)
-        await trio.to_thread.run_sync(detach, mountpoint, True)
-
-
-def detach(mountpoint: str, lazy: bool = False) -> None:
-    """Unmount a FUSE mount (umount2 as root, fusermount3 otherwise); OSError(EBUSY) if busy."""
-    if os.geteuid() == 0:
-        syscalls.umount(mountpoint, lazy)
-        return
-    command = ["fusermount3", "-u", *(["-z"] if lazy else []), mountpoint]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode:
-        busy = "busy" in result.stderr
-        raise OSError(errno.EBUSY if busy else errno.EINVAL, result.stderr.strip() or "fusermount3 failed")
+    await fuseproc.detach_now(mountpoint)
 
 
 def _still_mounted(plan: MountPlan) -> bool:
@@ -255,22 +232,10 @@ def _fsname(plan: MountPlan) -> str:
     return mounttable.fsname_for(name) if name.isascii() else "cloudfs"
 
 
-def _raise_descriptor_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def _tune_read_ahead(mountpoint: Path) -> str | None:
-    """Raise the mount's read-ahead; return its device ("major:minor")."""
+def _mount_device(mountpoint: Path) -> str | None:
+    """The mount's device ("major:minor")."""
     entry = mounttable.mounted_at(str(mountpoint))
-    if entry is None:
-        return None
-    try:
-        Path(f"/sys/class/bdi/{entry.device}/read_ahead_kb").write_text(f"{READ_AHEAD_KB}\n")
-    except OSError as error:
-        log.info("cannot raise read-ahead for %s: %s", mountpoint, error)
-    return entry.device
+    return entry.device if entry is not None else None
 
 
 # -- foreground and daemon ----------------------------------------------------------------
@@ -291,65 +256,7 @@ def run(plan: MountPlan, daemon: bool, backup=None) -> int:
 
 def _run_detached(plan: MountPlan, backup) -> int:
     plan.state.create()  # for the log, before detaching
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child:
-        os.close(write_end)
-        os.waitpid(child, 0)  # the intermediate process exits at once
-        reply = _read_until_closed(read_end).decode(errors="replace")
-        if reply.startswith("ready"):
-            return 0
-        if reply.startswith("error "):
-            _, code, message = reply.split(" ", 2)
-            error = MountError(message)
-            error.exit_code = int(code)
-            raise error
-        raise MountError(f"the mount process ended without a word; see {plan.state.log_path()}")
-    os.close(read_end)
-    os.setsid()
-    if os.fork():
-        os._exit(0)
-    os._exit(_daemon_main(plan, write_end, backup))
-
-
-def _daemon_main(plan: MountPlan, report_fd: int, backup) -> int:
-    """The detached process: log to the state directory, tell the parent how it went."""
-    log_fd = os.open(plan.state.log_path(), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    null_fd = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null_fd, 0)
-    os.dup2(log_fd, 1)
-    os.dup2(log_fd, 2)
-    os.close(null_fd)
-    os.close(log_fd)
-    reported = False
-
-    def ready():
-        nonlocal reported
-        os.write(report_fd, b"ready\n")
-        os.close(report_fd)
-        reported = True
-
-    try:
-        serve(plan, ready, backup)
-        return 0
-    except CloudfsError as error:
-        log.error("%s", error)
-        if not reported:
-            os.write(report_fd, f"error {error.exit_code} {error}".encode())
-        return error.exit_code
-    except BaseException as error:  # noqa: BLE001 - the parent must hear about anything
-        traceback.print_exc()
-        if not reported:
-            os.write(report_fd, f"error 1 unexpected failure: {error!r}".encode())
-        return 1
-
-
-def _read_until_closed(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 4096):
-        chunks.append(chunk)
-    os.close(fd)
-    return b"".join(chunks)
+    return fuseproc.run_detached(plan.state.log_path(), lambda ready: serve(plan, ready, backup))
 
 
 # -- unmounting ------------------------------------------------------------------------------
@@ -380,7 +287,10 @@ def unmount(path: str, lazy: bool = False, timeout: float = 120.0,
 
 
 def _final_snapshot(state_dir: Path, seconds: float) -> dict | None:
-    """Ask the daemon to commit what is pending before it goes (bounded)."""
+    """Ask the daemon to commit what is pending before it goes (bounded). A mount
+    without a control socket (a snapshot mount) has nothing to commit."""
+    if not control.socket_path(state_dir).exists():
+        return None
     try:
         return control.request(state_dir, "snapshot", timeout=seconds + 10, final=True,
                                wait_seconds=seconds)

@@ -26,6 +26,10 @@ class Source(Protocol):
     def open(self, path: bytes) -> FileReader: ...
 
 
+#: The live mount keeps files a sealed snapshot still needs here (cloudfs/live/graveyard.py);
+#: it is never part of the protected tree.
+GRAVEYARD_NAME = b".cloudfs-graveyard"
+
 # Reading for a backup should not touch access times (allowed to the owner and root).
 _NO_ATIME = os.O_NOATIME if os.geteuid() == 0 else 0
 
@@ -64,9 +68,10 @@ class DirectorySource:
     def listdir(self, path: bytes) -> list[bytes]:
         fd = os.open(self._at(path), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self.root_fd)
         try:
-            return [os.fsencode(name) for name in os.listdir(fd)]
+            names = [os.fsencode(name) for name in os.listdir(fd)]
         finally:
             os.close(fd)
+        return [n for n in names if n != GRAVEYARD_NAME] if not path else names
 
     def lstat(self, path: bytes) -> os.stat_result:
         return os.stat(self._at(path), dir_fd=self.root_fd, follow_symlinks=False)
