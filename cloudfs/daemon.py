@@ -373,6 +373,14 @@ class SnapshotDaemon:
         if request.get("final"):
             return await self.final_snapshot(float(request.get("wait_seconds") or FINAL_TIMEOUT))
         self._require_repository()
+        if request.get("queue") and not request.get("wait") and self._inflight is not None:
+            # One snapshot at a time: this one is sealed when the one uploading is
+            # committed. Say so at once rather than keep the caller waiting (for as
+            # long as the store is down, perhaps).
+            self._wanted += 1
+            self._notify()
+            return {"queued": True, "epoch": None, "snapshot": None, "committed": False,
+                    "uploading_epoch": self._inflight.epoch}
         return await self._snapshot(wait=bool(request.get("wait")))
 
     async def _handle_flush(self, request: dict) -> dict:

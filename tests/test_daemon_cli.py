@@ -121,6 +121,31 @@ def test_umount_with_the_store_down_unmounts_anyway_and_the_next_mount_commits(p
     protected.umount(mountpoint)
 
 
+def test_cloudfs_snapshot_answers_at_once_while_another_snapshot_waits_for_the_store(protected, tmp_path):
+    target = int(protected.endpoint.rsplit(":", 1)[1])
+    with FaultyProxy(target) as proxy:
+        mountpoint = tmp_path / "mnt"
+        mountpoint.mkdir()
+        protected.mount(mountpoint, "--interval", "3600", "--endpoint-url", proxy.endpoint, "--retries", "1")
+        protected.flush()
+        (mountpoint / "first").write_bytes(b"sealed while the store is down")
+        proxy.add_faults(*["reset"] * 1000)
+        proxy.drop_connections()
+        protected.request("snapshot", wait=False)
+        wait_until(lambda: not protected.status()["upload"]["store_ok"], what="the store reported down")
+        (mountpoint / "second").write_bytes(b"asked for while the first waits")
+        started = time.monotonic()
+        result = run_cloudfs("snapshot", str(mountpoint), env=protected.env)
+        assert time.monotonic() - started < 10
+        assert "will be sealed as soon as it is committed" in result.stdout
+        status = run_cloudfs("status", str(mountpoint), env=protected.env).stdout
+        assert "unreachable since" in status
+        proxy.plan.clear()                               # the store is back
+        protected.flush(timeout=90)
+        protected.request("snapshot", wait=True)
+    protected.umount(mountpoint, "--snapshot-timeout", "5")
+
+
 def test_a_mount_without_a_repository_answers_status_and_refuses_snapshots(protected):
     env = dict(protected.env)
     del env["CLOUDFS_REPO"]

@@ -208,6 +208,7 @@ def test_kill_9_mid_chunk_upload_commits_nothing_partial(protected, tmp_path):
     with FaultyProxy(target) as proxy:
         mountpoint = prepare(protected, tmp_path, "--endpoint-url", proxy.endpoint, "--retries", "1")
         protected.seal()
+        protected.flush()                               # nothing uploading when the store hangs
         with open(mountpoint / "new", "wb") as handle:
             handle.write(os.urandom(8 << 20))
         proxy.add_faults(*["stall"] * 50)               # every new connection hangs

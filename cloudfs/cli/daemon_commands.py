@@ -45,11 +45,15 @@ def run_status(args) -> int:
 
 
 def run_snapshot(args) -> int:
-    reply = control.request(control.find_state_dir(args.mount), "snapshot", timeout=None, wait=args.wait)
+    reply = control.request(control.find_state_dir(args.mount), "snapshot", timeout=None,
+                            wait=args.wait, queue=True)
     if args.json:
         print_json(reply)
     elif reply.get("snapshot"):
         print(f"committed {reply['snapshot']}")
+    elif reply.get("queued"):
+        print("a snapshot is uploading; a new one will be sealed as soon as it is committed "
+              "(cloudfs status)")
     else:
         print(f"sealed epoch {reply.get('epoch')}; it uploads in the background (cloudfs status)")
     return 0
