@@ -13,7 +13,8 @@ read again.
 Concurrency: the tree is walked by trio tasks; each file to read is a task
 (at most FILE_TASKS at once), and its content is read, hashed, compressed and
 sealed in worker-thread jobs of READ_BATCH bytes (at most WORKER_THREADS at
-once, several per large file). Directory nodes are written when all their
+once, several per large file); files of one block or less are grouped, up to
+SMALL_FILES_PER_JOB per job. Directory nodes are written when all their
 children are done, so the walk is depth-first and memory stays bounded.
 """
 
@@ -33,6 +34,10 @@ from cloudfs.snapshot.tree import Entry, encode_directory, subtree_totals
 
 READ_BATCH = 4 << 20
 FILE_TASKS = 32
+# Files of at most one block are read in groups, one worker-thread job per group:
+# a thread hop costs more here than reading and sealing a small file.
+SMALL_FILES_PER_JOB = 64
+SMALL_BYTES_PER_JOB = 1 << 20
 # Jobs in worker threads: about one per core, plus room for the jobs that are
 # blocked while the chunk they completed uploads.
 WORKER_THREADS = 4
@@ -114,18 +119,21 @@ class TreeBuilder:
         relist = previous is None or changes is None or path in changes.listings
         names = self.source.listdir(path) if relist else list(old)
         entries: dict[bytes, Entry] = {}
+        small = _SmallFiles()
         async with trio.open_nursery() as nursery:
             for name in names:
                 if not self.exclude(join(path, name)):
-                    await self._child(nursery, path, name, old.get(name), relist, entries)
+                    await self._child(nursery, path, name, old.get(name), relist, entries, small)
+            await self._start_small_files(nursery, small, entries)
         self.stats.directories += 1
         children = list(entries.values())
         return (await self.sink.put_tree(encode_directory(children)), *subtree_totals(children))
 
     async def _child(self, nursery, directory: bytes, name: bytes, old: Entry | None,
-                     relisted: bool, entries: dict[bytes, Entry]) -> None:
+                     relisted: bool, entries: dict[bytes, Entry], small: "_SmallFiles") -> None:
         """Fill entries[name]: copied from the old node, made here, or, for a file
-        whose content must be read, by a task started in `nursery`."""
+        whose content must be read, by a task started in `nursery` (small files
+        in groups)."""
         path = join(directory, name)
         try:
             if self._unchanged(path, old, relisted):
@@ -135,8 +143,7 @@ class TreeBuilder:
             entry = Entry(name=name, mode=st.st_mode).with_stat(st)
             entry.xattrs = self._xattrs(path)
             if stat.S_ISREG(st.st_mode):
-                await self._file_slots.acquire()
-                nursery.start_soon(self._file_task, path, st, old, entry, entries)
+                await self._file(nursery, path, st, old, entry, entries, small)
                 return
             if stat.S_ISDIR(st.st_mode):
                 await self._subdirectory(path, old, entry)
@@ -173,6 +180,52 @@ class TreeBuilder:
 
     # -- file content -----------------------------------------------------------------
 
+    async def _file(self, nursery, path: bytes, st, old: Entry | None, entry: Entry,
+                    entries: dict[bytes, Entry], small: "_SmallFiles") -> None:
+        reused = self._reusable_content(path, st, old)
+        if reused is not None or st.st_size == 0:
+            entry.blocks, entry.block_list = reused if reused is not None else ([], None)
+            entries[entry.name] = entry
+        elif st.st_size <= self.block_size and not self._updatable(path, st, old):
+            small.add(path, entry)
+            if small.full():
+                await self._start_small_files(nursery, small, entries)
+        else:
+            await self._file_slots.acquire()
+            nursery.start_soon(self._file_task, path, st, old, entry, entries)
+
+    async def _start_small_files(self, nursery, small: "_SmallFiles", entries: dict[bytes, Entry]) -> None:
+        if small.files:
+            await self._file_slots.acquire()
+            nursery.start_soon(self._small_files_task, small.take(), entries)
+
+    async def _small_files_task(self, files: list[tuple[bytes, Entry]], entries: dict[bytes, Entry]) -> None:
+        """Read and store a group of small files in one worker-thread job."""
+        try:
+            opened = []
+            for path, entry in files:
+                try:
+                    opened.append((self.source.open(path), entry))   # on the loop, like every open
+                except FileNotFoundError:
+                    self.stats.vanished += 1
+            try:
+                results = await trio.to_thread.run_sync(
+                    self._read_small_files, [(reader, entry.size) for reader, entry in opened],
+                    limiter=self._threads)
+            finally:
+                for reader, _ in opened:
+                    reader.close()
+            for (_, entry), (ids, read) in zip(opened, results):
+                entry.blocks, entry.block_list = ids, None
+                self.stats.bytes_read += read
+                self.stats.files_read += 1
+                entries[entry.name] = entry
+        finally:
+            self._file_slots.release()
+
+    def _read_small_files(self, files: list[tuple[FileReader, int]]) -> list[tuple[list, int]]:
+        return [self._read_and_store(reader, 0, size) for reader, size in files]
+
     async def _file_task(self, path: bytes, st, old: Entry | None, entry: Entry,
                          entries: dict[bytes, Entry]) -> None:
         try:
@@ -184,15 +237,28 @@ class TreeBuilder:
             self._file_slots.release()
         entries[entry.name] = entry
 
-    async def _content(self, path: bytes, st, old: Entry | None):
-        same_file = old is not None and old.is_file and old.ino == st.st_ino
+    def _reusable_content(self, path: bytes, st, old: Entry | None):
+        """The old entry's (blocks, block_list) if the content cannot have changed, else None."""
+        if old is None or not old.is_file or old.ino != st.st_ino:
+            return None
         changes = self._changes
-        if same_file and changes is not None and changes.data.get(path) is not None:
-            return await self._update(path, st, old, changes.data[path])
-        if same_file and changes is not None and path not in changes.data:
+        if changes is not None and path not in changes.data:
             return old.blocks, old.block_list       # the journal says: content untouched
-        if same_file and changes is None and old.same_stat(st):
+        if changes is None and old.same_stat(st):
             return old.blocks, old.block_list       # a scan, and nothing says it changed
+        return None
+
+    def _updatable(self, path: bytes, st, old: Entry | None) -> bool:
+        """True if only the dirty ranges of the old content need reading."""
+        return (old is not None and old.is_file and old.ino == st.st_ino and self._changes is not None
+                and self._changes.data.get(path) is not None)
+
+    async def _content(self, path: bytes, st, old: Entry | None):
+        reused = self._reusable_content(path, st, old)
+        if reused is not None:
+            return reused
+        if self._updatable(path, st, old):
+            return await self._update(path, st, old, self._changes.data[path])
         ids = await self._read_blocks(path, range(self._block_count(st.st_size)), st.st_size)
         return await blocklist.build([ids[i] for i in range(len(ids))], self.sink.put_tree)
 
@@ -261,3 +327,22 @@ def _runs(indices: list[int], limit: int) -> list[list[int]]:
         else:
             runs.append([index])
     return runs
+
+
+class _SmallFiles:
+    """Small files of one directory waiting to be read together."""
+
+    def __init__(self):
+        self.files: list[tuple[bytes, Entry]] = []
+        self.bytes = 0
+
+    def add(self, path: bytes, entry: Entry) -> None:
+        self.files.append((path, entry))
+        self.bytes += entry.size
+
+    def full(self) -> bool:
+        return len(self.files) >= SMALL_FILES_PER_JOB or self.bytes >= SMALL_BYTES_PER_JOB
+
+    def take(self) -> list[tuple[bytes, Entry]]:
+        files, self.files, self.bytes = self.files, [], 0
+        return files
