@@ -11,6 +11,9 @@ from serving is the same for all of them, and lives here:
   and SIGHUP into an unmount (after `before()`, e.g. a final snapshot), after
   which pyfuse3.main() returns.
 - `detach`, `detach_now`: unmount (lazily if busy).
+- `checked_directory`, `resolve_parent`, `clear_stale_mount`,
+  `check_fuse_device`: the checks before mounting, each failure a one-line
+  MountError.
 - `tune_read_ahead`, `raise_descriptor_limit`: small per-mount settings.
 """
 
@@ -21,6 +24,7 @@ import logging
 import os
 import resource
 import signal
+import stat
 import subprocess
 import traceback
 from collections.abc import Awaitable, Callable
@@ -30,6 +34,7 @@ import trio
 
 from cloudfs.errors import CloudfsError, MountError
 from cloudfs.live import mounttable, syscalls
+from cloudfs.live.state import StateDir
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +139,51 @@ def detach(mountpoint: str, lazy: bool = False) -> None:
     if result.returncode:
         busy = "busy" in result.stderr
         raise OSError(errno.EBUSY if busy else errno.EINVAL, result.stderr.strip() or "fusermount3 failed")
+
+
+def resolve_parent(path: str) -> str:
+    """`path` made absolute with its parent resolved; the last component is not touched,
+    because it may be a mount whose daemon died (any access fails with ENOTCONN)."""
+    absolute = os.path.abspath(path)
+    return os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute))
+
+
+def checked_directory(path: str, role: str) -> Path:
+    """The real path of an existing directory (after clearing a dead cloudfs mount
+    there); MountError naming `role` otherwise."""
+    resolved = resolve_parent(path)
+    clear_stale_mount(resolved)
+    try:
+        st = os.stat(resolved)
+    except FileNotFoundError:
+        raise MountError(f"{role} {path} does not exist") from None
+    except OSError as error:
+        raise MountError(f"{role} {path}: {error.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise MountError(f"{role} {path} is not a directory")
+    return Path(os.path.realpath(resolved))
+
+
+def clear_stale_mount(path: str) -> None:
+    """A cloudfs mount at `path` whose process died (kill -9) is unmounted; a live one refused."""
+    entry = mounttable.mounted_at(path)
+    if entry is None or entry.fstype != mounttable.FSTYPE:
+        return
+    holder = StateDir(Path(entry.source)).holder()
+    if holder is not None:
+        raise MountError(f"{path} is already mounted by cloudfs (pid {holder.pid})")
+    log.warning("%s: removing the mount left behind by a cloudfs process that died", path)
+    detach(path, lazy=True)
+
+
+def check_fuse_device() -> None:
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC))
+    except FileNotFoundError:
+        raise MountError("/dev/fuse does not exist: load the fuse module (modprobe fuse), "
+                         "or give the container the device") from None
+    except OSError as error:  # libfuse opens it itself, even for fusermount3 mounts
+        raise MountError(f"cannot open /dev/fuse: {error.strerror}") from None
 
 
 def tune_read_ahead(mountpoint: str, kilobytes: int) -> None:

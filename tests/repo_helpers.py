@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import trio
 
 from cloudfs import crypto
 from cloudfs.repo import RepoConfig, Repository
 from cloudfs.store import RetryPolicy, S3Options, S3Store, Store
+from cloudfs.store.wrapper import StoreWrapper
 
 PASSPHRASE = b"correct horse battery staple"
 FAST_KDF_SECONDS = 0.01
@@ -33,14 +32,11 @@ def open_repo(store: Store, passphrase: bytes = PASSPHRASE, **options) -> Reposi
     return trio.run(lambda: Repository.open(store, passphrase, **options))
 
 
-@dataclass
-class CountingStore(Store):
+class CountingStore(StoreWrapper):
     """A real store, with a tally of the requests made through it."""
 
-    inner: Store
-
-    def __post_init__(self):
-        self.location = self.inner.location
+    def __init__(self, inner: Store):
+        super().__init__(inner)
         self.gets: list[tuple[str, int, int | None, int]] = []   # name, offset, length, bytes
         self.puts: list[tuple[str, int]] = []
 
@@ -52,18 +48,3 @@ class CountingStore(Store):
         data = await self.inner.get(name, offset, length)
         self.gets.append((name, offset, length, len(data)))
         return data
-
-    async def head(self, name):
-        return await self.inner.head(name)
-
-    async def list(self, prefix=""):
-        return await self.inner.list(prefix)
-
-    async def delete(self, name):
-        await self.inner.delete(name)
-
-    async def check(self):
-        await self.inner.check()
-
-    async def create_container(self):
-        await self.inner.create_container()

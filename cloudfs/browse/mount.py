@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,40 +71,14 @@ def default_state_dir(mountpoint: Path) -> Path:
 
 def plan(mountpoint: str, settings: BrowseSettings) -> BrowsePlan:
     """Check the mount point; raise MountError with one line if it cannot be used."""
-    absolute = os.path.abspath(mountpoint)
-    resolved = os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute))
-    _clear_stale_mount(resolved)
-    try:
-        st = os.stat(resolved)
-    except FileNotFoundError:
-        raise MountError(f"MOUNTPOINT {mountpoint} does not exist") from None
-    except OSError as error:
-        raise MountError(f"MOUNTPOINT {mountpoint}: {error.strerror}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise MountError(f"MOUNTPOINT {mountpoint} is not a directory")
-    path = Path(os.path.realpath(resolved))
+    path = fuseproc.checked_directory(mountpoint, "MOUNTPOINT")
     entry = mounttable.mounted_at(str(path))
     if entry is not None:
         raise MountError(f"MOUNTPOINT {path} is busy: {entry.fstype} is mounted there")
     if os.listdir(path):
         raise MountError(f"MOUNTPOINT {path} is not empty")
-    try:
-        os.close(os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC))
-    except OSError as error:
-        raise MountError(f"cannot open /dev/fuse: {error.strerror}") from None
+    fuseproc.check_fuse_device()
     return BrowsePlan(path, StateDir(default_state_dir(path)), settings)
-
-
-def _clear_stale_mount(path: str) -> None:
-    """A snapshot mount at `path` whose process died (kill -9) is unmounted; a live one refused."""
-    entry = mounttable.mounted_at(path)
-    if entry is None or entry.fstype != mounttable.FSTYPE:
-        return
-    holder = StateDir(Path(entry.source)).holder()
-    if holder is not None:
-        raise MountError(f"{path} is already mounted by cloudfs (pid {holder.pid})")
-    log.warning("%s: removing the mount left behind by a cloudfs process that died", path)
-    fuseproc.detach(path, lazy=True)
 
 
 # -- serving -----------------------------------------------------------------------------

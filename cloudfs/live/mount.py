@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import stat
 import sys
 import time
 from collections.abc import Callable
@@ -59,11 +58,11 @@ class MountPlan:
 def plan(source: str, mountpoint: str | None, state_dir: str | None, *,
          journaling: bool = True, allow_other: bool | None = None) -> MountPlan:
     """Check everything that can be checked before mounting; raise MountError if wrong."""
-    source_path = _checked_directory(source, "SOURCE")
+    source_path = fuseproc.checked_directory(source, "SOURCE")
     if mountpoint is None:
         mountpoint_path = source_path
     else:
-        mountpoint_path = _checked_directory(mountpoint, "MOUNTPOINT")
+        mountpoint_path = fuseproc.checked_directory(mountpoint, "MOUNTPOINT")
     if mountpoint_path != source_path:
         if mountpoint_path.is_relative_to(source_path):
             raise MountError(f"MOUNTPOINT {mountpoint_path} must not be inside SOURCE {source_path}")
@@ -75,53 +74,10 @@ def plan(source: str, mountpoint: str | None, state_dir: str | None, *,
     state_path = Path(os.path.realpath(state_dir)) if state_dir else default_state_dir(source_path)
     if state_path.is_relative_to(source_path):
         raise MountError(f"the state directory {state_path} must be outside SOURCE {source_path}")
-    _check_fuse_device()
+    fuseproc.check_fuse_device()
     if allow_other is None:
         allow_other = os.geteuid() == 0  # root serves everyone, as the plain directory did
     return MountPlan(source_path, mountpoint_path, StateDir(state_path), journaling, allow_other)
-
-
-def _resolve_parent(path: str) -> str:
-    """`path` made absolute with its parent resolved; the last component is not touched,
-    because it may be a mount whose daemon died (any access fails with ENOTCONN)."""
-    absolute = os.path.abspath(path)
-    return os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute))
-
-
-def _checked_directory(path: str, role: str) -> Path:
-    resolved = _resolve_parent(path)
-    _clear_stale_mount(resolved)
-    try:
-        st = os.stat(resolved)
-    except FileNotFoundError:
-        raise MountError(f"{role} {path} does not exist") from None
-    except OSError as error:
-        raise MountError(f"{role} {path}: {error.strerror}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise MountError(f"{role} {path} is not a directory")
-    return Path(os.path.realpath(resolved))
-
-
-def _clear_stale_mount(path: str) -> None:
-    """A cloudfs mount at `path` whose daemon died (kill -9) is unmounted; a live one refused."""
-    entry = mounttable.mounted_at(path)
-    if entry is None or entry.fstype != mounttable.FSTYPE:
-        return
-    holder = StateDir(Path(entry.source)).holder()
-    if holder is not None:
-        raise MountError(f"{path} is already mounted by cloudfs (pid {holder.pid})")
-    log.warning("%s: removing the mount left behind by a cloudfs process that died", path)
-    detach(path, lazy=True)
-
-
-def _check_fuse_device() -> None:
-    try:
-        os.close(os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC))
-    except FileNotFoundError:
-        raise MountError("/dev/fuse does not exist: load the fuse module (modprobe fuse), "
-                         "or give the container the device") from None
-    except OSError as error:  # libfuse opens it itself, even for fusermount3 mounts
-        raise MountError(f"cannot open /dev/fuse: {error.strerror}") from None
 
 
 # -- serving ---------------------------------------------------------------------------
@@ -267,7 +223,7 @@ def unmount(path: str, lazy: bool = False, timeout: float = 120.0,
     """Take a final snapshot (at most `snapshot_timeout` seconds, none if 0), unmount the
     cloudfs mount at `path`, and wait until its daemon has stopped cleanly. Returns the
     daemon's answer about the final snapshot (None if it could not be asked)."""
-    entry = mounttable.mounted_at(_resolve_parent(path))
+    entry = mounttable.mounted_at(fuseproc.resolve_parent(path))
     if entry is None or entry.fstype != mounttable.FSTYPE:
         raise MountError(f"{path} is not a cloudfs mount")
     state = StateDir(Path(entry.source))

@@ -16,16 +16,15 @@ import time
 import trio
 
 from cloudfs.errors import UsageError
-from cloudfs.store.base import Store
+from cloudfs.store.wrapper import StoreWrapper
 
 
-class ThrottledStore(Store):
-    def __init__(self, inner: Store, bytes_per_second: int):
+class ThrottledStore(StoreWrapper):
+    def __init__(self, inner, bytes_per_second: int):
         if bytes_per_second <= 0:
             raise UsageError("the bandwidth limit must be positive")
-        self.inner = inner
+        super().__init__(inner)
         self.rate = bytes_per_second
-        self.location = inner.location
         self._next_start = 0.0  # time.monotonic() before which no new put may start
 
     async def put(self, name, data, *, exclusive=False, sha256=None):
@@ -34,27 +33,3 @@ class ThrottledStore(Store):
         self._next_start = start + len(data) / self.rate
         await trio.sleep(start - now)
         await self.inner.put(name, data, exclusive=exclusive, sha256=sha256)
-
-    async def get(self, name, offset=0, length=None):
-        return await self.inner.get(name, offset, length)
-
-    async def head(self, name):
-        return await self.inner.head(name)
-
-    async def list(self, prefix=""):
-        return await self.inner.list(prefix)
-
-    async def delete(self, name):
-        await self.inner.delete(name)
-
-    async def check(self):
-        await self.inner.check()
-
-    async def create_container(self):
-        await self.inner.create_container()
-
-    async def exists(self, name):
-        return await self.inner.exists(name)
-
-    async def aclose(self):
-        await self.inner.aclose()
