@@ -374,8 +374,7 @@ class NullJournal:
         pass
 
     def has_pending(self) -> bool:
-        """Whether anything is not yet committed: changes, or sealed epochs (even empty)."""
-        return bool(self._state.sealed) or bool(self._state.current)
+        return False
 
     def is_pending(self, ino: int) -> bool:
         return False
