@@ -1,4 +1,4 @@
-"""The daemon's control socket: `cloudfs status|snapshot|flush|stop` talk to a running mount.
+"""The daemon's control socket: `cloudfs status|snapshot|flush|rescan|stop` talk to a running mount.
 
 A Unix stream socket `control.sock` in the mount's state directory (which is
 0700, and the socket itself 0600: owner only). The protocol is one JSON object

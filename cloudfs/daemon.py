@@ -42,7 +42,9 @@ from cloudfs import control
 from cloudfs.errors import AccessDenied, CloudfsError, StoreUnavailable, UsageError, leaf_errors
 from cloudfs.live.capture import manifest_after
 from cloudfs.live.graveyard import Graveyard
+from cloudfs.live.journal import NullJournal
 from cloudfs.live.manifest import MANIFEST_NAME, Checkpoint, Tree, load_manifest, save_manifest
+from cloudfs.live.rescan import DEFAULT_INTERVAL as DEFAULT_RESCAN_INTERVAL, Rescanner
 from cloudfs.live.seal import Sealed, Sealer
 from cloudfs.live.spool import Spool, SpoolFull
 from cloudfs.repo import Repository, Snapshot
@@ -96,7 +98,8 @@ class SnapshotDaemon:
 
     def __init__(self, *, source: Path, mountpoint: Path, state_dir: Path, operations, source_fd: int,
                  device: str | None, settings: BackupSettings | None,
-                 unmount: Callable[[], Awaitable[None]]):
+                 unmount: Callable[[], Awaitable[None]],
+                 rescan_interval: float | None = DEFAULT_RESCAN_INTERVAL):
         self.source = source
         self.mountpoint = mountpoint
         self.state_dir = state_dir
@@ -118,6 +121,9 @@ class SnapshotDaemon:
         self._committed_epoch = uncommitted[0] - 1
         if settings is not None:
             self._prepare_snapshots(settings, source_fd, device)
+        self._first_baseline: Tree | None = None
+        self.rescanner = None if isinstance(self.journal, NullJournal) else Rescanner(
+            self.journal, source_fd, self._baseline, rescan_interval)
 
     def _prepare_snapshots(self, settings: BackupSettings, source_fd: int, device: str | None) -> None:
         """Repository, uploader, spool, graveyard, sealer, and what the manifest describes."""
@@ -149,6 +155,8 @@ class SnapshotDaemon:
         await nursery.start(control.serve, self.state_dir, self._handlers())
         if self.settings is not None:
             nursery.start_soon(self._run)
+        if self.rescanner is not None:
+            nursery.start_soon(self.rescanner.run)
 
     def _seal_before_serving(self) -> None:
         """No request has been served, so nothing is in the kernel's cache: no flush."""
@@ -364,7 +372,7 @@ class SnapshotDaemon:
 
     def _handlers(self) -> dict:
         return {"status": self._handle_status, "snapshot": self._handle_snapshot,
-                "flush": self._handle_flush, "stop": self._handle_stop}
+                "flush": self._handle_flush, "rescan": self._handle_rescan, "stop": self._handle_stop}
 
     async def _handle_status(self, request: dict) -> dict:
         return self.status()
@@ -389,6 +397,12 @@ class SnapshotDaemon:
         if not epochs:
             return {"snapshot": self._last_snapshot_name()}
         return {"snapshot": await self._wait_committed(max(epochs))}
+
+    async def _handle_rescan(self, request: dict) -> dict:
+        if self.rescanner is None:
+            raise UsageError(f"{self.mountpoint} was mounted with --no-journal: there is no "
+                             "journal to record what a rescan finds")
+        return await self.rescanner.rescan()
 
     async def _handle_stop(self, request: dict) -> dict:
         reply = await self.final_snapshot(float(request.get("wait_seconds") or FINAL_TIMEOUT))
@@ -443,6 +457,15 @@ class SnapshotDaemon:
         has_pending = getattr(self.journal, "has_pending", None)
         return self._inflight is not None or (has_pending is not None and has_pending())
 
+    def _baseline(self) -> Tree:
+        """What the pending changes are relative to: the manifest of the last commit,
+        or without a repository the first mount's, which never changes."""
+        if self.settings is not None:
+            return self.manifest
+        if self._first_baseline is None:
+            self._first_baseline = load_manifest(self.state_dir) or Tree({})
+        return self._first_baseline
+
     def _manifest_describes_a_snapshot(self) -> bool:
         checkpoint = self.manifest.checkpoint
         return checkpoint.describes(checkpoint.snapshot, self.repo.config.repo_id_hex, self.settings.exclude)
@@ -465,6 +488,8 @@ class SnapshotDaemon:
             "sealed_epochs": getattr(self.journal, "sealed_epochs", list)(),
             "pending_files": files, "pending_bytes": size,
             "oldest_change_ns": oldest(self._manifest_time_ns()) if oldest else None,
+            "rescan": None if self.rescanner is None else {
+                "interval": self.rescanner.interval, "last": self.rescanner.last},
         }
         if self.settings is None:
             return reply

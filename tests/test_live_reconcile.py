@@ -4,12 +4,13 @@ changes made behind the journal's back, and how inodes become paths."""
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
 from cloudfs.live.changes import ChangeSet
 from cloudfs.live.manifest import load_manifest, save_manifest, scan_path
-from cloudfs.live.reconcile import reconcile
+from cloudfs.live.reconcile import reconcile, reconcile_mounted
 from cloudfs.live.records import FinalStat
 from cloudfs.live.view import resolve
 
@@ -111,6 +112,66 @@ def test_after_an_unclean_stop_every_journaled_file_is_reread(tree):
         handle.write(b"journaled")
     result = found(tree, baseline, pending, clean_stop=False)
     assert result.whole == {ino(tree / "a")} and result.dirs == {ino(tree / "dir")}
+
+
+def test_while_mounted_only_what_bypassed_the_mount_is_news(tree):
+    """The periodic rescan: inodes the journal mentions are judged by when the mount
+    last changed them, and what the journal already says is not repeated."""
+    baseline = scan_path(tree)
+    pending, changed_at = ChangeSet(), {}
+
+    def through_the_mount(name, data=b"journaled"):
+        with open(tree / name, "r+b") as handle:
+            handle.write(data)
+        pending.add_range(ino(tree / name), 0, len(data))
+        changed_at[ino(tree / name)] = time.time_ns()
+
+    since = time.time_ns()
+    through_the_mount("a")
+    through_the_mount("b")
+    (tree / "dir" / "made-through-the-mount").write_text("new")
+    pending.mark_dir(ino(tree / "dir"))
+    changed_at[ino(tree / "dir")] = time.time_ns()
+    time.sleep(0.05)   # past the coarse clock tick that stamps ctimes
+    with open(tree / "b", "r+b") as handle:   # the mount's file, edited behind its back too
+        handle.seek(500)
+        handle.write(b"bypass")
+    with open(tree / "c", "ab") as handle:    # a file only edited behind its back
+        handle.write(b"bypass")
+    (tree / "new-behind-its-back").write_text("n")
+    (tree / "dir" / "also-behind-its-back").write_text("n")   # dir is relisted anyway
+
+    result = reconcile_mounted(scan_path(tree), baseline, pending,
+                               last_change_ns=changed_at.get, since_ns=since)
+    assert result.whole == {ino(tree / "b"), ino(tree / "c")}
+    assert result.dirs == {ino(tree)} and not result.data   # "dir" is relisted anyway
+    assert result.meta == {ino(tree), ino(tree / "dir")}     # their times moved
+    assert not reconcile_mounted(scan_path(tree), baseline, _union(pending, result),
+                                 last_change_ns=lambda _: time.time_ns(), since_ns=since)
+
+
+def test_while_mounted_inodes_journaled_before_this_session_count_from_its_start(tree):
+    baseline = scan_path(tree)
+    pending = ChangeSet()
+    pending.add_range(ino(tree / "a"), 0, 10)     # journaled by an earlier session
+    with open(tree / "a", "r+b") as handle:
+        handle.write(b"earlier")
+    since = time.time_ns()
+    assert not reconcile_mounted(scan_path(tree), baseline, pending,
+                                 last_change_ns=lambda _: None, since_ns=since)
+    time.sleep(0.05)
+    with open(tree / "a", "r+b") as handle:
+        handle.write(b"bypass")
+    result = reconcile_mounted(scan_path(tree), baseline, pending,
+                               last_change_ns=lambda _: None, since_ns=since)
+    assert result.whole == {ino(tree / "a")}
+
+
+def _union(*sets: ChangeSet) -> ChangeSet:
+    union = ChangeSet()
+    for changes in sets:
+        union.update(changes)
+    return union
 
 
 def test_the_view_names_paths_and_expands_added_and_removed_directories(tree):

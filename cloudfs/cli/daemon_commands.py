@@ -1,4 +1,4 @@
-"""`cloudfs status|snapshot|flush`: ask a running mount's daemon over its control socket.
+"""`cloudfs status|snapshot|flush|rescan`: ask a running mount's daemon over its control socket.
 
 Each takes an optional MOUNT (the mount point or the protected directory);
 without it, the mount containing the current directory, or the only one.
@@ -34,6 +34,16 @@ def register(subparsers) -> None:
     flush.add_argument("--json", action="store_true")
     flush.set_defaults(run=run_flush)
 
+    rescan = subparsers.add_parser(
+        "rescan", help="look for changes made behind the mount's back, now",
+        description="Scan the protected directory for changes that did not go through the "
+                    "mount (made to SOURCE directly while it is mounted elsewhere) and journal "
+                    "them, so the next snapshot has them. The mount does this by itself every "
+                    "--rescan-interval.")
+    rescan.add_argument("mount", nargs="?", help="mount point or protected directory")
+    rescan.add_argument("--json", action="store_true")
+    rescan.set_defaults(run=run_rescan)
+
 
 def run_status(args) -> int:
     reply = control.request(control.find_state_dir(args.mount), "status")
@@ -68,6 +78,16 @@ def run_flush(args) -> int:
     return 0
 
 
+def run_rescan(args) -> int:
+    reply = control.request(control.find_state_dir(args.mount), "rescan", timeout=None)
+    if args.json:
+        print_json(reply)
+    else:
+        print(f"scanned {reply['entries']} entries in {reply['seconds']:.1f} s: "
+              f"{reply['changed_inodes']} changed outside the mount")
+    return 0
+
+
 def format_status(status: dict, now_ns: int) -> str:
     upload = status.get("upload", {})
     lines = [f"{status.get('source')} mounted on {status.get('mountpoint')}",
@@ -96,7 +116,19 @@ def format_status(status: dict, now_ns: int) -> str:
         lines.append(f"spool          {human_size(status['spool_bytes'])} of {human_size(status.get('spool_limit', 0))}")
     if status.get("next_snapshot_ns"):
         lines.append(f"next snapshot  in {_duration((status['next_snapshot_ns'] - now_ns) / 1e9)}")
+    lines.extend(_rescan_lines(status.get("rescan"), now_ns))
     return "\n".join(lines)
+
+
+def _rescan_lines(rescan: dict | None, now_ns: int) -> list[str]:
+    if rescan is None:
+        return []
+    every = f"every {_duration(rescan['interval'])}" if rescan.get("interval") else "only when asked"
+    last = rescan.get("last")
+    if last is None:
+        return [f"rescan         {every}; none yet"]
+    return [f"rescan         {every}; last {_ago(last['time_ns'], now_ns)}, "
+            f"{last['changed_inodes']} changed outside the mount"]
 
 
 def _when(time_ns: int, now_ns: int) -> str:

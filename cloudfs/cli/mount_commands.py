@@ -22,7 +22,7 @@ from cloudfs.live.view import DATA, display_path
 DEFAULT_INTERVAL = 300.0
 DEFAULT_SPOOL = 1 << 30
 CONFIG_KEYS = {"repository", "password_file", "endpoint_url", "interval", "spool_size",
-               "bandwidth_limit", "exclude"}
+               "bandwidth_limit", "exclude", "rescan_interval"}
 
 
 def register(subparsers) -> None:
@@ -46,10 +46,14 @@ def register(subparsers) -> None:
                             "the next journaled mount finds the changes by rescanning)")
     mount.add_argument("--allow-other", action="store_true", default=None,
                        help="let other users use the mount (the default when run as root)")
+    mount.add_argument("--rescan-interval", type=parse_duration_or_off, metavar="SECONDS",
+                       help="look for changes made to SOURCE behind the mount's back this often, "
+                            "at low priority (default 24h; off: only on `cloudfs rescan`)")
     snapshots = mount.add_argument_group("snapshots (with --repo)")
     snapshots.add_argument("--config", metavar="FILE",
                            help="TOML file with any of: repository, password_file, endpoint_url, "
-                                "interval, spool_size, bandwidth_limit, exclude (a list); "
+                                "interval, spool_size, bandwidth_limit, exclude (a list), "
+                                "rescan_interval; "
                                 "options given here override it")
     snapshots.add_argument("--interval", type=parse_duration, metavar="SECONDS",
                            help="seal a snapshot this often if anything changed (default 300; "
@@ -101,9 +105,18 @@ def _mount(args) -> int:
 
     _apply_config(args)
     plan = mount.plan(args.source, args.mountpoint, args.state_dir,
-                      journaling=args.journaling, allow_other=args.allow_other)
+                      journaling=args.journaling, allow_other=args.allow_other,
+                      rescan_interval=_rescan_interval(args))
     backup = _backup_settings(args) if args.repo else None
     return mount.run(plan, args.daemon, backup)
+
+
+def _rescan_interval(args) -> float | None:
+    from cloudfs.live.rescan import DEFAULT_INTERVAL
+
+    if args.rescan_interval is None:
+        return DEFAULT_INTERVAL
+    return None if args.rescan_interval == OFF else args.rescan_interval
 
 
 def _backup_settings(args):
@@ -153,7 +166,8 @@ def _apply_config(args) -> None:
     for key, attribute in simple.items():
         if key in config and getattr(args, attribute) is None:
             setattr(args, attribute, str(config[key]))
-    parsers = {"interval": parse_duration, "spool_size": parse_size, "bandwidth_limit": parse_size}
+    parsers = {"interval": parse_duration, "spool_size": parse_size, "bandwidth_limit": parse_size,
+               "rescan_interval": parse_duration_or_off}
     for key, parse in parsers.items():
         if key in config and getattr(args, key) is None:
             setattr(args, key, _parse_setting(args.config, key, config[key], parse))
@@ -184,6 +198,13 @@ def parse_size(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
     return int(value)
+
+
+OFF = "off"
+
+
+def parse_duration_or_off(text: str) -> float | str:
+    return OFF if str(text).strip().lower() == OFF else parse_duration(text)
 
 
 def parse_duration(text: str) -> float:

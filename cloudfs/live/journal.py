@@ -82,6 +82,12 @@ class Journal:
         #: How the previous session ended, as found by the replay.
         self.previous_stop_clean = state.clean_stop
         self.previous_finals = dict(state.finals)
+        #: When this session started (its changes are timed from here on).
+        self.session_start_ns = time.time_ns()
+        # When each inode was last recorded, per uncommitted epoch of this session:
+        # what tells a write through the mount from one that bypassed it (rescan.py).
+        self._changed_at: dict[int, dict[int, int]] = {state.current_epoch: {}}
+        self._changed_now = self._changed_at[state.current_epoch]
 
     @classmethod
     def open(cls, directory: Path) -> Journal:
@@ -157,6 +163,7 @@ class Journal:
         self._open_epoch_changed = True
 
     def _append_change(self, kind: int, a: int, b: int = 0, c: int = 0) -> None:
+        self._changed_now[a] = time.time_ns()   # `a` is the inode of every change record
         if not self._open_epoch_changed:  # the first change of the epoch: when (the live RPO)
             self._open_epoch_changed = True
             self._state.first_change.setdefault(self._state.current_epoch, time.time_ns())
@@ -183,6 +190,7 @@ class Journal:
         """
         epoch, changes = self._state.seal()
         self._current = self._state.current
+        self._changed_now = self._changed_at[self._state.current_epoch] = {}
         self._open_epoch_changed = False
         self._append(records.SEAL, epoch, self._state.first_change.get(epoch, 0))
         return epoch, changes
@@ -192,6 +200,8 @@ class Journal:
         if epoch >= self._state.current_epoch:
             raise ValueError(f"epoch {epoch} is not sealed")
         self._state.commit(epoch)
+        for committed in [e for e in self._changed_at if e <= epoch]:
+            del self._changed_at[committed]
         self._append(records.COMMIT, epoch)
 
     def pending(self) -> ChangeSet:
@@ -213,6 +223,12 @@ class Journal:
     def has_pending(self) -> bool:
         """Whether anything is not yet committed: changes, or sealed epochs (even empty)."""
         return bool(self._state.sealed) or bool(self._state.current)
+
+    def last_change_ns(self, ino: int) -> int | None:
+        """When this session last recorded a change of `ino` that is not yet committed
+        (None: not this session)."""
+        times = [changed[ino] for changed in self._changed_at.values() if ino in changed]
+        return max(times, default=None)
 
     def is_pending(self, ino: int) -> bool:
         if self._current.touches(ino):
@@ -375,6 +391,9 @@ class NullJournal:
 
     def has_pending(self) -> bool:
         return False
+
+    def last_change_ns(self, ino: int) -> int | None:
+        return None
 
     def is_pending(self, ino: int) -> bool:
         return False

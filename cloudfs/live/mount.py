@@ -32,6 +32,7 @@ from cloudfs.live import graveyard, mounttable
 from cloudfs.live.fs import LiveOperations
 from cloudfs.live.inodes import InodeTable
 from cloudfs.live.journal import NullJournal
+from cloudfs.live.rescan import DEFAULT_INTERVAL as DEFAULT_RESCAN_INTERVAL
 from cloudfs.live.startup import open_journal
 from cloudfs.live.state import Holder, StateDir, default_state_dir
 
@@ -49,6 +50,7 @@ class MountPlan:
     state: StateDir
     journaling: bool = True
     allow_other: bool = False
+    rescan_interval: float | None = DEFAULT_RESCAN_INTERVAL   # None: only on `cloudfs rescan`
 
     @property
     def over_source(self) -> bool:
@@ -56,7 +58,8 @@ class MountPlan:
 
 
 def plan(source: str, mountpoint: str | None, state_dir: str | None, *,
-         journaling: bool = True, allow_other: bool | None = None) -> MountPlan:
+         journaling: bool = True, allow_other: bool | None = None,
+         rescan_interval: float | None = DEFAULT_RESCAN_INTERVAL) -> MountPlan:
     """Check everything that can be checked before mounting; raise MountError if wrong."""
     source_path = fuseproc.checked_directory(source, "SOURCE")
     if mountpoint is None:
@@ -77,7 +80,8 @@ def plan(source: str, mountpoint: str | None, state_dir: str | None, *,
     fuseproc.check_fuse_device()
     if allow_other is None:
         allow_other = os.geteuid() == 0  # root serves everyone, as the plain directory did
-    return MountPlan(source_path, mountpoint_path, StateDir(state_path), journaling, allow_other)
+    return MountPlan(source_path, mountpoint_path, StateDir(state_path), journaling, allow_other,
+                     rescan_interval)
 
 
 # -- serving ---------------------------------------------------------------------------
@@ -121,7 +125,8 @@ def _serve_with(plan: MountPlan, source_fd: int, on_ready: Callable[[], None], b
         mountpoint = str(plan.mountpoint)
         daemon = SnapshotDaemon(source=plan.source, mountpoint=plan.mountpoint, state_dir=plan.state.path,
                                 operations=operations, source_fd=source_fd, device=device,
-                                settings=backup, unmount=lambda: _detach_now(mountpoint))
+                                settings=backup, unmount=lambda: _detach_now(mountpoint),
+                                rescan_interval=plan.rescan_interval)
         plan.state.announce(Holder(os.getpid(), str(plan.source), str(plan.mountpoint), source_fd))
         on_ready()
         trio.run(_serve_requests, operations, mountpoint, daemon)
