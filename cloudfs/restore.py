@@ -477,9 +477,10 @@ class _RunWriter:
     def __enter__(self) -> "_RunWriter":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, *exc) -> None:
         try:
-            self._flush()
+            if kind is None:
+                self._flush()
         finally:
             if self._fd >= 0:
                 os.close(self._fd)
@@ -491,7 +492,10 @@ class _RunWriter:
                 if self._fd >= 0:
                     os.close(self._fd)
                     self._fd = -1
-                self._fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                try:
+                    self._fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                except OSError as error:
+                    raise RestoreError(_write_failure(path, error)) from None
                 self._path = path
             self._start = self._end = offset
         self._buffers.append(data)
@@ -499,8 +503,20 @@ class _RunWriter:
 
     def _flush(self) -> None:
         if self._buffers:
-            self.written += _pwritev_all(self._fd, self._buffers, self._start)
+            try:
+                self.written += _pwritev_all(self._fd, self._buffers, self._start)
+            except OSError as error:
+                raise RestoreError(_write_failure(self._path, error)) from None
             self._buffers = []
+
+
+def _write_failure(path: bytes, error: OSError) -> str:
+    """One line for a write to the target that failed; the restore stops there, and
+    what it wrote is kept for --resume."""
+    message = f"cannot write {os.fsdecode(path)}: {error.strerror}"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        message += "; free some space, then run the same restore with --resume to finish it"
+    return message
 
 
 def _pwritev_all(fd: int, buffers: list, offset: int) -> int:

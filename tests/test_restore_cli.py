@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 
 import pytest
 
@@ -111,6 +112,30 @@ def test_resume_keeps_what_is_identical_and_rewrites_the_rest(two_snapshots, tmp
     restored_equals(repo.references[1], target)
     written = float(result.stdout.split(" MiB written")[0].rsplit(" ", 1)[1])
     assert written < 2.2, result.stdout        # big.bin's 500 missing blocks and a few more, not 2.5 MiB
+    assert "already there" in result.stdout
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs, grown by calling the returned function."""
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", disk], check=True)
+    try:
+        yield disk, lambda size: subprocess.run(["mount", "-o", f"remount,size={size}", disk], check=True)
+    finally:
+        subprocess.run(["umount", "-l", disk], check=False)
+
+
+def test_a_full_disk_stops_with_one_line_and_resume_finishes(two_snapshots, small_disk):
+    repo = two_snapshots
+    disk, grow = small_disk
+    line = one_line_error(repo.cloudfs("restore", "latest", disk / "out"))
+    assert "No space left on device" in line and "--resume" in line
+    grow("64m")
+    result = repo.cloudfs("restore", "latest", disk / "out", "--resume")
+    assert result.returncode == 0, result.stderr
+    restored_equals(repo.references[1], disk / "out")
     assert "already there" in result.stdout
 
 
