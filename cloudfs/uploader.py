@@ -21,7 +21,8 @@ import trio
 
 from cloudfs.errors import AccessDenied, StoreUnavailable, leaf_errors
 from cloudfs.repo import Repository, Snapshot
-from cloudfs.snapshot.builder import BuildStats, PathChanges, TreeBuilder
+from cloudfs.snapshot.builder import BuildStats, TreeBuilder
+from cloudfs.snapshot.rules import PathChanges
 from cloudfs.snapshot.reader import TreeReader
 from cloudfs.snapshot.sink import RepositorySink
 from cloudfs.snapshot.source import DirectorySource, Source

@@ -6,7 +6,8 @@ import pytest
 import trio
 
 from cloudfs.repo import Repository, RepoConfig
-from cloudfs.snapshot.builder import PathChanges, TreeBuilder
+from cloudfs.snapshot.builder import TreeBuilder
+from cloudfs.snapshot.rules import PathChanges
 from cloudfs.snapshot.reader import TreeReader
 from cloudfs.snapshot.sink import RepositorySink
 from cloudfs.snapshot.source import DirectorySource

@@ -13,8 +13,8 @@ the tree at that instant however long its upload takes (I2):
   blocks, or all of it): these are the obligations that copy-on-write keeps.
 
 To decide that, `CaptureWalker` walks the tree exactly as `TreeBuilder` will,
-with the manifest (the tree as of the previous snapshot) standing in for the
-previous snapshot's tree. That is only valid when the manifest describes that
+by the same rules (`cloudfs.snapshot.rules`), with the manifest (the tree as of
+the previous snapshot) standing in for the previous snapshot's tree. That is only valid when the manifest describes that
 snapshot (its checkpoint says so); otherwise the seal is *full*: every
 directory listed, every file planned whole.
 
@@ -38,7 +38,7 @@ from typing import Callable, NamedTuple
 from cloudfs.live.changes import ChangeSet, RangeSet
 from cloudfs.live.graveyard import is_graveyard
 from cloudfs.live.manifest import EntryStat, Tree, join, parent_of
-from cloudfs.snapshot.builder import PathChanges
+from cloudfs.snapshot.rules import Content, PathChanges, WalkRules, blocks_to_update
 from cloudfs.snapshot.source import DirectorySource
 
 _DIR_LIST_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -107,24 +107,10 @@ class Capture:
 
 
 def blocks_to_read(ranges, size: int, old_size: int, block_size: int) -> RangeSet:
-    """The bytes `TreeBuilder._update` reads of a file of `size` (was `old_size`)
-    whose dirty ranges are `ranges`: whole blocks touching them, clipped to the
-    size, plus the old last block if it was partial and the size changed."""
-    needed = RangeSet()
-    for start, end in ranges:
-        end = min(end, size)
-        if end > start:
-            needed.add(start - start % block_size, min(size, _round_up(end, block_size)))
-    old_count = _round_up(old_size, block_size) // block_size
-    new_count = _round_up(size, block_size) // block_size
-    if size != old_size and old_size % block_size and old_count - 1 < new_count:
-        last = (old_count - 1) * block_size
-        needed.add(last, min(size, last + block_size))
-    return needed
-
-
-def _round_up(value: int, unit: int) -> int:
-    return -(-value // unit) * unit
+    """The bytes the builder's UPDATE reads of a file of `size` (was `old_size`)
+    whose dirty ranges are `ranges`."""
+    return RangeSet((index * block_size, min(size, (index + 1) * block_size))
+                    for index in blocks_to_update(ranges, size, old_size, block_size))
 
 
 class CaptureWalker:
@@ -149,7 +135,7 @@ class CaptureWalker:
         self.root_ino = root.st_ino
         self.capture = Capture(time_ns, None, FrozenStat.of(root))
         self._live = DirectorySource(root_fd)
-        self._touched: set[bytes] = set()
+        self._rules = WalkRules(None)
         # Resolution of inodes to paths (incremental captures).
         self._changed_dirs: set[int] = set()
         self._dir_paths: dict[int, bytes] = {}
@@ -169,7 +155,7 @@ class CaptureWalker:
             raise ValueError("an incremental capture needs the manifest of the previous snapshot")
         changes = self.resolve(pending)
         self.capture.changes = changes
-        self._touched = changes.touched_directories()
+        self._rules = WalkRules(changes)
         self._walk_directory(b"", True)
         return self.capture
 
@@ -303,10 +289,9 @@ class CaptureWalker:
     # -- the builder's walk, mirrored ---------------------------------------------------------
 
     def _walk_directory(self, path: bytes, has_previous: bool) -> None:
-        changes = self.capture.changes
-        if has_previous and changes is not None and path not in self._touched:
+        if self._rules.reuses_subtree(path, has_previous):
             return  # the builder reuses the previous node
-        relist = not has_previous or changes is None or path in changes.listings
+        relist = self._rules.relists(path, has_previous)
         names = self._listing(path) if relist else self._previous_names(path)
         for name in names:
             child = join(path, name)
@@ -319,7 +304,8 @@ class CaptureWalker:
         return [name for name in self.manifest.children(path) if not is_graveyard(path, name)]
 
     def _walk_child(self, path: bytes, before: EntryStat | None, relisted: bool) -> None:
-        if self._unchanged(path, before, relisted):
+        if self._rules.unchanged(path, before.ino if before is not None else None, relisted,
+                                 lambda: self._stat(path).st_ino):
             return
         st = self._stat(path)
         self._capture_xattrs(path)
@@ -331,23 +317,13 @@ class CaptureWalker:
         elif stat.S_ISLNK(st.st_mode):
             self.capture.targets[path] = self._live.readlink(path)
 
-    def _unchanged(self, path: bytes, before: EntryStat | None, relisted: bool) -> bool:
-        changes = self.capture.changes
-        if before is None or changes is None or path in self._touched:
-            return False
-        if path in changes.data or path in changes.meta:
-            return False
-        return not relisted or self._stat(path).st_ino == before.ino
-
     def _plan_read(self, path: bytes, st: FrozenStat, before: EntryStat | None) -> None:
-        changes = self.capture.changes
         same_file = before is not None and stat.S_ISREG(before.mode) and before.ino == st.st_ino
-        if same_file and changes is not None and changes.data.get(path) is not None:
-            needed = blocks_to_read(changes.data[path], st.st_size, before.size, self.block_size)
-        elif same_file and changes is not None and path not in changes.data:
+        plan = self._rules.content(path, same_file, lambda: _same_stat(before, st))
+        if plan is Content.REUSE:
             return
-        elif same_file and changes is None and _same_stat(before, st):
-            return
+        if plan is Content.UPDATE:
+            needed = blocks_to_read(self.capture.changes.data[path], st.st_size, before.size, self.block_size)
         else:
             needed = RangeSet([(0, st.st_size)])
         if needed:

@@ -1,7 +1,8 @@
 """Building a snapshot's tree from the previous one and what changed.
 
 Without a previous tree every directory is listed and every file read (the
-initial snapshot). With one, only what `PathChanges` names is looked at:
+initial snapshot). With one, only what `PathChanges` names is looked at
+(the rules, shared with the live mount's capture, are `cloudfs.snapshot.rules`):
 directories no change lies under are reused by id, unchanged entries are
 copied from the previous node, and of a changed file only the blocks its dirty
 ranges touch are read; its block list is updated leaf by leaf. With a
@@ -22,13 +23,14 @@ from __future__ import annotations
 
 import errno
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import trio
 
 from cloudfs.snapshot import blocklist
 from cloudfs.snapshot.reader import TreeReader
+from cloudfs.snapshot.rules import Content, PathChanges, WalkRules, block_count, blocks_to_update
 from cloudfs.snapshot.source import FileReader, Source, join
 from cloudfs.snapshot.tree import Entry, encode_directory, subtree_totals
 
@@ -53,32 +55,6 @@ class BlobSink(Protocol):
 
 
 @dataclass
-class PathChanges:
-    """What changed since the previous snapshot, by path.
-
-    listings: directories whose set of entries changed (create, unlink, rename...)
-    data:     files whose content changed: dirty byte ranges, or None for all of it
-    meta:     entries whose attributes changed (mode, owner, times, xattrs)
-    """
-
-    listings: set[bytes] = field(default_factory=set)
-    data: dict[bytes, list[tuple[int, int]] | None] = field(default_factory=dict)
-    meta: set[bytes] = field(default_factory=set)
-
-    def touched_directories(self) -> set[bytes]:
-        """Every directory that has a change somewhere below it (the root included)."""
-        touched = {b""}
-        for path in [*self.listings, *self.data, *self.meta]:
-            while path:
-                path = path.rpartition(b"/")[0]
-                if path in touched:
-                    break
-                touched.add(path)
-        touched |= self.listings
-        return touched
-
-
-@dataclass
 class BuildStats:
     files: int = 0            # in the whole new tree (set when the build ends)
     directories: int = 0      # directory nodes written
@@ -97,16 +73,14 @@ class TreeBuilder:
         self.block_size = block_size
         self.exclude = exclude or (lambda path: False)
         self.stats = BuildStats()
-        self._changes: PathChanges | None = None
-        self._touched: set[bytes] = set()
+        self._rules = WalkRules(None)
         self._file_slots = trio.Semaphore(FILE_TASKS)
         self._threads = trio.CapacityLimiter(WORKER_THREADS)
 
     async def build(self, previous_root: bytes | None, changes: PathChanges | None) -> bytes:
         """The id of the new root directory node. Afterwards stats.files and
         stats.bytes are the totals of the whole new tree."""
-        self._changes = changes
-        self._touched = changes.touched_directories() if changes is not None else set()
+        self._rules = WalkRules(changes)
         root, self.stats.files, self.stats.bytes = await self._directory(b"", previous_root)
         return root
 
@@ -114,9 +88,8 @@ class TreeBuilder:
 
     async def _directory(self, path: bytes, previous: bytes | None) -> tuple[bytes, int, int]:
         """The node id of a directory's new version, and its subtree's file and byte totals."""
-        changes = self._changes
         old = {e.name: e for e in await self.reader.directory(previous)} if previous else {}
-        relist = previous is None or changes is None or path in changes.listings
+        relist = self._rules.relists(path, previous is not None)
         names = self.source.listdir(path) if relist else list(old)
         entries: dict[bytes, Entry] = {}
         small = _SmallFiles()
@@ -136,7 +109,8 @@ class TreeBuilder:
         in groups)."""
         path = join(directory, name)
         try:
-            if self._unchanged(path, old, relisted):
+            if self._rules.unchanged(path, old.ino if old is not None else None, relisted,
+                                     lambda: self.source.lstat(path).st_ino):
                 entries[name] = old
                 return
             st = self.source.lstat(path)
@@ -156,19 +130,10 @@ class TreeBuilder:
     async def _subdirectory(self, path: bytes, old: Entry | None, entry: Entry) -> None:
         """Fill a directory entry's subtree: reused when no change lies below it."""
         previous = old.subtree if old is not None and old.is_dir and old.ino == entry.ino else None
-        if previous is not None and self._changes is not None and path not in self._touched:
+        if self._rules.reuses_subtree(path, previous is not None):
             entry.subtree, entry.tree_files, entry.tree_bytes = previous, old.tree_files, old.tree_bytes
         else:
             entry.subtree, entry.tree_files, entry.tree_bytes = await self._directory(path, previous)
-
-    def _unchanged(self, path: bytes, old: Entry | None, relisted: bool) -> bool:
-        changes = self._changes
-        if old is None or changes is None or path in self._touched:
-            return False
-        if path in changes.data or path in changes.meta:
-            return False
-        # Where a listing changed, the name may now belong to another file.
-        return not relisted or self.source.lstat(path).st_ino == old.ino
 
     def _xattrs(self, path: bytes) -> dict[bytes, bytes]:
         try:
@@ -182,17 +147,18 @@ class TreeBuilder:
 
     async def _file(self, nursery, path: bytes, st, old: Entry | None, entry: Entry,
                     entries: dict[bytes, Entry], small: "_SmallFiles") -> None:
-        reused = self._reusable_content(path, st, old)
-        if reused is not None or st.st_size == 0:
-            entry.blocks, entry.block_list = reused if reused is not None else ([], None)
+        same_file = old is not None and old.is_file and old.ino == st.st_ino
+        plan = self._rules.content(path, same_file, lambda: old.same_stat(st))
+        if plan is Content.REUSE or st.st_size == 0:
+            entry.blocks, entry.block_list = (old.blocks, old.block_list) if plan is Content.REUSE else ([], None)
             entries[entry.name] = entry
-        elif st.st_size <= self.block_size and not self._updatable(path, st, old):
+        elif st.st_size <= self.block_size and plan is Content.WHOLE:
             small.add(path, entry)
             if small.full():
                 await self._start_small_files(nursery, small, entries)
         else:
             await self._file_slots.acquire()
-            nursery.start_soon(self._file_task, path, st, old, entry, entries)
+            nursery.start_soon(self._file_task, path, st, old, entry, entries, plan)
 
     async def _start_small_files(self, nursery, small: "_SmallFiles", entries: dict[bytes, Entry]) -> None:
         if small.files:
@@ -227,9 +193,9 @@ class TreeBuilder:
         return [self._read_and_store(reader, 0, size) for reader, size in files]
 
     async def _file_task(self, path: bytes, st, old: Entry | None, entry: Entry,
-                         entries: dict[bytes, Entry]) -> None:
+                         entries: dict[bytes, Entry], plan: Content) -> None:
         try:
-            entry.blocks, entry.block_list = await self._content(path, st, old)
+            entry.blocks, entry.block_list = await self._content(path, st, old, plan)
         except FileNotFoundError:
             self.stats.vanished += 1
             return
@@ -237,46 +203,19 @@ class TreeBuilder:
             self._file_slots.release()
         entries[entry.name] = entry
 
-    def _reusable_content(self, path: bytes, st, old: Entry | None):
-        """The old entry's (blocks, block_list) if the content cannot have changed, else None."""
-        if old is None or not old.is_file or old.ino != st.st_ino:
-            return None
-        changes = self._changes
-        if changes is not None and path not in changes.data:
-            return old.blocks, old.block_list       # the journal says: content untouched
-        if changes is None and old.same_stat(st):
-            return old.blocks, old.block_list       # a scan, and nothing says it changed
-        return None
-
-    def _updatable(self, path: bytes, st, old: Entry | None) -> bool:
-        """True if only the dirty ranges of the old content need reading."""
-        return (old is not None and old.is_file and old.ino == st.st_ino and self._changes is not None
-                and self._changes.data.get(path) is not None)
-
-    async def _content(self, path: bytes, st, old: Entry | None):
-        reused = self._reusable_content(path, st, old)
-        if reused is not None:
-            return reused
-        if self._updatable(path, st, old):
-            return await self._update(path, st, old, self._changes.data[path])
-        ids = await self._read_blocks(path, range(self._block_count(st.st_size)), st.st_size)
+    async def _content(self, path: bytes, st, old: Entry | None, plan: Content):
+        """(blocks, block_list) of a file to read: UPDATE or WHOLE."""
+        if plan is Content.UPDATE:
+            return await self._update(path, st, old, self._rules.changes.data[path])
+        ids = await self._read_blocks(path, range(block_count(st.st_size, self.block_size)), st.st_size)
         return await blocklist.build([ids[i] for i in range(len(ids))], self.sink.put_tree)
 
     async def _update(self, path: bytes, st, old: Entry, ranges: list[tuple[int, int]]):
-        size, old_count, new_count = st.st_size, self._block_count(old.size), self._block_count(st.st_size)
-        indices = set()
-        for start, end in ranges:
-            end = min(end, size)
-            if end > start:
-                indices.update(range(start // self.block_size, (end - 1) // self.block_size + 1))
-        if size != old.size and old.size % self.block_size and old_count - 1 < new_count:
-            indices.add(old_count - 1)   # the old last block was partial; its length changed
-        changed = await self._read_blocks(path, sorted(indices), size)
-        return await blocklist.update(old.blocks, old.block_list, old_count, new_count, changed,
+        indices = blocks_to_update(ranges, st.st_size, old.size, self.block_size)
+        changed = await self._read_blocks(path, indices, st.st_size)
+        return await blocklist.update(old.blocks, old.block_list, block_count(old.size, self.block_size),
+                                      block_count(st.st_size, self.block_size), changed,
                                       self.reader.tree_blob, self.sink.put_tree)
-
-    def _block_count(self, size: int) -> int:
-        return (size + self.block_size - 1) // self.block_size
 
     async def _read_blocks(self, path: bytes, indices, size: int) -> dict[int, bytes | None]:
         """Read and store the given blocks, several jobs at once; their ids (None: zeros)."""

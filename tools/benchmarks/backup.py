@@ -34,7 +34,7 @@ import trio  # noqa: E402
 
 from cloudfs import crypto, locals3  # noqa: E402
 from cloudfs.repo import Repository  # noqa: E402
-from cloudfs.snapshot.builder import PathChanges  # noqa: E402
+from cloudfs.snapshot.rules import PathChanges  # noqa: E402
 from cloudfs.store import S3Options, S3Store  # noqa: E402
 from cloudfs.uploader import snapshot_directory  # noqa: E402
 
