@@ -121,6 +121,7 @@ class SnapshotDaemon:
         self._committed_epoch = uncommitted[0] - 1
         if settings is not None:
             self._prepare_snapshots(settings, source_fd, device)
+        self._source_fd = source_fd
         self._first_baseline: Tree | None = None
         self.rescanner = None if isinstance(self.journal, NullJournal) else Rescanner(
             self.journal, source_fd, self._baseline, rescan_interval)
@@ -478,7 +479,7 @@ class SnapshotDaemon:
     def status(self) -> dict:
         """What `cloudfs status` shows (docs/live.md lists the keys)."""
         pending = self.journal.pending()
-        files, size = _pending_figures(pending, self.operations.table)
+        files, size = _pending_figures(pending, self._current_stat)
         oldest = getattr(self.journal, "oldest_change_ns", None)
         reply = {
             "source": str(self.source), "mountpoint": str(self.mountpoint), "state_dir": str(self.state_dir),
@@ -509,6 +510,25 @@ class SnapshotDaemon:
         })
         return reply
 
+    def _current_stat(self, ino: int) -> os.stat_result | None:
+        """A pending inode's stat now: through the mount's inode table if the kernel
+        knows it, else at one of its baseline paths (what reconcile or a rescan found)."""
+        table = self.operations.table
+        inode = table.find_ino(ino)
+        if inode is not None:
+            try:
+                return table.stat(inode)
+            except OSError:
+                return None
+        for path in self._baseline().paths_of(ino):
+            try:
+                st = os.stat(path or ".", dir_fd=self._source_fd, follow_symlinks=False)
+            except OSError:
+                continue
+            if st.st_ino == ino:
+                return st
+        return None
+
     def _manifest_time_ns(self) -> int:
         try:
             return (self.state_dir / MANIFEST_NAME).stat().st_mtime_ns
@@ -516,13 +536,13 @@ class SnapshotDaemon:
             return time.time_ns()
 
 
-def _pending_figures(pending, table) -> tuple[int, int]:
+def _pending_figures(pending, current_stat: Callable[[int], os.stat_result | None]) -> tuple[int, int]:
     """How many files have pending changes, and roughly how many bytes (dirty ranges,
     or the current size where the whole file is to be read)."""
-    files = pending.whole | pending.data.keys() | pending.meta
+    stats = {ino: current_stat(ino) for ino in pending.whole | pending.data.keys() | pending.meta}
     size = 0
     for ino in pending.whole | pending.data.keys():
-        current = _current_size(table, ino)
+        current = stats[ino].st_size if stats[ino] is not None else None
         if ino in pending.whole:
             size += current or 0
             continue
@@ -530,23 +550,8 @@ def _pending_figures(pending, table) -> tuple[int, int]:
             end = min(end, current) if current is not None else end
             if end < (1 << 62):
                 size += max(0, end - start)
-    directories = {ino for ino in files if _is_directory(table, ino)}
-    return len(files - directories), size
-
-
-def _current_size(table, ino: int) -> int | None:
-    inode = table.find_ino(ino)
-    if inode is None:
-        return None
-    try:
-        return table.stat(inode).st_size
-    except OSError:
-        return None
-
-
-def _is_directory(table, ino: int) -> bool:
-    inode = table.find_ino(ino)
-    return inode is not None and inode.kind == stat.S_IFDIR
+    files = [ino for ino, st in stats.items() if st is None or not stat.S_ISDIR(st.st_mode)]
+    return len(files), size
 
 
 def _store_is_down(error: BaseException) -> bool:

@@ -75,6 +75,7 @@ def test_the_mount_rescans_by_itself_and_says_so_in_status(live, tmp_path):
     wait_until(lambda: ((status()["rescan"] or {}).get("last") or {}).get("changed_inodes", 0) >= 1,
                timeout=20, interval=0.2, what="a rescan on the timer")
     assert status()["rescan"]["interval"] == 1
+    assert status()["pending_files"] == 1 and status()["pending_bytes"] >= 200_000   # never looked up
     assert "rescan         every 1 s" in run_cloudfs("status", mountpoint, env=live.env).stdout
 
 
