@@ -48,6 +48,7 @@ from cloudfs.live.rescan import DEFAULT_INTERVAL as DEFAULT_RESCAN_INTERVAL, Res
 from cloudfs.live.seal import Sealed, Sealer
 from cloudfs.live.spool import Spool, SpoolFull
 from cloudfs.repo import Repository, Snapshot
+from cloudfs.repo.config import parse_compression
 from cloudfs.snapshot.source import exclusion_matcher
 from cloudfs.store.base import Store
 from cloudfs.uploader import Uploader, latest_snapshot_of
@@ -71,6 +72,7 @@ class BackupSettings:
     spool_limit: int = 1 << 30
     exclude: list[str] = field(default_factory=list)
     show_progress: bool = False           # a progress bar on stderr for full snapshots
+    compression: str | None = None        # e.g. "zstd:3" or "none"; None: the repository's
 
     def serving_repository(self) -> Repository:
         """The opened repository with a store (connections, threads) of this process:
@@ -78,6 +80,8 @@ class BackupSettings:
         opened = self.repo
         repo = Repository(self.reopen_store(), opened.master, opened.config, opened.slot, opened.cache)
         repo.index = opened.index
+        if self.compression is not None:
+            repo.compression_level = parse_compression(self.compression)
         return repo
 
 
@@ -499,6 +503,7 @@ class SnapshotDaemon:
             "spool_bytes": self.spool.used, "spool_limit": self.spool.limit,
             "next_snapshot_ns": int(self._next_seal_at * 1e9),
             "interval": self.settings.interval,
+            "compression": "none" if self.repo.compression_level is None else f"zstd:{self.repo.compression_level}",
             "upload": self.uploader.status.as_dict(),
             "in_flight": None if inflight is None else {
                 "epoch": inflight.epoch, "sealed_ns": inflight.time_ns, "full": inflight.full,

@@ -4,6 +4,11 @@ import json
 import time
 
 import pytest
+import trio
+
+from cloudfs.repo import Repository
+from cloudfs.repo.config import parse_compression
+from cloudfs.store import LocalStore
 
 from tests.cli_helpers import cloudfs, one_line_error
 from tests.faults import FaultyProxy
@@ -54,6 +59,23 @@ def test_init_on_a_local_path_creates_the_directory(env, tmp_path):
     assert (target / "config").is_file()
     env["CLOUDFS_REPO"] = f"file://{target}"
     assert cloudfs("key", "list", env=env).returncode == 0
+
+
+def test_init_sets_the_default_compression_of_the_repository(env, tmp_path):
+    for method, level in (("zstd:5", 5), ("none", None), ("zstd", 1)):
+        target = tmp_path / method.replace(":", "-")
+        result = cloudfs("init", str(target), "--compression", method, *FAST, env=env)
+        assert result.returncode == 0, result.stderr
+        repo = trio.run(lambda: Repository.open(LocalStore(target), b"first passphrase", use_cache=False))
+        assert repo.compression_level == level
+        assert repo.config.compression == ("none" if level is None else "zstd")
+    refused = cloudfs("init", str(tmp_path / "x"), "--compression", "zstd:99", *FAST, env=env)
+    assert refused.returncode == 2 and "not a compression" in refused.stderr
+    assert not (tmp_path / "x").exists()
+    assert [parse_compression(text) for text in ("ZSTD:-3", " zstd:22", "none")] == [-3, 22, None]
+    for wrong in ("zstd:0", "zstd:x", "none:1", "lz4", ""):
+        with pytest.raises(ValueError):
+            parse_compression(wrong)
 
 
 def test_wrong_passphrase_gets_one_clear_line(env):

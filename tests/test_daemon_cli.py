@@ -7,6 +7,7 @@ snapshot first, and unmounts anyway when the store is down.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -74,6 +75,31 @@ def test_a_config_file_sets_the_repository_interval_spool_and_exclusions(protect
     repo = protected.repository()
     names = {path for path in protected.snapshot_capture(protected.snapshots(repo)[-1], repo)["entries"]}
     assert names == {b"keep.txt", b"cache"}
+
+
+def test_each_mount_chooses_its_compression_and_the_repository_reads_both(protected, tmp_path):
+    text = b"".join(b"line %d of a very compressible text file\n" % i for i in range(40_000))
+    (protected.source / "text.txt").write_bytes(text)
+    protected.mount(None, "--compression", "none")
+    assert protected.flush() and protected.status()["compression"] == "none"
+    first = protected.snapshots()[-1]
+    assert first.stats["bytes_stored"] >= first.stats["bytes_added"] >= len(text)
+    protected.umount()
+
+    config = tmp_path / "cloudfs.toml"
+    config.write_text('compression = "zstd:19"\n')
+    root = protected.mount(None, "--config", config)
+    assert protected.status()["compression"] == "zstd:19"
+    (root / "text.txt").write_bytes(text.replace(b"line", b"LINE"))
+    protected.request("snapshot", wait=True)
+    second = protected.snapshots()[-1]
+    assert second.stats["bytes_stored"] < second.stats["bytes_added"] / 10
+    protected.assert_latest_matches()
+    repo = protected.repository()
+    assert protected.snapshot_capture(first, repo)["entries"][b"text.txt"][7] == hashlib.sha256(text).hexdigest()
+    config.write_text('compression = "lz4"\n')
+    protected.umount()
+    assert "compression" in mount_fails(protected, "--config", config)
 
 
 def test_the_timer_seals_by_itself_when_something_changed(protected):

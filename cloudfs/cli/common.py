@@ -48,6 +48,17 @@ def kdf_options() -> argparse.ArgumentParser:
     return parser
 
 
+def checked_compression(text: str) -> str:
+    """An argparse type: `zstd`, `zstd:LEVEL` or `none`, kept as given."""
+    from cloudfs.repo.config import parse_compression
+
+    try:
+        parse_compression(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def open_store_from(args) -> Store:
     if not args.repo:
         raise UsageError("no repository given: use --repo or set CLOUDFS_REPO")

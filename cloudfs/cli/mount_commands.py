@@ -15,14 +15,14 @@ import sys
 import tomllib
 from pathlib import Path
 
-from cloudfs.cli.common import open_store_from, repository_options
+from cloudfs.cli.common import checked_compression, open_store_from, repository_options
 from cloudfs.errors import UsageError
 from cloudfs.live.view import DATA, display_path
 
 DEFAULT_INTERVAL = 300.0
 DEFAULT_SPOOL = 1 << 30
 CONFIG_KEYS = {"repository", "password_file", "endpoint_url", "interval", "spool_size",
-               "bandwidth_limit", "exclude", "rescan_interval"}
+               "bandwidth_limit", "exclude", "rescan_interval", "compression"}
 
 
 def register(subparsers) -> None:
@@ -53,7 +53,7 @@ def register(subparsers) -> None:
     snapshots.add_argument("--config", metavar="FILE",
                            help="TOML file with any of: repository, password_file, endpoint_url, "
                                 "interval, spool_size, bandwidth_limit, exclude (a list), "
-                                "rescan_interval; "
+                                "rescan_interval, compression; "
                                 "options given here override it")
     snapshots.add_argument("--interval", type=parse_duration, metavar="SECONDS",
                            help="seal a snapshot this often if anything changed (default 300; "
@@ -61,6 +61,9 @@ def register(subparsers) -> None:
     snapshots.add_argument("--spool-size", type=parse_size, metavar="SIZE",
                            help="room for copy-on-write while a snapshot uploads (default 1G); "
                                 "if it fills, that snapshot is retried from a new seal")
+    snapshots.add_argument("--compression", type=checked_compression, metavar="METHOD",
+                           help="zstd, zstd:LEVEL (-7 fastest to 22 smallest) or none, for what this "
+                                "mount uploads (default: the repository's, zstd:1)")
     snapshots.add_argument("--bandwidth-limit", type=parse_size, metavar="BYTES_PER_S",
                            help="upload at most this many bytes per second (suffixes K, M, G)")
     snapshots.add_argument("--exclude", action="append", metavar="PATTERN",
@@ -144,6 +147,7 @@ def _backup_settings(args):
     return BackupSettings(repo=repo, location=args.repo, reopen_store=reopen_store,
                           interval=args.interval or DEFAULT_INTERVAL,
                           spool_limit=args.spool_size or DEFAULT_SPOOL, exclude=exclude,
+                          compression=args.compression,
                           show_progress=not args.daemon and sys.stderr.isatty())
 
 
@@ -167,7 +171,7 @@ def _apply_config(args) -> None:
         if key in config and getattr(args, attribute) is None:
             setattr(args, attribute, str(config[key]))
     parsers = {"interval": parse_duration, "spool_size": parse_size, "bandwidth_limit": parse_size,
-               "rescan_interval": parse_duration_or_off}
+               "rescan_interval": parse_duration_or_off, "compression": checked_compression}
     for key, parse in parsers.items():
         if key in config and getattr(args, key) is None:
             setattr(args, key, _parse_setting(args.config, key, config[key], parse))

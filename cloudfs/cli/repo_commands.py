@@ -8,6 +8,7 @@ import trio
 from tqdm import tqdm
 
 from cloudfs.cli.common import (
+    checked_compression,
     kdf_options,
     open_repository,
     open_store_from,
@@ -21,6 +22,7 @@ from cloudfs.cli.common import (
 from cloudfs.check import check_repository
 from cloudfs.errors import BucketNotFound, UsageError
 from cloudfs.repo import RepoConfig, Repository
+from cloudfs.repo.config import parse_compression
 
 
 def register(subparsers) -> None:
@@ -33,7 +35,9 @@ def register(subparsers) -> None:
     init.add_argument("--chunk-size-mib", type=int, default=64, help="target chunk size (default 64)")
     init.add_argument("--block-size-kib", type=int, default=64,
                       help="file block size, a power of two (default 64)")
-    init.add_argument("--compression", choices=("zstd", "none"), default="zstd")
+    init.add_argument("--compression", type=checked_compression, default="zstd", metavar="METHOD",
+                      help="zstd, zstd:LEVEL (-7 fastest to 22 smallest) or none: the default of "
+                           "every mount, which may choose its own (default zstd, level 1)")
     init.set_defaults(run=run_init)
 
     key = subparsers.add_parser("key", help="manage passphrases (key slots)")
@@ -78,8 +82,10 @@ def run_init(args) -> int:
     if args.location:
         args.repo = args.location
     try:
+        level = parse_compression(args.compression)
         config = RepoConfig(chunk_size=args.chunk_size_mib << 20, block_size=args.block_size_kib << 10,
-                            compression=args.compression)
+                            compression="none" if level is None else "zstd",
+                            compression_level=level or 1)
     except ValueError as error:
         raise UsageError(str(error)) from None
     store = open_store_from(args)

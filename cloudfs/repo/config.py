@@ -16,6 +16,22 @@ DEFAULT_BLOCK_SIZE = 64 * 1024
 COMPRESSIONS = ("zstd", "none")
 
 
+def parse_compression(text: str) -> int | None:
+    """`zstd` (level 1), `zstd:LEVEL` (-7 to 22) or `none` -> the zstd level, or None
+    for none. Raises ValueError."""
+    method, _, level = text.strip().lower().partition(":")
+    if method == "none" and not level:
+        return None
+    if method == "zstd":
+        try:
+            value = int(level) if level else 1
+        except ValueError:
+            value = None
+        if value is not None and -7 <= value <= 22 and value != 0:
+            return value
+    raise ValueError(f"not a compression: {text!r} (zstd, zstd:LEVEL from -7 to 22, or none)")
+
+
 @dataclass(frozen=True)
 class RepoConfig:
     repo_id: bytes = field(default_factory=lambda: os.urandom(16))

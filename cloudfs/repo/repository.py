@@ -69,6 +69,10 @@ class Repository:
         self.damaged_objects: dict[str, str] = {}   # name -> why it could not be used
         self.written = WriteStats()
         self.packer = Packer(self)
+        #: zstd level for the blobs this session writes (None: stored as they are). The
+        #: repository's config sets the default; a mount may choose its own, since every
+        #: blob records whether it is compressed (its length against its raw length).
+        self.compression_level = config.compression_level if config.compression == "zstd" else None
 
     # -- creating and opening ----------------------------------------------------
 
@@ -224,10 +228,6 @@ class Repository:
 
     def blob_id(self, plaintext: bytes) -> bytes:
         return self.master.blob_id(plaintext)
-
-    @property
-    def compression_level(self) -> int | None:
-        return self.config.compression_level if self.config.compression == "zstd" else None
 
     async def put_blob(self, kind: BlobKind, plaintext: bytes) -> bytes:
         """Store a blob unless the repository has it already; return its id.
