@@ -37,7 +37,7 @@ from typing import Callable, NamedTuple
 
 from cloudfs.live.changes import ChangeSet, RangeSet
 from cloudfs.live.graveyard import is_graveyard
-from cloudfs.live.manifest import EntryStat, Tree, join, parent_of
+from cloudfs.live.manifest import EntryStat, Tree, join, pack_stat, parent_of
 from cloudfs.snapshot.rules import Content, PathChanges, WalkRules, blocks_to_update
 from cloudfs.snapshot.source import DirectorySource
 
@@ -403,7 +403,7 @@ def manifest_after(manifest: Tree, capture: Capture, checkpoint) -> Tree:
     one. Pure: runs in a worker thread while the snapshot uploads.
     """
     entries = dict(manifest.entries)
-    entries[b""] = EntryStat.of(capture.root)
+    entries[b""] = pack_stat(capture.root)
     for directory in sorted(capture.listings, key=_depth):
         fresh = {name: capture.stats[join(directory, name)] for name in capture.listings[directory]}
         for name in manifest.children(directory):
@@ -413,9 +413,9 @@ def manifest_after(manifest: Tree, capture: Capture, checkpoint) -> Tree:
                 for gone in manifest.subtree(old_path):
                     entries.pop(gone, None)
         for name, st in fresh.items():
-            entries[join(directory, name)] = EntryStat.of(st)
+            entries[join(directory, name)] = pack_stat(st)
     for path, st in capture.stats.items():
-        entries[path] = EntryStat.of(st)
+        entries[path] = pack_stat(st)
     return Tree(entries, checkpoint).index()
 
 

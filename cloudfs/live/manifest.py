@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,9 @@ class EntryStat(NamedTuple):
         return cls(st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
                    st.st_uid, st.st_gid, st.st_nlink)
 
+    def packed(self) -> bytes:
+        return _PACKED.pack(*self)
+
     @property
     def kind(self) -> int:
         """The file type bits (stat.S_IFREG, S_IFDIR, ...)."""
@@ -54,6 +58,22 @@ class EntryStat(NamedTuple):
     @property
     def is_dir(self) -> bool:
         return stat.S_ISDIR(self.mode)
+
+
+# A Tree keeps each EntryStat packed: 48 bytes instead of a tuple of eight ints
+# (~250), which is what bounds the daemon's memory for large trees.
+_PACKED = struct.Struct("<IQQqqIIQ")    # mode, ino, size, mtime_ns, ctime_ns, uid, gid, nlink
+_PACKED_INO = struct.Struct("<4xQ")
+
+
+def pack_stat(st) -> bytes:
+    """An os.stat_result (or anything with its st_* fields) as a Tree keeps it."""
+    return _PACKED.pack(st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                        st.st_uid, st.st_gid, st.st_nlink)
+
+
+def _unpack(packed: bytes) -> EntryStat:
+    return EntryStat._make(_PACKED.unpack(packed))
 
 
 def join(parent: bytes, name: bytes) -> bytes:
@@ -83,16 +103,17 @@ class Checkpoint:
 class Tree:
     """Entries of the protected tree by relative path (bytes; b"" is the root itself).
 
-    Indexes by parent and by inode are built on first use (`index()` builds both
-    now, e.g. in a worker thread before the tree is shared); a Tree is not modified
-    after construction.
+    `entries` maps each path to its stat packed by `pack_stat`; `get` and `items`
+    give EntryStats. Indexes by parent and by inode are built on first use
+    (`index()` builds both now, e.g. in a worker thread before the tree is
+    shared); a Tree is not modified after construction.
     """
 
-    def __init__(self, entries: dict[bytes, EntryStat], checkpoint: Checkpoint | None = None):
+    def __init__(self, entries: dict[bytes, bytes], checkpoint: Checkpoint | None = None):
         self.entries = entries
         self.checkpoint = checkpoint or Checkpoint()
         self._children: dict[bytes, list[bytes]] | None = None
-        self._by_ino: dict[int, list[bytes]] | None = None
+        self._by_ino: dict[int, bytes | list[bytes]] | None = None
 
     def index(self) -> "Tree":
         self.children(b"")
@@ -100,7 +121,12 @@ class Tree:
         return self
 
     def get(self, path: bytes) -> EntryStat | None:
-        return self.entries.get(path)
+        packed = self.entries.get(path)
+        return None if packed is None else _unpack(packed)
+
+    def items(self) -> Iterator[tuple[bytes, EntryStat]]:
+        for path, packed in self.entries.items():
+            yield path, _unpack(packed)
 
     def __contains__(self, path: bytes) -> bool:
         return path in self.entries
@@ -122,11 +148,17 @@ class Tree:
     def paths_of(self, ino: int) -> list[bytes]:
         """Every path of inode `ino` (several for hard links)."""
         if self._by_ino is None:
-            index: dict[int, list[bytes]] = {}
-            for entry_path, entry in self.entries.items():
-                index.setdefault(entry.ino, []).append(entry_path)
+            index: dict[int, bytes | list[bytes]] = {}
+            for entry_path, packed in self.entries.items():
+                number = _PACKED_INO.unpack_from(packed)[0]
+                known = index.setdefault(number, entry_path)   # a list only for hard links
+                if known is not entry_path:
+                    index[number] = [*known, entry_path] if isinstance(known, list) else [known, entry_path]
             self._by_ino = index
-        return self._by_ino.get(ino, [])
+        found = self._by_ino.get(ino)
+        if found is None:
+            return []
+        return list(found) if isinstance(found, list) else [found]
 
     def subtree(self, path: bytes) -> Iterator[bytes]:
         """`path` and everything below it."""
@@ -134,7 +166,7 @@ class Tree:
         while waiting:
             path = waiting.pop()
             yield path
-            entry = self.entries.get(path)
+            entry = self.get(path)
             if entry is not None and entry.is_dir:
                 waiting.extend(join(path, name) for name in self.children(path))
 
@@ -150,7 +182,7 @@ def scan(root_fd: int) -> Tree:
     other filesystems inside the tree are left out (they are not protected).
     """
     root_stat = os.fstat(root_fd)
-    entries = {b"": EntryStat.of(root_stat)}
+    entries = {b"": pack_stat(root_stat)}
     device = root_stat.st_dev
     top = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=root_fd)
     stack = [(top, b"", iter(_scan_directory(top, b"", device, entries)))]
@@ -177,7 +209,7 @@ def scan(root_fd: int) -> Tree:
     return Tree(entries)
 
 
-def _scan_directory(fd: int, path: bytes, device: int, entries: dict[bytes, EntryStat]) -> list[bytes]:
+def _scan_directory(fd: int, path: bytes, device: int, entries: dict[bytes, bytes]) -> list[bytes]:
     """Record the entries of one directory; return the names of its subdirectories."""
     subdirectories = []
     with os.scandir(fd) as listing:
@@ -191,7 +223,7 @@ def _scan_directory(fd: int, path: bytes, device: int, entries: dict[bytes, Entr
             name = os.fsencode(dir_entry.name)
             if is_graveyard(path, name):
                 continue
-            entries[join(path, name)] = EntryStat.of(st)
+            entries[join(path, name)] = pack_stat(st)
             if stat.S_ISDIR(st.st_mode):
                 subdirectories.append(name)
     return subdirectories
@@ -219,7 +251,7 @@ def load_manifest(state_dir: Path) -> Tree | None:
         if document.get("format") != FORMAT or document.get("version") != VERSION:
             raise ManifestError("unknown manifest format")
         checkpoint = document.get("checkpoint") or {}
-        return Tree({row[0]: EntryStat(*row[1:]) for row in document["entries"]},
+        return Tree({row[0]: EntryStat(*row[1:]).packed() for row in document["entries"]},
                     Checkpoint(checkpoint.get("snapshot"), checkpoint.get("repo_id"),
                                tuple(checkpoint.get("exclude", ())), checkpoint.get("time_ns")))
     except (ValueError, KeyError, TypeError, msgpack.UnpackException) as error:
@@ -234,7 +266,7 @@ def save_manifest(state_dir: Path, tree: Tree) -> None:
         "version": VERSION,
         "checkpoint": {"snapshot": checkpoint.snapshot, "repo_id": checkpoint.repo_id,
                        "exclude": list(checkpoint.exclude), "time_ns": checkpoint.time_ns},
-        "entries": [[path, *entry] for path, entry in tree.entries.items()],
+        "entries": [[path, *entry] for path, entry in tree.items()],
     }
     replace_file(state_dir / MANIFEST_NAME, msgpack.packb(document, use_bin_type=True))
 

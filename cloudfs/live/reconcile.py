@@ -69,7 +69,7 @@ def _against_baseline(current: Tree, baseline: Tree, pending: ChangeSet,
     """Names that changed; inodes the journal does not mention compared with the
     baseline; inodes it does mention judged by `journaled(found, before, now)`."""
     found = ChangeSet()
-    for path, now in current.entries.items():
+    for path, now in current.items():
         before = baseline.get(path)
         if before is None or before.ino != now.ino or before.kind != now.kind:
             _mark_name_changed(found, current, path, now)
