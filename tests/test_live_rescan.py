@@ -79,6 +79,21 @@ def test_the_mount_rescans_by_itself_and_says_so_in_status(live, tmp_path):
     assert "rescan         every 1 s" in run_cloudfs("status", mountpoint, env=live.env).stdout
 
 
+def test_the_timer_can_be_turned_off_and_a_rescan_still_be_asked_for(live, tmp_path):
+    populate(live.source)
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    config = tmp_path / "cloudfs.toml"
+    config.write_text('rescan_interval = "off"\n')
+    live.mount(mountpoint, "--config", config)
+    status = json.loads(run_cloudfs("status", "--json", mountpoint, env=live.env).stdout)
+    assert status["rescan"] == {"interval": None, "last": None}
+    assert "only when asked; none yet" in run_cloudfs("status", mountpoint, env=live.env).stdout
+    time.sleep(CLOCK_TICK)
+    os.chmod(live.source / "mode", 0o600)
+    assert rescan(live, mountpoint)["changed_inodes"] == 1
+
+
 def test_rescan_needs_the_journal(live, tmp_path):
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
