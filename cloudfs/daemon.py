@@ -1,7 +1,8 @@
 """The snapshot daemon of a live mount: when to seal, one upload at a time, commits; the control socket.
 
 Wiring only. Sealing and copy-on-write are `cloudfs.live.seal`/`frozen`; building
-and committing a snapshot is `cloudfs.uploader.Uploader`; the socket protocol is
+and committing a snapshot is `cloudfs.uploader.Uploader`; the periodic rescan for
+writes that bypassed the mount is `cloudfs.live.rescan`; the socket protocol is
 `cloudfs.control`. What this module decides:
 
 - **When to seal**: every `interval` seconds if anything changed; when asked
