@@ -224,11 +224,13 @@ class Journal:
         """Whether anything is not yet committed: changes, or sealed epochs (even empty)."""
         return bool(self._state.sealed) or bool(self._state.current)
 
-    def last_change_ns(self, ino: int) -> int | None:
-        """When this session last recorded a change of `ino` that is not yet committed
-        (None: not this session)."""
-        times = [changed[ino] for changed in self._changed_at.values() if ino in changed]
-        return max(times, default=None)
+    def change_times(self) -> dict[int, int]:
+        """When this session last recorded each inode whose changes are not yet
+        committed (a copy; inodes journaled by an earlier session are not in it)."""
+        merged: dict[int, int] = {}
+        for changed in self._changed_at.values():   # oldest epoch first: later times win
+            merged.update(changed)
+        return merged
 
     def is_pending(self, ino: int) -> bool:
         if self._current.touches(ino):
@@ -392,8 +394,8 @@ class NullJournal:
     def has_pending(self) -> bool:
         return False
 
-    def last_change_ns(self, ino: int) -> int | None:
-        return None
+    def change_times(self) -> dict[int, int]:
+        return {}
 
     def is_pending(self, ino: int) -> bool:
         return False
