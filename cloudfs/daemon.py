@@ -141,7 +141,7 @@ class SnapshotDaemon:
         self.graveyard = Graveyard(source_fd)
         self.sealer = Sealer(self.operations, self.journal, source_fd, str(self.mountpoint), device,
                              self.spool, self.graveyard, self.repo.config.block_size, self.exclude)
-        self.manifest: Tree = load_manifest(self.state_dir)
+        self.manifest: Tree = load_manifest(self.state_dir).index()   # before serving, not in a seal
         self._trusted = self._manifest_describes_a_snapshot()
         self._force_full = False
         checkpoint = self.manifest.checkpoint
