@@ -56,6 +56,7 @@ class RestoreOptions:
     overwrite: bool = False   # replace existing files
     resume: bool = False      # keep identical blocks of existing files, rewrite the rest
     verify: bool = False      # read every restored file back and check it
+    dry_run: bool = False     # plan and check TARGET, count what would be restored, write nothing
     jobs: int = JOBS
 
 
@@ -136,6 +137,9 @@ class Restorer:
         if os.path.lexists(target):
             self._check_target(items, top)
         on_total(sum(item.entry.size for item in items if item.has_data))
+        if self.options.dry_run:
+            self._count(items)
+            return
         await trio.to_thread.run_sync(self._create_all, items)
         await self._fill([item for item in items if item.has_data])
         if self.options.verify:
@@ -199,6 +203,26 @@ class Restorer:
             first = os.fsdecode(conflicts[0].destination)
             raise UsageError(f"{len(conflicts)} of the paths to restore already exist (first: {first}); "
                              "use --overwrite to replace them or --resume to finish an earlier restore")
+
+    def _count(self, items: list[Item]) -> None:
+        """--dry-run: the report a restore of `items` would give, nothing written
+        (bytes_written is what would be fetched and written)."""
+        report = self.report
+        for item in items:
+            entry = item.entry
+            if entry is None:
+                continue
+            if entry.is_dir:
+                report.directories += 1
+            elif item.link_to is not None:
+                report.hard_links += 1
+            elif entry.is_file:
+                report.files += 1
+                report.bytes_written += entry.size
+            elif entry.is_symlink:
+                report.symlinks += 1
+            else:
+                report.other += 1
 
     # -- 2. create ----------------------------------------------------------------------
 

@@ -139,6 +139,18 @@ def test_a_full_disk_stops_with_one_line_and_resume_finishes(two_snapshots, smal
     assert "already there" in result.stdout
 
 
+def test_dry_run_says_what_a_restore_would_do_and_writes_nothing(two_snapshots, tmp_path):
+    repo = two_snapshots
+    plan = repo.cloudfs("restore", "latest", tmp_path / "out", "--dry-run")
+    assert plan.returncode == 0, plan.stderr
+    assert not (tmp_path / "out").exists()
+    result = repo.cloudfs("restore", "latest", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    counts = result.stdout.split(": ", 1)[1].split(", ")[:4]        # files, directories, symlinks, links
+    assert plan.stdout.startswith("would restore") and plan.stdout.split(": ", 1)[1].split(", ")[:4] == counts
+    assert "already exist" in one_line_error(repo.cloudfs("restore", "latest", tmp_path / "out", "--dry-run"))
+
+
 def test_verify_reads_everything_back(two_snapshots, tmp_path):
     repo = two_snapshots
     result = repo.cloudfs("restore", "latest", tmp_path / "out", "--verify")

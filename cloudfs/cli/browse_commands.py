@@ -59,6 +59,9 @@ def register(subparsers) -> None:
                               "rewrite the rest")
     restore.add_argument("--verify", action="store_true",
                          help="read every restored file back and check it against the snapshot")
+    restore.add_argument("--dry-run", action="store_true",
+                         help="read the snapshot's listing and check TARGET, then say what would be "
+                              "restored (files, bytes) without writing anything")
     restore.add_argument("--jobs", type=int, default=4, metavar="N",
                          help="ranged reads fetched and written at once (default 4)")
     restore.add_argument("--no-progress", dest="progress", action="store_false",
@@ -107,9 +110,10 @@ def run_restore(args) -> int:
     if args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
     keep_freed_memory()
-    options = RestoreOptions(overwrite=args.overwrite, resume=args.resume, verify=args.verify, jobs=args.jobs)
+    options = RestoreOptions(overwrite=args.overwrite, resume=args.resume, verify=args.verify,
+                             dry_run=args.dry_run, jobs=args.jobs)
     bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="restoring", file=sys.stderr,
-               disable=not (args.progress and sys.stderr.isatty()))
+               disable=not (args.progress and sys.stderr.isatty()) or args.dry_run)
 
     def set_total(total: int) -> None:
         bar.total = total
@@ -128,11 +132,28 @@ def run_restore(args) -> int:
         snapshot, report = trio.run(run)
     finally:
         bar.close()
+    if args.dry_run:
+        _print_plan(snapshot, path, args.target, report)
+        if report.damaged:
+            raise DamagedFiles(f"{len(report.damaged)} of the directories cannot be read (listed above); "
+                               "a restore would leave out what is in them")
+        return 0
     _print_report(snapshot, path, args.target, report)
     if report.damaged:
         raise DamagedFiles(f"{len(report.damaged)} of the paths could not be restored (damaged data, "
                            "listed above); everything else was restored")
     return 0
+
+
+def _print_plan(snapshot, path: bytes, target: str, report) -> None:
+    what = snapshot.name + (f":/{os.fsdecode(path)}" if path else "")
+    links = f", {report.hard_links} hard links" if report.hard_links else ""
+    other = f", {report.other} other" if report.other else ""
+    print(f"would restore {what} to {target}: {report.files} files, {report.directories} directories, "
+          f"{report.symlinks} symlinks{links}{other}, {report.bytes_written / 2**20:.1f} MiB of file "
+          f"data (nothing written: --dry-run)")
+    for shown, why in report.damaged:
+        print(f"damaged: {shown}: {why}")
 
 
 def _print_report(snapshot, path: bytes, target: str, report) -> None:
