@@ -74,6 +74,7 @@ class BackupSettings:
     exclude: list[str] = field(default_factory=list)
     show_progress: bool = False           # a progress bar on stderr for full snapshots
     compression: str | None = None        # e.g. "zstd:3" or "none"; None: the repository's
+    unreachable: str | None = None        # why the repository was opened from local copies
 
     def serving_repository(self) -> Repository:
         """The opened repository with a store (connections, threads) of this process:
@@ -144,6 +145,12 @@ class SnapshotDaemon:
         self.manifest: Tree = load_manifest(self.state_dir).index()   # before serving, not in a seal
         self._trusted = self._manifest_describes_a_snapshot()
         self._force_full = False
+        self._index_complete = trio.Event()
+        if settings.unreachable is None:
+            self._index_complete.set()
+        else:   # opened from local copies: status says so until the store answers
+            self.uploader.status.store_error = settings.unreachable
+            self.uploader.status.store_error_since_ns = time.time_ns()
         checkpoint = self.manifest.checkpoint
         if self._trusted and checkpoint.time_ns:  # what status shows until the next commit
             self.uploader.status.last_snapshot = checkpoint.snapshot
@@ -161,6 +168,8 @@ class SnapshotDaemon:
         await nursery.start(control.serve, self.state_dir, self._handlers())
         if self.settings is not None:
             nursery.start_soon(self._run)
+            if not self._index_complete.is_set():
+                nursery.start_soon(self._complete_index)
         if self.rescanner is not None:
             nursery.start_soon(self.rescanner.run)
 
@@ -253,6 +262,7 @@ class SnapshotDaemon:
         """Build, upload and commit the snapshot of `sealed`, or give it up."""
         committed = False
         try:
+            await self._index_complete.wait()
             previous = await self._previous_for(sealed)
             self.uploader.previous = previous
             changes = sealed.capture.changes if previous is not None else None
@@ -281,6 +291,13 @@ class SnapshotDaemon:
         finally:
             if not committed:
                 self.sealer.release(sealed)
+
+    async def _complete_index(self) -> None:
+        """After an offline start: once the store answers, read the index objects
+        other writers added meanwhile, so their blobs are not stored again."""
+        await self._until_store_answers(self.repo.load_index)
+        log.info("the store answers again; the index is complete")
+        self._index_complete.set()
 
     async def _show_progress(self, sealed: Sealed, scope: trio.CancelScope) -> None:
         """A bar of the bytes the full snapshot reads (`cloudfs status` shows the same),

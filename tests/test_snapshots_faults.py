@@ -23,6 +23,7 @@ import pytest
 
 from cloudfs import locals3
 from tests.faults import FaultyProxy
+from tests.live_fixtures import run_cloudfs
 from tests.snapshot_fixtures import (  # noqa: F401 - protected is a fixture
     Protected,
     new_protected,
@@ -240,6 +241,45 @@ def test_kill_9_between_the_last_chunk_and_the_snapshot_object(protected, tmp_pa
 
 
 # -- the store --------------------------------------------------------------------------------
+
+
+def test_a_mount_starts_while_the_store_is_down_and_uploads_when_it_returns(tmp_path, s3_env):
+    server = locals3.start_rclone(tmp_path / "s3-data")
+    proxy = tree = restarted = None
+    try:
+        proxy = FaultyProxy(int(server.endpoint.rsplit(":", 1)[1]))
+        server.endpoint = proxy.endpoint
+        tree = new_protected(tmp_path / "tree", server)
+        mountpoint = prepare(tree, tmp_path, "--retries", "1")   # through the store: copies saved
+        tree.umount(mountpoint)
+        locals3.stop(server.proc)                                # down, as at a boot without network
+        mount = ["mount", "--daemon", "--state-dir", tree.state_dir, "--interval", "3600", "--retries", "1",
+                 tree.source, mountpoint]
+        wrong = run_cloudfs(*mount, check=False, env=dict(tree.env, CLOUDFS_PASSWORD="not it"))
+        assert wrong.returncode == 1 and "wrong passphrase" in wrong.stderr.splitlines()[-1]
+        tree.mounted_at.append(mountpoint)
+        started = run_cloudfs(*mount, env=tree.env)
+        assert "mounting with the repository details the last mount saved" in started.stderr
+        tree.pids.add(tree.daemon_pid())
+        with open(mountpoint / "written-offline", "wb") as handle:
+            handle.write(os.urandom(300_000))
+            os.fsync(handle.fileno())
+        assert not tree.status()["upload"]["store_ok"]
+        reply = tree.request("snapshot", wait=False)                # sealed while the store is down
+        restarted = locals3.start_rclone(tmp_path / "s3-data")     # back, on another port
+        proxy.target_port = int(restarted.endpoint.rsplit(":", 1)[1])
+        tree.flush(timeout=150)
+        assert tree.status()["upload"]["store_ok"]
+        latest = tree.assert_latest_matches()
+        assert latest.time_ns == reply["time_ns"]
+    finally:
+        if tree is not None:
+            tree.cleanup()
+        if proxy is not None:
+            proxy.close()
+        locals3.stop(server.proc)
+        if restarted is not None:
+            locals3.stop(restarted.proc)
 
 
 def test_a_stopped_store_slows_no_write_and_uploads_resume_when_it_returns(tmp_path, s3_env):

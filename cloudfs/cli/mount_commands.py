@@ -110,7 +110,7 @@ def _mount(args) -> int:
     plan = mount.plan(args.source, args.mountpoint, args.state_dir,
                       journaling=args.journaling, allow_other=args.allow_other,
                       rescan_interval=_rescan_interval(args))
-    backup = _backup_settings(args) if args.repo else None
+    backup = _backup_settings(args, plan.state.path) if args.repo else None
     return mount.run(plan, args.daemon, backup)
 
 
@@ -122,19 +122,26 @@ def _rescan_interval(args) -> float | None:
     return None if args.rescan_interval == OFF else args.rescan_interval
 
 
-def _backup_settings(args):
-    """Open the repository now (passphrase, network): its errors are one line here."""
+def _backup_settings(args, state_dir: Path):
+    """Open the repository now (passphrase, network): its errors are one line here.
+    If the store cannot be reached, the copies the last mount saved will do."""
     import trio
 
-    from cloudfs.cli.common import open_repository
+    from cloudfs.cli.common import read_passphrase
     from cloudfs.daemon import BackupSettings
+    from cloudfs.repo.access import open_for_mount
     from cloudfs.snapshot.source import exclusion_matcher
 
     if not args.journaling:
         raise UsageError("--repo needs the journal: it cannot be combined with --no-journal")
     exclude = args.exclude or []
     exclusion_matcher(exclude)
-    repo = trio.run(open_repository, args)
+    store, passphrase = open_store_from(args), read_passphrase(args)
+    repo, unreachable = trio.run(lambda: open_for_mount(store, passphrase, state_dir, args.repo,
+                                                        cache_root=args.cache_dir, use_cache=not args.no_cache))
+    if unreachable:
+        print(f"cloudfs: warning: {unreachable}; mounting with the repository details the last "
+              "mount saved; snapshots upload once the store answers", file=sys.stderr)
 
     def reopen_store():
         store = open_store_from(args)
@@ -147,7 +154,7 @@ def _backup_settings(args):
     return BackupSettings(repo=repo, location=args.repo, reopen_store=reopen_store,
                           interval=args.interval or DEFAULT_INTERVAL,
                           spool_limit=args.spool_size or DEFAULT_SPOOL, exclude=exclude,
-                          compression=args.compression,
+                          compression=args.compression, unreachable=unreachable,
                           show_progress=not args.daemon and sys.stderr.isatty())
 
 

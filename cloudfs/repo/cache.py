@@ -46,6 +46,17 @@ class ObjectCache:
         except OSError:
             pass   # a cache that cannot be written is only slower
 
+    def names(self, prefix: str) -> list[str]:
+        """The cached objects under `prefix` (e.g. "index/"), sorted."""
+        if self.directory is None:
+            return []
+        folder = self._path(prefix.rstrip("/"))
+        try:
+            return sorted(f"{prefix}{path.name}" for path in folder.iterdir()
+                          if path.is_file() and not path.name.startswith("."))
+        except OSError:
+            return []
+
     def keep_only(self, prefix: str, names: set[str]) -> None:
         """Forget cached objects under `prefix` that the store no longer lists."""
         if self.directory is None:

@@ -125,6 +125,30 @@ class Repository:
         await repo.load_index()
         return repo
 
+    @classmethod
+    async def open_from_copies(cls, store: Store, passphrase: bytes, config_data: bytes, slot: KeySlot, *,
+                               cache_root: Path | None = None, use_cache: bool = True) -> "Repository":
+        """Open with local copies of `config` and a key slot, and the index objects of
+        the local cache, without asking the store anything: for a mount that starts
+        while the store cannot be reached. The index may lack what other writers
+        added since; `load_index()` once the store answers completes it."""
+        parse_header(config_data, CONFIG_NAME, Kind.CONFIG)
+        unlocked = await trio.to_thread.run_sync(slot.unlock, passphrase)
+        if unlocked is None:
+            raise WrongPassphrase("wrong passphrase: the key slot saved by the last mount "
+                                  "does not open with it")
+        master, repo_id = unlocked
+        config = RepoConfig.open(master, config_data)
+        if config.repo_id != repo_id:
+            raise IntegrityError(slot.name, "key slot belongs to another repository")
+        repo = cls(store, master, config, slot, _cache_for(config, cache_root, use_cache))
+        for name in repo.cache.names(INDEX_PREFIX):
+            try:
+                repo.index.add_object(name, open_index(master, name, repo.cache.get(name)))
+            except IntegrityError as error:
+                log.warning("skipping cached index object: %s", error)
+        return repo
+
     async def close(self) -> None:
         await self.store.aclose()
 
