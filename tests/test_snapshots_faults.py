@@ -243,90 +243,101 @@ def test_kill_9_between_the_last_chunk_and_the_snapshot_object(protected, tmp_pa
 # -- the store --------------------------------------------------------------------------------
 
 
-def test_a_mount_starts_while_the_store_is_down_and_uploads_when_it_returns(tmp_path, s3_env):
-    server = locals3.start_rclone(tmp_path / "s3-data")
-    proxy = tree = restarted = None
+class StoreThatStops:
+    """A protected tree whose repository is on a private rclone server, reached
+    through a proxy, so that the server can be stopped and started again (on
+    another port, which the proxy follows)."""
+
+    def __init__(self, tmp_path: Path):
+        self.data_dir = tmp_path / "s3-data"
+        self.servers = [locals3.start_rclone(self.data_dir)]
+        self.proxy = FaultyProxy(_port(self.servers[0].endpoint))
+        self.servers[0].endpoint = self.proxy.endpoint
+        self.tree = new_protected(tmp_path / "tree", self.servers[0])
+
+    def stop(self) -> None:
+        locals3.stop(self.servers[-1].proc)
+
+    def restart(self) -> str:
+        """Serve again; returns the server's own endpoint (the proxy's stays the same)."""
+        self.servers.append(locals3.start_rclone(self.data_dir))
+        self.proxy.target_port = _port(self.servers[-1].endpoint)
+        return self.servers[-1].endpoint
+
+    def close(self) -> None:
+        self.tree.cleanup()
+        self.proxy.close()
+        for server in self.servers:
+            locals3.stop(server.proc)
+
+
+def _port(endpoint: str) -> int:
+    return int(endpoint.rsplit(":", 1)[1])
+
+
+@pytest.fixture
+def store_that_stops(tmp_path, s3_env):
+    store = StoreThatStops(tmp_path)
     try:
-        proxy = FaultyProxy(int(server.endpoint.rsplit(":", 1)[1]))
-        server.endpoint = proxy.endpoint
-        tree = new_protected(tmp_path / "tree", server)
-        mountpoint = prepare(tree, tmp_path, "--retries", "1")   # through the store: copies saved
-        tree.umount(mountpoint)
-        locals3.stop(server.proc)                                # down, as at a boot without network
-        mount = ["mount", "--daemon", "--state-dir", tree.state_dir, "--interval", "3600", "--retries", "1",
-                 tree.source, mountpoint]
-        wrong = run_cloudfs(*mount, check=False, env=dict(tree.env, CLOUDFS_PASSWORD="not it"))
-        assert wrong.returncode == 1 and "wrong passphrase" in wrong.stderr.splitlines()[-1]
-        tree.mounted_at.append(mountpoint)
-        started = run_cloudfs(*mount, env=tree.env)
-        assert "mounting with the repository details the last mount saved" in started.stderr
-        tree.pids.add(tree.daemon_pid())
-        with open(mountpoint / "written-offline", "wb") as handle:
-            handle.write(os.urandom(300_000))
+        yield store
+    finally:
+        store.close()
+
+
+def test_a_mount_starts_while_the_store_is_down_and_uploads_when_it_returns(store_that_stops, tmp_path):
+    tree = store_that_stops.tree
+    mountpoint = prepare(tree, tmp_path, "--retries", "1")   # through the store: copies saved
+    tree.umount(mountpoint)
+    store_that_stops.stop()                                  # down, as at a boot without network
+    mount = ["mount", "--daemon", "--state-dir", tree.state_dir, "--interval", "3600", "--retries", "1",
+             tree.source, mountpoint]
+    wrong = run_cloudfs(*mount, check=False, env=dict(tree.env, CLOUDFS_PASSWORD="not it"))
+    assert wrong.returncode == 1 and "wrong passphrase" in wrong.stderr.splitlines()[-1]
+    tree.mounted_at.append(mountpoint)
+    started = run_cloudfs(*mount, env=tree.env)
+    assert "mounting with the repository details the last mount saved" in started.stderr
+    tree.pids.add(tree.daemon_pid())
+    with open(mountpoint / "written-offline", "wb") as handle:
+        handle.write(os.urandom(300_000))
+        os.fsync(handle.fileno())
+    assert not tree.status()["upload"]["store_ok"]
+    reply = tree.request("snapshot", wait=False)            # sealed while the store is down
+    store_that_stops.restart()
+    tree.flush(timeout=150)
+    assert tree.status()["upload"]["store_ok"]
+    assert tree.assert_latest_matches().time_ns == reply["time_ns"]
+
+
+def test_a_stopped_store_slows_no_write_and_uploads_resume_when_it_returns(store_that_stops, tmp_path):
+    tree = store_that_stops.tree
+    mountpoint = prepare(tree, tmp_path, "--retries", "2")
+    store_that_stops.stop()                                  # the store goes away
+    latencies = []
+    for index in range(40):
+        started = time.perf_counter()
+        with open(mountpoint / f"during-{index}", "wb") as handle:
+            handle.write(os.urandom(50_000))
             os.fsync(handle.fileno())
-        assert not tree.status()["upload"]["store_ok"]
-        reply = tree.request("snapshot", wait=False)                # sealed while the store is down
-        restarted = locals3.start_rclone(tmp_path / "s3-data")     # back, on another port
-        proxy.target_port = int(restarted.endpoint.rsplit(":", 1)[1])
-        tree.flush(timeout=150)
-        assert tree.status()["upload"]["store_ok"]
-        latest = tree.assert_latest_matches()
-        assert latest.time_ns == reply["time_ns"]
-    finally:
-        if tree is not None:
-            tree.cleanup()
-        if proxy is not None:
-            proxy.close()
-        locals3.stop(server.proc)
-        if restarted is not None:
-            locals3.stop(restarted.proc)
-
-
-def test_a_stopped_store_slows_no_write_and_uploads_resume_when_it_returns(tmp_path, s3_env):
-    server = locals3.start_rclone(tmp_path / "s3-data")
-    proxy = tree = None
-    try:
-        proxy = FaultyProxy(int(server.endpoint.rsplit(":", 1)[1]))
-        server.endpoint = proxy.endpoint
-        tree = new_protected(tmp_path / "tree", server)
-        mountpoint = prepare(tree, tmp_path, "--retries", "2")
-        locals3.stop(server.proc)                       # the store goes away
-        latencies = []
-        for index in range(40):
-            started = time.perf_counter()
-            with open(mountpoint / f"during-{index}", "wb") as handle:
-                handle.write(os.urandom(50_000))
-                os.fsync(handle.fileno())
-            latencies.append(time.perf_counter() - started)
-            if index == 10:
-                tree.seal()                             # sealed while the store is down
-        wait_until(lambda: not tree.status()["upload"]["store_ok"], what="the store error")
-        assert max(latencies) < 1.0, latencies
-        status = json.loads(subprocess.run([sys.executable, "-m", "cloudfs", "status", "--json",
-                                            str(mountpoint)], capture_output=True, text=True,
-                                           env=tree.env).stdout)
-        assert status["upload"]["store_error"]
-        restarted = locals3.start_rclone(tmp_path / "s3-data")   # back, on another port
-        try:
-            proxy.target_port = int(restarted.endpoint.rsplit(":", 1)[1])
-            tree.flush(timeout=120)
-            assert tree.status()["upload"]["store_ok"]
-            tree.seal()
-            tree.flush()
-            assert len(tree.assert_snapshots_match_references()) == 2
-            tree.umount(mountpoint)
-            tree.endpoint = restarted.endpoint
-            tree.env["CLOUDFS_ENDPOINT_URL"] = restarted.endpoint
-            result = tree.check("--read-data")
-            assert result.returncode == 0, result.stdout + result.stderr
-        finally:
-            locals3.stop(restarted.proc)
-    finally:
-        if tree is not None:
-            tree.cleanup()
-        if proxy is not None:
-            proxy.close()
-        locals3.stop(server.proc)
+        latencies.append(time.perf_counter() - started)
+        if index == 10:
+            tree.seal()                                      # sealed while the store is down
+    wait_until(lambda: not tree.status()["upload"]["store_ok"], what="the store error")
+    assert max(latencies) < 1.0, latencies
+    status = json.loads(subprocess.run([sys.executable, "-m", "cloudfs", "status", "--json",
+                                        str(mountpoint)], capture_output=True, text=True,
+                                       env=tree.env).stdout)
+    assert status["upload"]["store_error"]
+    endpoint = store_that_stops.restart()                    # back, on another port
+    tree.flush(timeout=120)
+    assert tree.status()["upload"]["store_ok"]
+    tree.seal()
+    tree.flush()
+    assert len(tree.assert_snapshots_match_references()) == 2
+    tree.umount(mountpoint)
+    tree.endpoint = endpoint
+    tree.env["CLOUDFS_ENDPOINT_URL"] = endpoint
+    result = tree.check("--read-data")
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_connections_cut_mid_put_are_retried(protected, tmp_path):
