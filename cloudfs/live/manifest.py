@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import msgpack
 
+from cloudfs.fsutil import replace_durably
 from cloudfs.live.graveyard import is_graveyard
 
 MANIFEST_NAME = "manifest"
@@ -268,23 +269,4 @@ def save_manifest(state_dir: Path, tree: Tree) -> None:
                        "exclude": list(checkpoint.exclude), "time_ns": checkpoint.time_ns},
         "entries": [[path, *entry] for path, entry in tree.items()],
     }
-    replace_file(state_dir / MANIFEST_NAME, msgpack.packb(document, use_bin_type=True))
-
-
-def replace_file(path: Path, data: bytes) -> None:
-    """Temp file, fsync, rename over `path`, fsync the directory."""
-    temp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    replace_durably(state_dir / MANIFEST_NAME, msgpack.packb(document, use_bin_type=True))
