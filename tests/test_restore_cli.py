@@ -3,6 +3,7 @@ what it refuses, how it resumes, and one clear line for every bad input."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -10,7 +11,7 @@ import subprocess
 import pytest
 
 from cloudfs.browse.names import Catalog, gmt_name
-from tests.browse_fixtures import new_repo
+from tests.browse_fixtures import BrowseMount, new_repo
 from tests.cli_helpers import one_line_error
 from tests.tree_helpers import capture_directory, diff, make_rich_tree
 
@@ -149,6 +150,26 @@ def test_dry_run_says_what_a_restore_would_do_and_writes_nothing(two_snapshots, 
     counts = result.stdout.split(": ", 1)[1].split(", ")[:4]        # files, directories, symlinks, links
     assert plan.stdout.startswith("would restore") and plan.stdout.split(": ", 1)[1].split(", ")[:4] == counts
     assert "already exist" in one_line_error(repo.cloudfs("restore", "latest", tmp_path / "out", "--dry-run"))
+
+
+def test_latest_is_chosen_per_directory_where_a_repository_holds_several(s3_env, tmp_path):
+    repo = new_repo(s3_env, tmp_path / "repo")
+    docs, photos = tmp_path / "docs", tmp_path / "photos"
+    for directory, text in ((docs, "a document"), (photos, "a photo")):
+        directory.mkdir()
+        (directory / "file").write_text(text)
+        repo.take_snapshot(directory)
+    line = one_line_error(repo.cloudfs("restore", "latest", tmp_path / "x"))
+    assert "`latest` is ambiguous" in line and "--source" in line and not (tmp_path / "x").exists()
+    result = repo.cloudfs("restore", "latest", tmp_path / "out", "--source", docs)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "file").read_text() == "a document"
+    listed = json.loads(repo.cloudfs("snapshots", "--json", "--source", photos).stdout)
+    assert [row["source"] for row in listed] == [str(photos)]
+    assert json.loads(repo.cloudfs("snapshots", "--json", "--host", "elsewhere").stdout) == []
+    with BrowseMount(repo, None, "--source", str(photos)) as mounted:
+        shown = sorted(name for name in os.listdir(mounted.path) if name[0].isdigit())
+        assert len(shown) == 1 and (mounted.path / "latest" / "file").read_text() == "a photo"
 
 
 def test_verify_reads_everything_back(two_snapshots, tmp_path):

@@ -18,7 +18,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyfuse3
@@ -31,6 +31,7 @@ from cloudfs.browse.content import ContentReader
 from cloudfs.browse.diskcache import DiskCache
 from cloudfs.browse.fs import BrowseOperations
 from cloudfs.browse.history import History
+from cloudfs.browse.names import SnapshotFilter
 from cloudfs.browse.namespace import Namespace
 from cloudfs.browse.trees import TreeCache
 from cloudfs.errors import MountError
@@ -51,6 +52,7 @@ class BrowseSettings:
     refresh_seconds: float = 60.0
     allow_other: bool = False
     default_permissions: bool = True
+    snapshots: SnapshotFilter = field(default_factory=SnapshotFilter)   # which ones to show
 
 
 @dataclass
@@ -116,7 +118,7 @@ async def _serve(plan: BrowsePlan, open_repository: OpenRepository, on_ready) ->
         fetcher = BlobFetcher(repo, memory_bytes=plan.settings.memory_cache_bytes, disk=disk,
                               background=background)
         trees = TreeCache(fetcher)
-        namespace = Namespace(repo, trees, History(trees), background)
+        namespace = Namespace(repo, trees, History(trees), background, select=plan.settings.snapshots.apply)
         await namespace.refresh()
         if not namespace.catalog.snapshots:
             log.warning("the repository has no snapshots yet; they appear here once committed")

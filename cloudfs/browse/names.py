@@ -27,6 +27,19 @@ GMT_NAME = re.compile(r"^@GMT-\d{4}\.\d\d\.\d\d-\d\d\.\d\d\.\d\d$")
 MAX_EXTENSION = 16
 
 
+@dataclass(frozen=True)
+class SnapshotFilter:
+    """Which snapshots a command looks at: those of one host and/or one protected
+    directory (None: any)."""
+
+    host: str | None = None
+    sources: frozenset[str] | None = None   # the directory's path, in each form it may be recorded in
+
+    def apply(self, snapshots: list[Snapshot]) -> list[Snapshot]:
+        return [s for s in snapshots if (self.host is None or s.host == self.host)
+                and (self.sources is None or s.source in self.sources)]
+
+
 def _utc(snapshot: Snapshot) -> datetime:
     return datetime.fromtimestamp(snapshot.time_ns // 1_000_000_000, timezone.utc)
 
@@ -107,6 +120,12 @@ class Catalog:
         if not self.snapshots:
             raise UsageError("the repository has no snapshots yet")
         if text == LATEST:
+            origins = sorted({(s.host, s.source) for s in self.snapshots})
+            if len(origins) > 1:
+                shown = ", ".join(f"{host}:{source}" for host, source in origins[:3])
+                raise UsageError(f"`latest` is ambiguous: the repository has snapshots of {len(origins)} "
+                                 f"directories ({shown}{', ...' if len(origins) > 3 else ''}); "
+                                 "choose one with --source (and --host)")
             return self.latest
         bare = text.removeprefix(SNAPSHOTS_PREFIX)
         exact = self.by_time_name.get(bare) or self.by_gmt_name.get(bare)

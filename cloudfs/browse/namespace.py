@@ -27,6 +27,7 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -99,8 +100,10 @@ class Node:
 
 
 class Namespace:
-    def __init__(self, repo: Repository, trees: TreeCache, history: History, background: Background):
+    def __init__(self, repo: Repository, trees: TreeCache, history: History, background: Background,
+                 select: Callable[[list[Snapshot]], list[Snapshot]] = list):
         self.repo = repo
+        self.select = select              # which of the repository's snapshots are shown
         self.trees = trees
         self.history = history
         self.background = background
@@ -174,7 +177,7 @@ class Namespace:
                 await trio.sleep_until(trio.current_time() + max(
                     0.0, self.refreshed_at + REFRESH_AT_MOST_EVERY - time.monotonic()))
             listing_started = time.monotonic()
-            snapshots = await self.repo.snapshots()
+            snapshots = self.select(await self.repo.snapshots())
             await self.repo.load_index()
             self.refreshed_at = listing_started
             if not self.catalog.same_snapshots(snapshots):

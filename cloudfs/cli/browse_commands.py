@@ -11,7 +11,14 @@ import sys
 import trio
 from tqdm import tqdm
 
-from cloudfs.cli.common import open_repository, open_store_from, read_passphrase, repository_options
+from cloudfs.cli.common import (
+    open_repository,
+    open_store_from,
+    read_passphrase,
+    repository_options,
+    snapshot_filter,
+    snapshot_filter_options,
+)
 from cloudfs.errors import CloudfsError, UsageError
 
 
@@ -23,7 +30,7 @@ def register(subparsers) -> None:
     repo = repository_options()
 
     browse = subparsers.add_parser(
-        "browse", parents=[repo], help="mount the snapshots read-only",
+        "browse", parents=[repo, snapshot_filter_options()], help="mount the snapshots read-only",
         description="Mount every snapshot of the repository read-only at MOUNTPOINT: one folder "
                     "per snapshot named by its UTC time, `latest`, `history/` (every version of "
                     "each file) and `@GMT/` (Samba shadow copies). New snapshots appear by "
@@ -45,10 +52,11 @@ def register(subparsers) -> None:
     browse.set_defaults(run=run_browse)
 
     restore = subparsers.add_parser(
-        "restore", parents=[repo], help="restore a snapshot or a path in it",
+        "restore", parents=[repo, snapshot_filter_options()], help="restore a snapshot or a path in it",
         description="Restore SNAPSHOT (all of it, or PATH in it) to TARGET, with data, holes, "
                     "modes, owners (as root), times, xattrs, symlinks and hard links; every "
-                    "byte is verified. SNAPSHOT is `latest`, a time as the browse mount shows "
+                    "byte is verified. SNAPSHOT is `latest` (of --source, where the repository "
+                    "holds several directories), a time as the browse mount shows "
                     "it, a snapshot id, or a unique prefix of one. A directory goes into "
                     "TARGET if TARGET is an existing directory, else becomes TARGET.")
     restore.add_argument("what", metavar="SNAPSHOT[:PATH]")
@@ -82,7 +90,8 @@ def run_browse(args) -> int:
     settings = mount.BrowseSettings(memory_cache_bytes=args.memory_cache << 20,
                                     disk_cache_bytes=args.disk_cache << 20,
                                     refresh_seconds=args.refresh, allow_other=args.allow_other,
-                                    default_permissions=args.default_permissions)
+                                    default_permissions=args.default_permissions,
+                                    snapshots=snapshot_filter(args))
     plan = mount.plan(args.mountpoint, settings)
     if not args.repo:
         raise UsageError("no repository given: use --repo or set CLOUDFS_REPO")
@@ -122,7 +131,7 @@ def run_restore(args) -> int:
     async def run():
         repo = await open_repository(args)
         try:
-            snapshot = Catalog(await repo.snapshots()).resolve(name)
+            snapshot = Catalog(snapshot_filter(args).apply(await repo.snapshots())).resolve(name)
             report = await restore(repo, snapshot, path, args.target, options, bar.update, set_total)
             return snapshot, report
         finally:

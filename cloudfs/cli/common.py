@@ -48,6 +48,23 @@ def kdf_options() -> argparse.ArgumentParser:
     return parser
 
 
+def snapshot_filter_options() -> argparse.ArgumentParser:
+    """--host and --source: only the snapshots of one machine and/or directory."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("which snapshots")
+    group.add_argument("--host", help="only snapshots taken on this host")
+    group.add_argument("--source", metavar="DIR",
+                       help="only snapshots of this protected directory (as it was mounted)")
+    return parser
+
+
+def snapshot_filter(args):
+    from cloudfs.browse.names import SnapshotFilter
+
+    sources = frozenset({os.path.abspath(args.source), os.path.realpath(args.source)}) if args.source else None
+    return SnapshotFilter(host=args.host, sources=sources)
+
+
 def checked_compression(text: str) -> str:
     """An argparse type: `zstd`, `zstd:LEVEL` or `none`, kept as given."""
     from cloudfs.repo.config import parse_compression

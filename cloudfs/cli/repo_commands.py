@@ -17,6 +17,8 @@ from cloudfs.cli.common import (
     read_new_passphrase,
     read_passphrase,
     repository_options,
+    snapshot_filter,
+    snapshot_filter_options,
     tuned_kdf,
 )
 from cloudfs.check import check_repository
@@ -57,7 +59,8 @@ def register(subparsers) -> None:
     passwd.add_argument("--new-password-file", help="read the new passphrase from this file")
     passwd.set_defaults(run=run_key_passwd)
 
-    snapshots = subparsers.add_parser("snapshots", parents=[repo], help="list the snapshots",
+    snapshots = subparsers.add_parser("snapshots", parents=[repo, snapshot_filter_options()],
+                                      help="list the snapshots",
                                       description="List the repository's snapshots, oldest first.")
     snapshots.add_argument("--json", action="store_true")
     snapshots.set_defaults(run=run_snapshots)
@@ -213,7 +216,7 @@ def run_snapshots(args) -> int:
         finally:
             await repo.close()
 
-    snapshots = trio.run(listing)
+    snapshots = snapshot_filter(args).apply(trio.run(listing))
     rows = [{"name": s.name, "id": s.name.rsplit("-", 1)[-1], "time": s.time.isoformat(),
              "host": s.host, "source": s.source, "parent": s.parent, **s.stats} for s in snapshots]
     if args.json:
