@@ -135,8 +135,9 @@ class Repository:
         parse_header(config_data, CONFIG_NAME, Kind.CONFIG)
         unlocked = await trio.to_thread.run_sync(slot.unlock, passphrase)
         if unlocked is None:
-            raise WrongPassphrase("wrong passphrase: the key slot saved by the last mount "
-                                  "does not open with it")
+            raise WrongPassphrase("wrong passphrase for the key slot the last mount saved (the store "
+                                  "cannot be reached; if the passphrase was changed since, the "
+                                  "store is needed once)")
         master, repo_id = unlocked
         config = RepoConfig.open(master, config_data)
         if config.repo_id != repo_id:
