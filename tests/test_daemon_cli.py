@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import trio
@@ -126,16 +127,25 @@ def test_sigterm_takes_a_final_snapshot_before_unmounting(protected):
     assert protected.changes(journal_only=True)["changes"] == []
 
 
+def mount_behind(proxy: FaultyProxy, protected, tmp_path) -> Path:
+    """Mount at tmp_path/mnt with the repository reached through `proxy`; flushed."""
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    protected.mount(mountpoint, "--interval", "3600", "--endpoint-url", proxy.endpoint, "--retries", "1")
+    protected.flush()
+    return mountpoint
+
+
+def store_goes_down(proxy: FaultyProxy) -> None:
+    proxy.add_faults(*["reset"] * 1000)
+    proxy.drop_connections()
+
+
 def test_umount_with_the_store_down_unmounts_anyway_and_the_next_mount_commits(protected, tmp_path):
-    target = int(protected.endpoint.rsplit(":", 1)[1])
-    with FaultyProxy(target) as proxy:
-        mountpoint = tmp_path / "mnt"
-        mountpoint.mkdir()
-        protected.mount(mountpoint, "--interval", "3600", "--endpoint-url", proxy.endpoint, "--retries", "1")
-        protected.flush()
+    with FaultyProxy(int(protected.endpoint.rsplit(":", 1)[1])) as proxy:
+        mountpoint = mount_behind(proxy, protected, tmp_path)
         (mountpoint / "pending").write_bytes(b"written while the store is down")
-        proxy.add_faults(*["reset"] * 1000)
-        proxy.drop_connections()
+        store_goes_down(proxy)
         started = time.monotonic()
         result = protected.umount(mountpoint, "--snapshot-timeout", "30")
         assert time.monotonic() - started < 20
@@ -148,15 +158,10 @@ def test_umount_with_the_store_down_unmounts_anyway_and_the_next_mount_commits(p
 
 
 def test_cloudfs_snapshot_answers_at_once_while_another_snapshot_waits_for_the_store(protected, tmp_path):
-    target = int(protected.endpoint.rsplit(":", 1)[1])
-    with FaultyProxy(target) as proxy:
-        mountpoint = tmp_path / "mnt"
-        mountpoint.mkdir()
-        protected.mount(mountpoint, "--interval", "3600", "--endpoint-url", proxy.endpoint, "--retries", "1")
-        protected.flush()
+    with FaultyProxy(int(protected.endpoint.rsplit(":", 1)[1])) as proxy:
+        mountpoint = mount_behind(proxy, protected, tmp_path)
         (mountpoint / "first").write_bytes(b"sealed while the store is down")
-        proxy.add_faults(*["reset"] * 1000)
-        proxy.drop_connections()
+        store_goes_down(proxy)
         protected.request("snapshot", wait=False)
         wait_until(lambda: not protected.status()["upload"]["store_ok"], what="the store reported down")
         (mountpoint / "second").write_bytes(b"asked for while the first waits")

@@ -7,6 +7,7 @@ without it, the mount containing the current directory, or the only one.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 from cloudfs import control
@@ -46,45 +47,38 @@ def register(subparsers) -> None:
 
 
 def run_status(args) -> int:
-    reply = control.request(control.find_state_dir(args.mount), "status")
-    if args.json:
-        print_json(reply)
-    else:
-        print(format_status(reply, time.time_ns()))
-    return 0
+    return _ask(args, "status", lambda reply: format_status(reply, time.time_ns()), timeout=30.0)
 
 
 def run_snapshot(args) -> int:
-    reply = control.request(control.find_state_dir(args.mount), "snapshot", timeout=None,
-                            wait=args.wait, queue=True)
-    if args.json:
-        print_json(reply)
-    elif reply.get("snapshot"):
-        print(f"committed {reply['snapshot']}")
-    elif reply.get("queued"):
-        print("a snapshot is uploading; a new one will be sealed as soon as it is committed "
-              "(cloudfs status)")
-    else:
-        print(f"sealed epoch {reply.get('epoch')}; it uploads in the background (cloudfs status)")
-    return 0
+    return _ask(args, "snapshot", _said_snapshot, wait=args.wait, queue=True)
+
+
+def _said_snapshot(reply: dict) -> str:
+    if reply.get("snapshot"):
+        return f"committed {reply['snapshot']}"
+    if reply.get("queued"):
+        return "a snapshot is uploading; a new one will be sealed as soon as it is committed (cloudfs status)"
+    return f"sealed epoch {reply.get('epoch')}; it uploads in the background (cloudfs status)"
 
 
 def run_flush(args) -> int:
-    reply = control.request(control.find_state_dir(args.mount), "flush", timeout=None)
-    if args.json:
-        print_json(reply)
-    else:
-        print(f"everything sealed is committed (last snapshot {reply.get('snapshot') or 'none'})")
-    return 0
+    return _ask(args, "flush", lambda reply: "everything sealed is committed "
+                f"(last snapshot {reply.get('snapshot') or 'none'})")
 
 
 def run_rescan(args) -> int:
-    reply = control.request(control.find_state_dir(args.mount), "rescan", timeout=None)
+    return _ask(args, "rescan", lambda reply: f"scanned {reply['entries']} entries in {reply['seconds']:.1f} s: "
+                f"{reply['changed_inodes']} changed outside the mount")
+
+
+def _ask(args, op: str, said: Callable[[dict], str], timeout: float | None = None, **arguments) -> int:
+    """Send `op` to the mount's daemon and print its answer (as JSON with --json)."""
+    reply = control.request(control.find_state_dir(args.mount), op, timeout=timeout, **arguments)
     if args.json:
         print_json(reply)
     else:
-        print(f"scanned {reply['entries']} entries in {reply['seconds']:.1f} s: "
-              f"{reply['changed_inodes']} changed outside the mount")
+        print(said(reply))
     return 0
 
 
