@@ -37,7 +37,7 @@ import trio
 
 from cloudfs.browse.blobs import BlobFetcher, Span, fetch_span_bytes, plan_spans
 from cloudfs.browse.trees import TreeCache
-from cloudfs.errors import CloudfsError, IntegrityError, UsageError
+from cloudfs.errors import CloudfsError, IntegrityError, UsageError, first_cloudfs_error
 from cloudfs.repo.chunk import open_record
 from cloudfs.repo import Repository, Snapshot
 from cloudfs.snapshot.source import join
@@ -49,6 +49,8 @@ BATCH_BLOCKS = 1 << 16        # blocks planned at once (bounded memory for huge 
 SPAN_BYTES = 16 << 20         # the largest ranged GET
 SPAN_GAP = 1 << 20            # unwanted bytes a ranged GET may include to save a request
 JOBS = 4                      # spans fetched and written at once
+SAMPLE_SECONDS = 1.0          # --dry-run: fetch for a time estimate for at most this long,
+SAMPLE_BYTES = 64 << 20       # ... and this much (downloads may cost money)
 
 
 @dataclass
@@ -70,6 +72,7 @@ class RestoreReport:
     bytes_written: int = 0
     bytes_kept: int = 0           # --resume: already there and identical
     damaged: list[tuple[str, str]] = field(default_factory=list)   # (path, why)
+    sample: tuple[int, float] | None = None   # --dry-run: bytes fetched and verified, in seconds
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -139,6 +142,7 @@ class Restorer:
         on_total(sum(item.entry.size for item in items if item.has_data))
         if self.options.dry_run:
             self._count(items)
+            await self._sample([item for item in items if item.has_data])
             return
         await trio.to_thread.run_sync(self._create_all, items)
         await self._fill([item for item in items if item.has_data])
@@ -223,6 +227,61 @@ class Restorer:
                 report.symlinks += 1
             else:
                 report.other += 1
+
+    async def _sample(self, files: list[Item]) -> None:
+        """--dry-run: fetch and verify what a restore would fetch first, as many spans
+        at once as it would, for about SAMPLE_SECONDS or SAMPLE_BYTES, writing
+        nothing. The connections are opened first (a one-byte GET each), so that
+        starting up is not taken for slowness."""
+        batches = self._batches(files)
+        try:
+            batch = await anext(batches, None)
+        finally:
+            await batches.aclose()
+        if not batch:
+            return
+        locations = [location for location in map(self.repo.index.get, batch) if location is not None]
+        planned = plan_spans(locations, max_bytes=SPAN_BYTES, max_gap=SPAN_GAP)
+        spans, jobs = iter(planned), max(1, self.options.jobs)
+        verified = 0
+
+        async def worker() -> None:
+            nonlocal verified
+            for span in spans:
+                data = await fetch_span_bytes(self.repo, span)
+                if not isinstance(data, IntegrityError):
+                    verified += await trio.to_thread.run_sync(self._verified_bytes, span, data)
+                if time.monotonic() > deadline or verified >= SAMPLE_BYTES:
+                    return
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(min(jobs, len(planned))):
+                    nursery.start_soon(self.repo.store.get, planned[0].name, 0, 1)
+            started = time.monotonic()
+            deadline = started + SAMPLE_SECONDS
+            async with trio.open_nursery() as nursery:
+                for _ in range(jobs):
+                    nursery.start_soon(worker)
+        except (CloudfsError, BaseExceptionGroup) as raised:   # e.g. the store cannot be reached
+            error = first_cloudfs_error(raised)
+            if error is None:
+                raise
+            self._warn(("sample",), f"no time estimate: {error}")
+            return
+        if verified:
+            self.report.sample = (verified, time.monotonic() - started)
+
+    def _verified_bytes(self, span: Span, data) -> int:
+        view, verified = memoryview(data), 0
+        for location in span.locations:
+            start = location.offset - span.start
+            try:
+                verified += len(open_record(self.repo.master, location, view[start:start + location.length],
+                                            span.name))
+            except IntegrityError:
+                continue
+        return verified
 
     # -- 2. create ----------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 
@@ -145,6 +146,8 @@ def test_dry_run_says_what_a_restore_would_do_and_writes_nothing(two_snapshots, 
     plan = repo.cloudfs("restore", "latest", tmp_path / "out", "--dry-run")
     assert plan.returncode == 0, plan.stderr
     assert not (tmp_path / "out").exists()
+    estimate = re.search(r"takes about ([0-9.]+) s at ([0-9]+) MiB/s \(measured on ([0-9.]+) MiB", plan.stdout)
+    assert estimate and float(estimate[3]) > 0, plan.stdout
     result = repo.cloudfs("restore", "latest", tmp_path / "out")
     assert result.returncode == 0, result.stderr
     counts = result.stdout.split(": ", 1)[1].split(", ")[:4]        # files, directories, symlinks, links

@@ -161,6 +161,15 @@ def _print_plan(snapshot, path: bytes, target: str, report) -> None:
     print(f"would restore {what} to {target}: {report.files} files, {report.directories} directories, "
           f"{report.symlinks} symlinks{links}{other}, {report.bytes_written / 2**20:.1f} MiB of file "
           f"data (nothing written: --dry-run)")
+    if report.sample:
+        sampled, seconds = report.sample
+        rate = sampled / max(seconds, 1e-6)
+        estimate = report.bytes_written / rate
+        print(f"fetching and verifying it takes about {estimate:.{1 if estimate < 10 else 0}f} s at "
+              f"{rate / 2**20:.0f} MiB/s (measured on {sampled / 2**20:.1f} MiB just now); "
+              "writing it to disk comes on top")
+    for warning in report.warnings:
+        print(f"warning: {warning}")
     for shown, why in report.damaged:
         print(f"damaged: {shown}: {why}")
 
