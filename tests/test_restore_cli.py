@@ -170,6 +170,8 @@ def test_latest_is_chosen_per_directory_where_a_repository_holds_several(s3_env,
     listed = json.loads(repo.cloudfs("snapshots", "--json", "--source", photos).stdout)
     assert [row["source"] for row in listed] == [str(photos)]
     assert json.loads(repo.cloudfs("snapshots", "--json", "--host", "elsewhere").stdout) == []
+    line = one_line_error(repo.cloudfs("restore", "latest", tmp_path / "x", "--source", tmp_path / "nope"))
+    assert "no snapshot matches" in line and str(docs) in line
     with BrowseMount(repo, None, "--source", str(photos)) as mounted:
         shown = sorted(name for name in os.listdir(mounted.path) if name[0].isdigit())
         assert len(shown) == 1 and (mounted.path / "latest" / "file").read_text() == "a photo"

@@ -39,6 +39,15 @@ class SnapshotFilter:
         return [s for s in snapshots if (self.host is None or s.host == self.host)
                 and (self.sources is None or s.source in self.sources)]
 
+    def chosen(self, snapshots: list[Snapshot]) -> list[Snapshot]:
+        """apply(), refusing (UsageError) to choose none of a repository that has some."""
+        kept = self.apply(snapshots)
+        if snapshots and not kept:
+            origins = sorted({f"{s.host}:{s.source}" for s in snapshots})
+            raise UsageError(f"no snapshot matches --host/--source; the repository has snapshots of "
+                             f"{', '.join(origins[:3])}{', ...' if len(origins) > 3 else ''}")
+        return kept
+
 
 def _utc(snapshot: Snapshot) -> datetime:
     return datetime.fromtimestamp(snapshot.time_ns // 1_000_000_000, timezone.utc)

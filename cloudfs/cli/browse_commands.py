@@ -131,7 +131,7 @@ def run_restore(args) -> int:
     async def run():
         repo = await open_repository(args)
         try:
-            snapshot = Catalog(snapshot_filter(args).apply(await repo.snapshots())).resolve(name)
+            snapshot = Catalog(snapshot_filter(args).chosen(await repo.snapshots())).resolve(name)
             report = await restore(repo, snapshot, path, args.target, options, bar.update, set_total)
             return snapshot, report
         finally:
