@@ -82,7 +82,7 @@ def register(subparsers) -> None:
 
 def run_browse(args) -> int:
     from cloudfs.browse import mount
-    from cloudfs.browse.malloc import keep_freed_memory
+    from cloudfs.malloc import keep_freed_memory
     from cloudfs.repo import Repository
 
     if args.memory_cache < 16 or args.disk_cache < 0 or args.refresh <= 0:
@@ -109,7 +109,7 @@ def run_browse(args) -> int:
 
 
 def run_restore(args) -> int:
-    from cloudfs.browse.malloc import keep_freed_memory
+    from cloudfs.malloc import keep_freed_memory
     from cloudfs.browse.names import Catalog
     from cloudfs.restore import RestoreOptions, restore, split_argument
 

@@ -105,6 +105,9 @@ def _state_dir_option(parser) -> None:
 
 def _mount(args) -> int:
     from cloudfs.live import mount
+    from cloudfs.malloc import few_arenas
+
+    few_arenas()   # before any thread starts
 
     _apply_config(args)
     plan = mount.plan(args.source, args.mountpoint, args.state_dir,
