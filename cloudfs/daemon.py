@@ -535,7 +535,8 @@ class SnapshotDaemon:
 
     def _current_stat(self, ino: int) -> os.stat_result | None:
         """A pending inode's stat now: through the mount's inode table if the kernel
-        knows it, else at one of its baseline paths (what reconcile or a rescan found)."""
+        knows it, else at one of its baseline paths or where the last rescan found
+        it (what reconcile or a rescan found)."""
         table = self.operations.table
         inode = table.find_ino(ino)
         if inode is not None:
@@ -543,7 +544,8 @@ class SnapshotDaemon:
                 return table.stat(inode)
             except OSError:
                 return None
-        for path in self._baseline().paths_of(ino):
+        found = self.rescanner.found_paths.get(ino) if self.rescanner is not None else None
+        for path in [*self._baseline().paths_of(ino), *([found] if found is not None else [])]:
             try:
                 st = os.stat(path or ".", dir_fd=self._source_fd, follow_symlinks=False)
             except OSError:

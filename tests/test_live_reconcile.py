@@ -131,6 +131,7 @@ def test_while_mounted_only_what_bypassed_the_mount_is_news(tree):
     through_the_mount("b")
     (tree / "dir" / "made-through-the-mount").write_text("new")
     pending.mark_dir(ino(tree / "dir"))
+    pending.mark_whole(ino(tree / "dir" / "made-through-the-mount"))
     changed_at[ino(tree / "dir")] = time.time_ns()
     time.sleep(0.05)   # past the coarse clock tick that stamps ctimes
     with open(tree / "b", "r+b") as handle:   # the mount's file, edited behind its back too
@@ -143,7 +144,8 @@ def test_while_mounted_only_what_bypassed_the_mount_is_news(tree):
 
     result = reconcile_mounted(scan_path(tree), baseline, pending,
                                last_change_ns=changed_at.get, since_ns=since)
-    assert result.whole == {ino(tree / "b"), ino(tree / "c")}
+    assert result.whole == {ino(tree / "b"), ino(tree / "c"), ino(tree / "new-behind-its-back"),
+                            ino(tree / "dir" / "also-behind-its-back")}   # new names, as the mount does
     assert result.dirs == {ino(tree)} and not result.data   # "dir" is relisted anyway
     assert result.meta == {ino(tree), ino(tree / "dir")}     # their times moved
     assert not reconcile_mounted(scan_path(tree), baseline, _union(pending, result),

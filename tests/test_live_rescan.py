@@ -91,7 +91,10 @@ def test_the_timer_can_be_turned_off_and_a_rescan_still_be_asked_for(live, tmp_p
     assert "only when asked; none yet" in run_cloudfs("status", mountpoint, env=live.env).stdout
     time.sleep(CLOCK_TICK)
     os.chmod(live.source / "mode", 0o600)
-    assert rescan(live, mountpoint)["changed_inodes"] == 1
+    (live.source / "dir" / "copied-in").write_bytes(os.urandom(150_000))
+    assert rescan(live, mountpoint)["changed_inodes"] == 3   # mode, copied-in, dir
+    status = json.loads(run_cloudfs("status", "--json", mountpoint, env=live.env).stdout)
+    assert status["pending_files"] == 2 and status["pending_bytes"] >= 150_000
 
 
 def test_rescan_needs_the_journal(live, tmp_path):

@@ -54,18 +54,21 @@ def reconcile_mounted(current: Tree, baseline: Tree, pending: ChangeSet, *,
     is later than the last change the mount recorded for it (`last_change_ns`, or
     `since_ns` — the session's start, when the mount's startup reconcile looked —
     for inodes journaled before) was also changed by someone else, and is
-    re-read. Only what the journal does not already say is returned: a name
-    change in a directory the journal will relist anyway is no news.
+    re-read. An entry the journal does not know at a new name is also marked
+    `whole`, as the mount marks what it creates, so the backlog counts it. Only what the journal does not
+    already say is returned: a name change in a directory the journal will
+    relist anyway is no news.
     """
     def journaled(found: ChangeSet, before: EntryStat, now: EntryStat) -> None:
         if now.ctime_ns > (last_change_ns(now.ino) or since_ns):
             _distrust(found, now)
 
-    return _news(_against_baseline(current, baseline, pending, journaled), pending)
+    return _news(_against_baseline(current, baseline, pending, journaled, new_names_whole=True), pending)
 
 
 def _against_baseline(current: Tree, baseline: Tree, pending: ChangeSet,
-                      journaled: Callable[[ChangeSet, EntryStat, EntryStat], None]) -> ChangeSet:
+                      journaled: Callable[[ChangeSet, EntryStat, EntryStat], None], *,
+                      new_names_whole: bool = False) -> ChangeSet:
     """Names that changed; inodes the journal does not mention compared with the
     baseline; inodes it does mention judged by `journaled(found, before, now)`."""
     found = ChangeSet()
@@ -73,6 +76,8 @@ def _against_baseline(current: Tree, baseline: Tree, pending: ChangeSet,
         before = baseline.get(path)
         if before is None or before.ino != now.ino or before.kind != now.kind:
             _mark_name_changed(found, current, path, now)
+            if new_names_whole and path and not pending.touches(now.ino):
+                found.mark_whole(now.ino)     # not created or moved through the mount
         elif not pending.touches(now.ino):
             _compare(found, before, now)
         else:

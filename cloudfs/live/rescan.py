@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import trio
 
+from cloudfs.live.changes import ChangeSet
 from cloudfs.live.manifest import Tree, scan
 from cloudfs.live.reconcile import reconcile_mounted
 
@@ -47,6 +48,7 @@ class Rescanner:
         self._lock = trio.Lock()            # one scan at a time
         self._looked_ns = journal.session_start_ns   # the startup reconcile looked then
         self.last: dict | None = None       # what the last rescan did (for `cloudfs status`)
+        self.found_paths: dict[int, bytes] = {}   # where the files it found are (for the backlog)
 
     async def run(self) -> None:
         if self.interval is None:
@@ -63,10 +65,9 @@ class Rescanner:
         async with self._lock:
             started_ns = time.time_ns()
             current = await trio.to_thread.run_sync(_scan_gently, self.source_fd, abandon_on_cancel=True)
-            compare = functools.partial(reconcile_mounted, current, self.baseline(), self.journal.pending(),
-                                        last_change_ns=self.journal.change_times().get,
-                                        since_ns=self.journal.session_start_ns)
-            found = await trio.to_thread.run_sync(compare, abandon_on_cancel=True)
+            compare = functools.partial(_compare, current, self.baseline(), self.journal.pending(),
+                                        self.journal.change_times(), self.journal.session_start_ns)
+            found, self.found_paths = await trio.to_thread.run_sync(compare, abandon_on_cancel=True)
             if found:
                 log.warning("rescan: %d inodes were changed outside the mount; "
                             "the next snapshot includes them", len(found.inodes()))
@@ -76,6 +77,14 @@ class Rescanner:
             self.last = {"time_ns": started_ns, "seconds": (time.time_ns() - started_ns) / 1e9,
                          "entries": len(current), "changed_inodes": len(found.inodes())}
             return dict(self.last)
+
+
+def _compare(current: Tree, baseline: Tree, pending, change_times: dict[int, int],
+             since_ns: int) -> tuple[ChangeSet, dict[int, bytes]]:
+    """reconcile_mounted, and a path of each inode to re-read (a worker thread)."""
+    found = reconcile_mounted(current, baseline, pending, last_change_ns=change_times.get, since_ns=since_ns)
+    paths = {ino: current.paths_of(ino)[0] for ino in found.whole if current.paths_of(ino)}
+    return found, paths
 
 
 def _scan_gently(source_fd: int) -> Tree:
