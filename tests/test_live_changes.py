@@ -11,14 +11,19 @@ ranges = st.lists(st.tuples(st.integers(0, 200), st.integers(0, 40)).map(lambda 
                   max_size=30)
 
 
-@settings(max_examples=300, deadline=None)
-@given(ranges, st.integers(0, 240), st.integers(0, 20))
-def test_a_rangeset_holds_exactly_the_bytes_added_as_few_disjoint_ranges(added, probe, width):
-    model: set[int] = set()
-    rangeset = RangeSet()
+def rangeset_and_model(added: list[tuple[int, int]]) -> tuple[RangeSet, set[int]]:
+    """A RangeSet of the `added` ranges, and the set of bytes they cover."""
+    rangeset, model = RangeSet(), set()
     for start, end in added:
         rangeset.add(start, end)
         model.update(range(start, end))
+    return rangeset, model
+
+
+@settings(max_examples=300, deadline=None)
+@given(ranges, st.integers(0, 240), st.integers(0, 20))
+def test_a_rangeset_holds_exactly_the_bytes_added_as_few_disjoint_ranges(added, probe, width):
+    rangeset, model = rangeset_and_model(added)
     listed = list(rangeset)
     assert all(start < end for start, end in listed)
     assert all(previous[1] < following[0] for previous, following in zip(listed, listed[1:]))
@@ -88,11 +93,7 @@ def test_scattered_writes_widen_the_ranges_but_never_lose_a_byte():
 @settings(max_examples=300, deadline=None)
 @given(ranges, st.integers(0, 240), st.integers(0, 60))
 def test_intersection_and_remove_cut_exactly_the_window(added, start, width):
-    model: set[int] = set()
-    rangeset = RangeSet()
-    for low, high in added:
-        rangeset.add(low, high)
-        model.update(range(low, high))
+    rangeset, model = rangeset_and_model(added)
     window = set(range(start, start + width))
     parts = rangeset.intersection(start, start + width)
     assert {byte for low, high in parts for byte in range(low, high)} == model & window

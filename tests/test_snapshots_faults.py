@@ -114,11 +114,20 @@ def assert_durable_writes_in_latest(protected: Protected, durable: dict) -> None
 
 def recover_and_verify(protected: Protected, mountpoint: Path | None, *options: str) -> None:
     """Mount again, let the next snapshot commit, and check everything."""
+    remount_and_compare(protected, mountpoint, *options)
+    check_every_byte(protected)
+
+
+def remount_and_compare(protected: Protected, mountpoint: Path | None, *options: str) -> None:
+    """Mount again, let the next snapshot commit, compare every snapshot, unmount."""
     protected.mount(mountpoint, "--interval", "3600", *options)
     protected.flush()
     protected.assert_latest_matches()
     protected.assert_snapshots_match_references()
     protected.umount(mountpoint)
+
+
+def check_every_byte(protected: Protected) -> None:
     result = protected.check("--read-data")
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -188,13 +197,8 @@ def test_kill_9_mid_seal_loses_nothing(protected, tmp_path):
         finally:
             writer.kill()  # its writes into cached pages would go on (the daemon is gone)
             writer.wait(timeout=30)
-        protected.mount(mountpoint, "--interval", "3600")
-        protected.flush()
-        protected.assert_latest_matches()
-        protected.assert_snapshots_match_references()
-        protected.umount(mountpoint)
-    result = protected.check("--read-data")
-    assert result.returncode == 0, result.stdout + result.stderr
+        remount_and_compare(protected, mountpoint)
+    check_every_byte(protected)
 
 
 def _ask_quietly(protected: Protected, op: str) -> None:
