@@ -375,7 +375,7 @@ class Restorer:
             return None
         blocks = list(enumerate(ids, first))
         if item.existing:
-            blocks = await trio.to_thread.run_sync(self._differing, item, blocks, True)
+            blocks = await trio.to_thread.run_sync(self._differing, item, blocks, not self.options.dry_run)
         done = sum(self._length(item, index) for index, block_id in enumerate(ids, first)) \
             - sum(self._length(item, index) for index, block_id in blocks if block_id is not None)
         self.report.bytes_kept += done if item.existing else 0

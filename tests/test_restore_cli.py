@@ -153,6 +153,12 @@ def test_dry_run_says_what_a_restore_would_do_and_writes_nothing(two_snapshots, 
     counts = result.stdout.split(": ", 1)[1].split(", ")[:4]        # files, directories, symlinks, links
     assert plan.stdout.startswith("would restore") and plan.stdout.split(": ", 1)[1].split(", ")[:4] == counts
     assert "already exist" in one_line_error(repo.cloudfs("restore", "latest", tmp_path / "out", "--dry-run"))
+    with open(tmp_path / "out" / "sparse.img", "r+b") as handle:     # a hole that is no longer one
+        handle.seek(10 * BLOCK)
+        handle.write(b"not a hole")
+    before = (tmp_path / "out" / "sparse.img").read_bytes()
+    assert repo.cloudfs("restore", "latest", tmp_path / "out", "--dry-run", "--resume").returncode == 0
+    assert (tmp_path / "out" / "sparse.img").read_bytes() == before, "a dry run wrote to TARGET"
 
 
 def test_latest_is_chosen_per_directory_where_a_repository_holds_several(s3_env, tmp_path):
