@@ -491,7 +491,7 @@ class SnapshotDaemon:
 
     def _manifest_describes_a_snapshot(self) -> bool:
         checkpoint = self.manifest.checkpoint
-        return checkpoint.describes(checkpoint.snapshot, self.repo.config.repo_id_hex, self.settings.exclude)
+        return checkpoint.describes_a_snapshot_of(self.repo.config.repo_id_hex, self.settings.exclude)
 
     def _last_snapshot_name(self) -> str | None:
         if self._commits:

@@ -30,7 +30,7 @@ import os
 import stat
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
 import trio
@@ -38,7 +38,7 @@ import trio
 from cloudfs.browse.blobs import BlobFetcher, Span, fetch_span_bytes, plan_spans
 from cloudfs.browse.trees import TreeCache
 from cloudfs.errors import CloudfsError, IntegrityError, UsageError, first_cloudfs_error
-from cloudfs.repo.chunk import open_record
+from cloudfs.repo.chunk import BlobLocation, open_record
 from cloudfs.repo import Repository, Snapshot
 from cloudfs.snapshot.source import join
 from cloudfs.snapshot.tree import Entry
@@ -240,8 +240,9 @@ class Restorer:
             await batches.aclose()
         if not batch:
             return
-        locations = [location for location in map(self.repo.index.get, batch) if location is not None]
-        planned = plan_spans(locations, max_bytes=SPAN_BYTES, max_gap=SPAN_GAP)
+        planned = self._spans(batch)
+        if not planned:
+            return
         spans, jobs = iter(planned), max(1, self.options.jobs)
         verified = 0
 
@@ -273,15 +274,8 @@ class Restorer:
             self.report.sample = (verified, time.monotonic() - started)
 
     def _verified_bytes(self, span: Span, data) -> int:
-        view, verified = memoryview(data), 0
-        for location in span.locations:
-            start = location.offset - span.start
-            try:
-                verified += len(open_record(self.repo.master, location, view[start:start + location.length],
-                                            span.name))
-            except IntegrityError:
-                continue
-        return verified
+        return sum(len(plaintext) for _, plaintext in self._open_records(span, data)
+                   if not isinstance(plaintext, IntegrityError))
 
     # -- 2. create ----------------------------------------------------------------------
 
@@ -406,7 +400,9 @@ class Restorer:
             os.close(fd)
         return out
 
-    async def _fetch_and_write(self, batch: dict[bytes, list[tuple[Item, int]]]) -> None:
+    def _spans(self, batch: dict[bytes, list[tuple[Item, int]]]) -> list[Span]:
+        """The ranged GETs that fetch a batch's blobs; a blob the index lacks damages
+        the files that need it."""
         locations = []
         for blob_id, places in batch.items():
             location = self.repo.index.get(blob_id)
@@ -414,7 +410,21 @@ class Restorer:
                 self._damage_places(places, IntegrityError(f"blob {blob_id.hex()[:16]}", "not in the index"))
             else:
                 locations.append(location)
-        spans = plan_spans(locations, max_bytes=SPAN_BYTES, max_gap=SPAN_GAP)
+        return plan_spans(locations, max_bytes=SPAN_BYTES, max_gap=SPAN_GAP)
+
+    def _open_records(self, span: Span, data) -> Iterator[tuple[BlobLocation, bytes | IntegrityError]]:
+        """Each record of a fetched span, verified (I5): its plaintext, or why not."""
+        view = memoryview(data)
+        for location in span.locations:
+            start = location.offset - span.start
+            try:
+                yield location, open_record(self.repo.master, location, view[start:start + location.length],
+                                            span.name)
+            except IntegrityError as error:
+                yield location, error
+
+    async def _fetch_and_write(self, batch: dict[bytes, list[tuple[Item, int]]]) -> None:
+        spans = self._spans(batch)
         send, receive = trio.open_memory_channel(0)
         async with trio.open_nursery() as nursery:
             for _ in range(max(1, self.options.jobs)):
@@ -439,16 +449,11 @@ class Restorer:
         worker thread); only the current run of consecutive blocks is held."""
         if isinstance(data, IntegrityError):
             return 0, [(location.blob_id, data) for location in span.locations]
-        view = memoryview(data)
         failures = []
         with _RunWriter() as writer:
-            for location in span.locations:
-                start = location.offset - span.start
-                try:
-                    plaintext = open_record(self.repo.master, location, view[start:start + location.length],
-                                            span.name)
-                except IntegrityError as error:
-                    failures.append((location.blob_id, error))
+            for location, plaintext in self._open_records(span, data):
+                if isinstance(plaintext, IntegrityError):
+                    failures.append((location.blob_id, plaintext))
                     continue
                 for item, offset in batch[location.blob_id]:
                     if item.damage is None:

@@ -43,10 +43,18 @@ class SnapshotFilter:
         """apply(), refusing (UsageError) to choose none of a repository that has some."""
         kept = self.apply(snapshots)
         if snapshots and not kept:
-            origins = sorted({f"{s.host}:{s.source}" for s in snapshots})
             raise UsageError(f"no snapshot matches --host/--source; the repository has snapshots of "
-                             f"{', '.join(origins[:3])}{', ...' if len(origins) > 3 else ''}")
+                             f"{_shown(_origins(snapshots))}")
         return kept
+
+
+def _origins(snapshots: list[Snapshot]) -> list[str]:
+    """The host:directory pairs the snapshots were taken of, sorted."""
+    return sorted({f"{s.host}:{s.source}" for s in snapshots})
+
+
+def _shown(origins: list[str]) -> str:
+    return ", ".join(origins[:3]) + (", ..." if len(origins) > 3 else "")
 
 
 def _utc(snapshot: Snapshot) -> datetime:
@@ -129,12 +137,10 @@ class Catalog:
         if not self.snapshots:
             raise UsageError("the repository has no snapshots yet")
         if text == LATEST:
-            origins = sorted({(s.host, s.source) for s in self.snapshots})
+            origins = _origins(self.snapshots)
             if len(origins) > 1:
-                shown = ", ".join(f"{host}:{source}" for host, source in origins[:3])
                 raise UsageError(f"`latest` is ambiguous: the repository has snapshots of {len(origins)} "
-                                 f"directories ({shown}{', ...' if len(origins) > 3 else ''}); "
-                                 "choose one with --source (and --host)")
+                                 f"directories ({_shown(origins)}); choose one with --source (and --host)")
             return self.latest
         bare = text.removeprefix(SNAPSHOTS_PREFIX)
         exact = self.by_time_name.get(bare) or self.by_gmt_name.get(bare)

@@ -138,9 +138,6 @@ class FrozenState:
     def removal_failed(self, ino: int) -> None:
         self.graveyard.release(ino)
 
-    def needs(self, ino: int) -> bool:
-        return ino in self.obligations
-
     def _preserve(self, ino: int, needed: RangeSet, parts, open_reader, close: bool) -> None:
         try:
             fd = open_reader()

@@ -163,10 +163,10 @@ class Journal:
         self._open_epoch_changed = True
 
     def _append_change(self, kind: int, a: int, b: int = 0, c: int = 0) -> None:
-        self._changed_now[a] = time.time_ns()   # `a` is the inode of every change record
+        now = self._changed_now[a] = time.time_ns()   # `a` is the inode of every change record
         if not self._open_epoch_changed:  # the first change of the epoch: when (the live RPO)
             self._open_epoch_changed = True
-            self._state.first_change.setdefault(self._state.current_epoch, time.time_ns())
+            self._state.first_change.setdefault(self._state.current_epoch, now)
         self._append(kind, a, b, c)
 
     def _append(self, kind: int, a: int, b: int = 0, c: int = 0, d: int = 0) -> None:

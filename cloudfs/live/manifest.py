@@ -43,14 +43,6 @@ class EntryStat(NamedTuple):
     gid: int
     nlink: int
 
-    @classmethod
-    def of(cls, st: os.stat_result) -> EntryStat:
-        return cls(st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-                   st.st_uid, st.st_gid, st.st_nlink)
-
-    def packed(self) -> bytes:
-        return _PACKED.pack(*self)
-
     @property
     def kind(self) -> int:
         """The file type bits (stat.S_IFREG, S_IFDIR, ...)."""
@@ -96,8 +88,10 @@ class Checkpoint:
     exclude: tuple[str, ...] = ()
     time_ns: int | None = None       # the snapshot's sealing time
 
-    def describes(self, snapshot: str | None, repo_id: str, exclude: list[str]) -> bool:
-        return (snapshot is not None and self.snapshot == snapshot and self.repo_id == repo_id
+    def describes_a_snapshot_of(self, repo_id: str, exclude: list[str]) -> bool:
+        """Whether this is the tree of a snapshot in that repository, taken with
+        those exclusions (what an incremental seal needs)."""
+        return (self.snapshot is not None and self.repo_id == repo_id
                 and list(self.exclude) == list(exclude))
 
 
@@ -252,10 +246,10 @@ def load_manifest(state_dir: Path) -> Tree | None:
         if document.get("format") != FORMAT or document.get("version") != VERSION:
             raise ManifestError("unknown manifest format")
         checkpoint = document.get("checkpoint") or {}
-        return Tree({row[0]: EntryStat(*row[1:]).packed() for row in document["entries"]},
+        return Tree({row[0]: _PACKED.pack(*row[1:]) for row in document["entries"]},
                     Checkpoint(checkpoint.get("snapshot"), checkpoint.get("repo_id"),
                                tuple(checkpoint.get("exclude", ())), checkpoint.get("time_ns")))
-    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as error:
+    except (ValueError, KeyError, TypeError, struct.error, msgpack.UnpackException) as error:
         raise ManifestError(f"damaged manifest: {error}") from error
 
 

@@ -83,7 +83,7 @@ def _compare(current: Tree, baseline: Tree, pending, change_times: dict[int, int
              since_ns: int) -> tuple[ChangeSet, dict[int, bytes]]:
     """reconcile_mounted, and a path of each inode to re-read (a worker thread)."""
     found = reconcile_mounted(current, baseline, pending, last_change_ns=change_times.get, since_ns=since_ns)
-    paths = {ino: current.paths_of(ino)[0] for ino in found.whole if current.paths_of(ino)}
+    paths = {ino: where[0] for ino in found.whole if (where := current.paths_of(ino))}
     return found, paths
 
 

@@ -114,6 +114,14 @@ class Repository:
                                   "(create one with `cloudfs init`)") from None
         parse_header(config_data, CONFIG_NAME, Kind.CONFIG)   # format version first
         slot, master, repo_id = await _unlock(store, passphrase)
+        repo = cls._with_config(store, config_data, slot, master, repo_id, cache_root, use_cache)
+        await repo.load_index()
+        return repo
+
+    @classmethod
+    def _with_config(cls, store: Store, config_data: bytes, slot: KeySlot, master: crypto.MasterKey,
+                     repo_id: bytes, cache_root: Path | None, use_cache: bool) -> "Repository":
+        """The repository of `config_data`, opened with the master key `slot` unwrapped."""
         try:
             config = RepoConfig.open(master, config_data)
         except IntegrityError as error:
@@ -121,9 +129,7 @@ class Repository:
                                               "belongs to another repository)") from None
         if config.repo_id != repo_id:
             raise IntegrityError(slot.name, "key slot belongs to another repository")
-        repo = cls(store, master, config, slot, _cache_for(config, cache_root, use_cache))
-        await repo.load_index()
-        return repo
+        return cls(store, master, config, slot, _cache_for(config, cache_root, use_cache))
 
     @classmethod
     async def open_from_copies(cls, store: Store, passphrase: bytes, config_data: bytes, slot: KeySlot, *,
@@ -138,14 +144,10 @@ class Repository:
             raise WrongPassphrase("wrong passphrase for the key slot the last mount saved (the store "
                                   "cannot be reached; if the passphrase was changed since, the "
                                   "store is needed once)")
-        master, repo_id = unlocked
-        config = RepoConfig.open(master, config_data)
-        if config.repo_id != repo_id:
-            raise IntegrityError(slot.name, "key slot belongs to another repository")
-        repo = cls(store, master, config, slot, _cache_for(config, cache_root, use_cache))
+        repo = cls._with_config(store, config_data, slot, *unlocked, cache_root, use_cache)
         for name in repo.cache.names(INDEX_PREFIX):
             try:
-                repo.index.add_object(name, open_index(master, name, repo.cache.get(name)))
+                repo.index.add_object(name, open_index(repo.master, name, repo.cache.get(name)))
             except IntegrityError as error:
                 log.warning("skipping cached index object: %s", error)
         return repo
