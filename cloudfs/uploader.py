@@ -129,6 +129,9 @@ class Uploader:
         store is unreachable or refuses us; other errors are raised to the caller."""
         failures = 0
         while True:
+            # A failure the packer kept belongs to the attempt that hit it: a snapshot
+            # given up mid-upload (its tasks cancelled) must not fail the next one.
+            self.repo.packer.reset_failure()
             try:
                 return await self._attempt(source, changes, time_ns)
             except BaseException as raised:
@@ -137,7 +140,6 @@ class Uploader:
                     raise
                 failures += 1
                 self._store_failed(error)
-                self.repo.packer.reset_failure()
                 delay = min(self.RETRY_MAX, self.RETRY_BASE * 2 ** min(failures - 1, 10))
                 await trio.sleep(random.uniform(delay / 2, delay))
 
