@@ -22,6 +22,21 @@ def write_durably(path: Path, data, mode: int = 0o600) -> None:
         os.close(fd)
 
 
+def make_directories(path: Path, mode: int = 0o700) -> None:
+    """`path` and its missing parents, each created with `mode` (pathlib's
+    `mkdir(parents=True)` gives the parents 0o777 minus the umask, which is 0 in
+    the live mount's process)."""
+    if path.is_dir():
+        return
+    if not path.parent.is_dir():
+        make_directories(path.parent, mode)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+
+
 def fsync_directory(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -96,7 +96,7 @@ class Journal:
         A torn tail left by a crash is cut off, a stale compaction temp file removed,
         and an OPEN record made durable, so a crash from now on reads as unclean.
         """
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = directory / JOURNAL_NAME
         path.with_suffix(".tmp").unlink(missing_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)

@@ -93,6 +93,10 @@ def serve(plan: MountPlan, on_ready: Callable[[], None], backup=None) -> None:
     plan.state.acquire(plan.source)
     try:
         fuseproc.raise_descriptor_limit()
+        # The handlers apply each caller's umask (ctx.umask) themselves; the daemon's own
+        # would be applied on top and take away group and other bits the caller asked for.
+        # Every file the daemon makes for itself gives its mode explicitly.
+        os.umask(0)
         source_fd = os.open(plan.source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             _serve_with(plan, source_fd, on_ready, backup)

@@ -20,7 +20,7 @@ from pathlib import Path
 import msgpack
 
 from cloudfs.errors import IntegrityError, StoreUnavailable
-from cloudfs.fsutil import replace_durably
+from cloudfs.fsutil import make_directories, replace_durably
 from cloudfs.repo.keys import KeySlot
 from cloudfs.repo.repository import Repository
 from cloudfs.store.base import Store
@@ -53,7 +53,7 @@ async def open_for_mount(store: Store, passphrase: bytes, state_dir: Path, locat
 
 
 def save_access(state_dir: Path, location: str, repo: Repository) -> None:
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_directories(state_dir)
     document = {"format": FORMAT, "version": VERSION, "location": location,
                 "config": repo.config.seal(repo.master), "slot_name": repo.slot.name, "slot": repo.slot.raw}
     replace_durably(state_dir / ACCESS_NAME, msgpack.packb(document, use_bin_type=True))

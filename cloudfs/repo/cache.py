@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cloudfs.fsutil import replace_durably
+from cloudfs.fsutil import make_directories, replace_durably
 
 
 def default_cache_root() -> Path:
@@ -41,7 +41,7 @@ class ObjectCache:
             return
         path = self._path(name)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_directories(path.parent)
             replace_durably(path, data)
         except OSError:
             pass   # a cache that cannot be written is only slower

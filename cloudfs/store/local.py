@@ -14,7 +14,7 @@ from pathlib import Path
 
 import trio
 
-from cloudfs.fsutil import fsync_directory, write_durably
+from cloudfs.fsutil import fsync_directory, make_directories, write_durably
 from cloudfs.errors import ObjectExists, ObjectNotFound, RepositoryError, StoreError
 from cloudfs.store.base import FilePayload, ObjectInfo, Store
 
@@ -43,7 +43,7 @@ class LocalStore(Store):
     def _put_sync(self, name: str, data: bytes, exclusive: bool) -> None:
         path = self._path(name)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_directories(path.parent)
             temp = path.parent / f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(6)}"
             try:
                 write_durably(temp, data.slices() if isinstance(data, FilePayload) else (data,))
@@ -116,7 +116,7 @@ class LocalStore(Store):
     async def create_container(self) -> None:
         """Create the directory (for init)."""
         try:
-            await self._run(lambda: self.root.mkdir(parents=True, exist_ok=True))
+            await self._run(make_directories, self.root)
         except OSError as error:
             raise StoreError(f"cannot create {self.location}: {error.strerror}") from error
 
