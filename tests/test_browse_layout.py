@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+import shutil
 import signal
 import stat
 import subprocess
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -240,3 +244,29 @@ def test_hard_links_inside_a_snapshot_are_one_inode(five_snapshots):
                                 capture_output=True, text=True)
         assert result.returncode == 0
         assert os.stat(mount / "latest" / "sparse.img").st_blocks * 512 < 3 * BLOCK   # a hole is a hole
+
+
+@pytest.mark.skipif(shutil.which("testparm") is None, reason="Samba's testparm is not installed")
+def test_the_samba_example_in_the_docs_parses_as_written(tmp_path):
+    """smb.conf has no inline comments: the example's values must be exactly the
+    paths and words meant, as Samba's own parser reads them."""
+    document = (Path(__file__).parent.parent / "docs" / "browse.md").read_text()
+    example = re.search(r"```ini\n(.*?)```", document, re.S).group(1)
+    conf = tmp_path / "smb.conf"
+    conf.write_text("[global]\n" + example)
+    result = subprocess.run(["testparm", "-s", str(conf)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    share = result.stdout[result.stdout.index("[data]"):]
+    parsed = dict(line.strip().split(" = ", 1) for line in share.splitlines()[1:] if " = " in line)
+    assert parsed == {
+        "path": "/srv/data",
+        "vfs objects": "shadow_copy2",
+        "shadow:mountpoint": "/srv/data",
+        "shadow:basedir": "/srv/data",
+        "shadow:snapdir": "/mnt/cloudfs-history/@GMT",
+        "shadow:format": "@GMT-%Y.%m.%d-%H.%M.%S",
+        "shadow:localtime": "no",
+        "shadow:sort": "desc",
+    }
+    snapshot = SimpleNamespace(time_ns=1_764_000_000_123_456_789)
+    assert gmt_name(snapshot) == time.strftime(parsed["shadow:format"], time.gmtime(1_764_000_000))
