@@ -149,7 +149,7 @@ def find_state_dir(target: str | None) -> Path:
     """The state directory of the running mount `target` names (its mount point or
     protected directory), or, without a target, of the mount containing the current
     directory, or of the only one running."""
-    from cloudfs.live import mounttable
+    from cloudfs.system import mounttable
 
     running = [entry for entry in mounttable.mounts() if entry.fstype == mounttable.FSTYPE]
     if target is not None:
@@ -171,7 +171,7 @@ def find_state_dir(target: str | None) -> Path:
 
 
 def _protected_directory(entry) -> str:
-    from cloudfs.live.state import SOURCE_NAME
+    from cloudfs.system.statedir import SOURCE_NAME
 
     try:
         return (Path(entry.source) / SOURCE_NAME).read_text().strip()

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import trio
 
-from cloudfs.live import mounttable
+from cloudfs.system import mounttable
 from cloudfs.repo import RepoConfig, Repository, Snapshot
 from cloudfs.snapshot import blocklist
 from cloudfs.snapshot.reader import TreeReader

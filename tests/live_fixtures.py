@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from cloudfs.live import mounttable
-from cloudfs.live.state import StateDir
+from cloudfs.system import mounttable
+from cloudfs.system.statedir import StateDir
 
 CLOUDFS = [sys.executable, "-m", "cloudfs"]
 SMALL_FILE = 256 * 1024  # contents kept whole below this; block digests above

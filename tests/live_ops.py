@@ -19,7 +19,7 @@ import random
 import stat
 import sys
 
-from cloudfs.live import syscalls
+from cloudfs.system import syscalls
 
 PATHS = ["a", "b", "c", "d", "d/a", "d/b", "d/e", "d/e/a", "f", "f/a"]
 SLOTS = 3

@@ -23,7 +23,7 @@ import pytest
 import trio
 
 from cloudfs import control
-from cloudfs.live import mounttable
+from cloudfs.system import mounttable
 from cloudfs.live.graveyard import NAME as GRAVEYARD
 from cloudfs.repo import Repository
 from cloudfs.snapshot.reader import TreeReader
@@ -141,7 +141,7 @@ class Protected(LiveTree):
         return holder.pid if holder else None
 
     def _holder(self):
-        from cloudfs.live.state import StateDir
+        from cloudfs.system.statedir import StateDir
 
         return StateDir(self.state_dir).holder()
 

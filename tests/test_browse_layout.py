@@ -18,8 +18,8 @@ from types import SimpleNamespace
 import pytest
 
 from cloudfs.browse.names import Catalog, gmt_name
-from cloudfs.live import mounttable
-from cloudfs.live.state import StateDir
+from cloudfs.system import mounttable
+from cloudfs.system.statedir import StateDir
 from tests.browse_fixtures import BrowseMount, new_repo
 from tests.cli_helpers import one_line_error
 from tests.tree_helpers import capture_directory, diff, make_rich_tree

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from cloudfs.live import mounttable
+from cloudfs.system import mounttable
 from cloudfs.store import LocalStore
 from cloudfs.store.throttle import ThrottledStore
 from tests.faults import FaultyProxy

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from cloudfs.live import mounttable
+from cloudfs.system import mounttable
 from cloudfs.live.journal import read_journal
-from cloudfs.live.state import StateDir
+from cloudfs.system.statedir import StateDir
 from tests.live_fixtures import CLOUDFS, check_view, live, run_cloudfs, tree_state  # noqa: F401
 
 pytestmark = pytest.mark.timeout(60)

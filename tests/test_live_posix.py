@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from cloudfs.live import syscalls
+from cloudfs.system import syscalls
 from cloudfs.live.journal import read_journal
 from tests.live_fixtures import live, public_live  # noqa: F401 - fixtures
 

@@ -14,7 +14,6 @@ mount point>`, whose lock this process holds while it serves.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -24,7 +23,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from cloudfs import fuseproc
+from cloudfs.system import fuseproc
 from cloudfs.browse.background import Background
 from cloudfs.browse.blobs import BlobFetcher
 from cloudfs.browse.content import ContentReader
@@ -35,8 +34,8 @@ from cloudfs.browse.names import SnapshotFilter
 from cloudfs.browse.namespace import Namespace
 from cloudfs.browse.trees import TreeCache
 from cloudfs.errors import MountError
-from cloudfs.live import mounttable
-from cloudfs.live.state import Holder, StateDir
+from cloudfs.system import mounttable
+from cloudfs.system.statedir import Holder, StateDir, browse_state_dir
 from cloudfs.repo import Repository
 
 log = logging.getLogger(__name__)
@@ -65,12 +64,6 @@ class BrowsePlan:
 OpenRepository = Callable[[], Awaitable[Repository]]
 
 
-def default_state_dir(mountpoint: Path) -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    digest = hashlib.sha256(os.fsencode(mountpoint)).hexdigest()[:16]
-    return Path(base) / "cloudfs" / f"browse-{digest}"
-
-
 def plan(mountpoint: str, settings: BrowseSettings) -> BrowsePlan:
     """Check the mount point; raise MountError with one line if it cannot be used."""
     path = fuseproc.checked_directory(mountpoint, "MOUNTPOINT")
@@ -80,7 +73,7 @@ def plan(mountpoint: str, settings: BrowseSettings) -> BrowsePlan:
     if os.listdir(path):
         raise MountError(f"MOUNTPOINT {path} is not empty")
     fuseproc.check_fuse_device()
-    return BrowsePlan(path, StateDir(default_state_dir(path)), settings)
+    return BrowsePlan(path, StateDir(browse_state_dir(path)), settings)
 
 
 # -- serving -----------------------------------------------------------------------------

@@ -104,6 +104,7 @@ def _state_dir_option(parser) -> None:
 
 
 def _mount(args) -> int:
+    from cloudfs import mountproc
     from cloudfs.live import mount
     from cloudfs.malloc import few_arenas
 
@@ -114,7 +115,7 @@ def _mount(args) -> int:
                       journaling=args.journaling, allow_other=args.allow_other,
                       rescan_interval=_rescan_interval(args))
     backup = _backup_settings(args, plan.state.path) if args.repo else None
-    return mount.run(plan, args.daemon, backup)
+    return mountproc.run(plan, args.daemon, backup)
 
 
 def _rescan_interval(args) -> float | None:
@@ -234,10 +235,10 @@ def parse_duration(text: str) -> float:
 
 
 def _umount(args) -> int:
-    from cloudfs.live import mount
+    from cloudfs import mountproc
 
-    final = mount.unmount(args.path, lazy=args.lazy, timeout=args.timeout,
-                          snapshot_timeout=args.snapshot_timeout)
+    final = mountproc.unmount(args.path, lazy=args.lazy, timeout=args.timeout,
+                              snapshot_timeout=args.snapshot_timeout)
     if final is not None and final.get("repository", True) is not None and not final.get("committed"):
         print("cloudfs: warning: the final snapshot did not complete; the changes stay in the "
               "journal and the next mount commits them", file=sys.stderr)
@@ -246,7 +247,7 @@ def _umount(args) -> int:
 
 def _changes(args) -> int:
     from cloudfs.live.report import pending_changes
-    from cloudfs.live.state import default_state_dir
+    from cloudfs.system.statedir import default_state_dir
 
     source = Path(os.path.realpath(args.source))
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir(source)

@@ -26,7 +26,8 @@ import pyfuse3
 import trio
 from pyfuse3 import FUSEError
 
-from cloudfs.live import backing, syscalls
+from cloudfs.live import backing
+from cloudfs.system import syscalls
 from cloudfs.live.graveyard import NAME as GRAVEYARD_NAME
 from cloudfs.live.inodes import Inode, InodeTable
 from cloudfs.live.records import FinalStat

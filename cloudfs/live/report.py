@@ -11,7 +11,7 @@ from cloudfs.live.journal import read_journal
 from cloudfs.live.manifest import ManifestError, load_manifest, scan_path
 from cloudfs.live.reconcile import reconcile
 from cloudfs.live.records import JournalFormatError
-from cloudfs.live.state import StateDir
+from cloudfs.system.statedir import StateDir
 from cloudfs.live.view import Change, resolve
 
 

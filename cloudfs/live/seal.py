@@ -20,7 +20,7 @@ from typing import Callable
 
 import trio
 
-from cloudfs.live import mounttable
+from cloudfs.system import mounttable
 from cloudfs.live.capture import Capture, CaptureWalker, Inconsistent
 from cloudfs.live.frozen import FrozenState
 from cloudfs.live.graveyard import Graveyard

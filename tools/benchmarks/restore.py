@@ -43,7 +43,7 @@ import trio  # noqa: E402
 
 from cloudfs import locals3  # noqa: E402
 from cloudfs.browse.names import Catalog  # noqa: E402
-from cloudfs.live.state import StateDir  # noqa: E402
+from cloudfs.system.statedir import StateDir  # noqa: E402
 from cloudfs.repo import Repository  # noqa: E402
 from cloudfs.store import S3Options, open_store  # noqa: E402
 from cloudfs.uploader import snapshot_directory  # noqa: E402

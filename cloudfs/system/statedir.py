@@ -24,10 +24,22 @@ LOG_NAME = "mount.log"
 
 
 def default_state_dir(source: Path) -> Path:
-    """$XDG_STATE_HOME/cloudfs/<first 16 hex digits of sha256(real path of SOURCE)>."""
+    """A live mount's: $XDG_STATE_HOME/cloudfs/<first 16 hex digits of sha256(real path of SOURCE)>."""
+    return _state_home() / _digest(os.path.realpath(source))
+
+
+def browse_state_dir(mountpoint: Path) -> Path:
+    """A snapshot mount's: $XDG_STATE_HOME/cloudfs/browse-<16 hex digits of its mount point's hash>."""
+    return _state_home() / f"browse-{_digest(mountpoint)}"
+
+
+def _state_home() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    digest = hashlib.sha256(os.fsencode(os.path.realpath(source))).hexdigest()[:16]
-    return Path(base) / "cloudfs" / digest
+    return Path(base) / "cloudfs"
+
+
+def _digest(path) -> str:
+    return hashlib.sha256(os.fsencode(path)).hexdigest()[:16]
 
 
 @dataclass

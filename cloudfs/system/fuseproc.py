@@ -33,8 +33,8 @@ from pathlib import Path
 import trio
 
 from cloudfs.errors import CloudfsError, MountError
-from cloudfs.live import mounttable, syscalls
-from cloudfs.live.state import StateDir
+from cloudfs.system import mounttable, syscalls
+from cloudfs.system.statedir import StateDir
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,139 @@
+"""The process of a protected directory: the live mount and its snapshot daemon, composed.
+
+`cloudfs.live` serves the passthrough and keeps the journal; `cloudfs.daemon`
+seals, uploads and answers the control socket. This module, above both, runs
+them in one trio loop: `serve()` mounts, reconciles, serves until unmounted
+(`cloudfs umount`, SIGTERM, SIGINT, SIGHUP — after a final snapshot, for a
+bounded time) and records a clean stop; `run()` does that in the foreground or,
+with --daemon, in a detached process that the command waits for until the
+mount is ready; `unmount()` is `cloudfs umount`.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from cloudfs import control
+from cloudfs.daemon import BackupSettings, SnapshotDaemon
+from cloudfs.errors import CloudfsError, MountError
+from cloudfs.live.mount import LiveMount, MountPlan
+from cloudfs.system import fuseproc, mounttable
+from cloudfs.system.statedir import Holder, StateDir
+
+log = logging.getLogger(__name__)
+
+
+def serve(plan: MountPlan, on_ready: Callable[[], None], backup: BackupSettings | None = None) -> None:
+    """Mount, serve until unmounted, stop cleanly. Returns after the mount is gone.
+    `backup` makes the mount take snapshots."""
+    plan.state.acquire(plan.source)
+    try:
+        fuseproc.raise_descriptor_limit()
+        # The handlers apply each caller's umask (ctx.umask) themselves; the daemon's own
+        # would be applied on top and take away group and other bits the caller asked for.
+        # Every file the daemon makes for itself gives its mode explicitly.
+        os.umask(0)
+        source_fd = os.open(plan.source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            _serve_with(plan, source_fd, on_ready, backup)
+        finally:
+            os.close(source_fd)
+    finally:
+        plan.state.release()
+
+
+def _serve_with(plan: MountPlan, source_fd: int, on_ready: Callable[[], None],
+                backup: BackupSettings | None) -> None:
+    live = LiveMount(plan, source_fd)
+    live.mount()
+    served, daemon = False, None
+    try:
+        live.start_journal()
+        mountpoint = str(plan.mountpoint)
+        daemon = SnapshotDaemon(source=plan.source, mountpoint=plan.mountpoint, state_dir=plan.state.path,
+                                operations=live.operations, source_fd=source_fd, device=live.device,
+                                settings=backup, unmount=lambda: fuseproc.detach_now(mountpoint),
+                                rescan_interval=plan.rescan_interval)
+        plan.state.announce(Holder(os.getpid(), str(plan.source), mountpoint, source_fd))
+        on_ready()
+        trio.run(_serve_requests, live, daemon)
+        served = True
+    finally:
+        clean = live.unmount(served)
+        if daemon is not None:
+            daemon.close()
+        live.stop_journal(clean)
+
+
+async def _serve_requests(live: LiveMount, daemon: SnapshotDaemon) -> None:
+    async with trio.open_nursery() as nursery:
+        await daemon.start(nursery)
+        nursery.start_soon(fuseproc.unmount_on_signal, str(live.plan.mountpoint), daemon.final_snapshot)
+        await live.serve(nursery)
+        nursery.cancel_scope.cancel()
+
+
+# -- foreground and daemon ----------------------------------------------------------------
+
+
+def run(plan: MountPlan, daemon: bool, backup: BackupSettings | None = None) -> int:
+    """Serve `plan` here (foreground) or in a detached process once it is ready (daemon)."""
+    if not daemon:
+        def announce():
+            print(f"cloudfs: {plan.source} mounted on {plan.mountpoint} "
+                  f"(state in {plan.state.path}); stop with: cloudfs umount {plan.mountpoint}",
+                  file=sys.stderr, flush=True)
+
+        serve(plan, announce, backup)
+        return 0
+    plan.state.create()  # for the log, before detaching
+    return fuseproc.run_detached(plan.state.log_path(), lambda ready: serve(plan, ready, backup))
+
+
+# -- unmounting ------------------------------------------------------------------------------
+
+
+def unmount(path: str, lazy: bool = False, timeout: float = 120.0,
+            snapshot_timeout: float = 60.0) -> dict | None:
+    """Take a final snapshot (at most `snapshot_timeout` seconds, none if 0), unmount the
+    cloudfs mount at `path` (a live or a snapshot mount), and wait until its process has
+    stopped cleanly. Returns the daemon's answer about the final snapshot (None if it
+    could not be asked)."""
+    entry = mounttable.mounted_at(fuseproc.resolve_parent(path))
+    if entry is None or entry.fstype != mounttable.FSTYPE:
+        raise MountError(f"{path} is not a cloudfs mount")
+    state = StateDir(Path(entry.source))
+    final = _final_snapshot(state.path, snapshot_timeout) if snapshot_timeout > 0 else None
+    try:
+        fuseproc.detach(entry.mountpoint, lazy)
+    except OSError as error:
+        if error.errno == errno.EBUSY:
+            raise MountError(f"{path} is busy (files are open there); close them or use --lazy") from None
+        raise MountError(f"cannot unmount {path}: {error.strerror}") from None
+    deadline = time.monotonic() + timeout
+    while (holder := state.holder()) is not None and not lazy:
+        if time.monotonic() > deadline:
+            raise MountError(f"unmounted, but the daemon (pid {holder.pid}) has not stopped after {timeout:.0f}s")
+        time.sleep(0.02)
+    return final
+
+
+def _final_snapshot(state_dir: Path, seconds: float) -> dict | None:
+    """Ask the daemon to commit what is pending before it goes (bounded). A mount
+    without a control socket (a snapshot mount) has nothing to commit."""
+    if not control.socket_path(state_dir).exists():
+        return None
+    try:
+        return control.request(state_dir, "snapshot", timeout=seconds + 10, final=True,
+                               wait_seconds=seconds)
+    except CloudfsError as error:
+        log.warning("no final snapshot: %s", error)
+        return None
