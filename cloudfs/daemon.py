@@ -39,7 +39,7 @@ from typing import Awaitable, Callable
 
 import trio
 
-from cloudfs import control
+from cloudfs.control import server as control_server
 from cloudfs.errors import AccessDenied, CloudfsError, StoreUnavailable, UsageError, leaf_errors
 from cloudfs.live.capture import manifest_after
 from cloudfs.live.graveyard import Graveyard
@@ -165,7 +165,7 @@ class SnapshotDaemon:
         self._nursery = nursery
         if self.settings is not None and (not self._trusted or self._has_work()):
             self._seal_before_serving()
-        await nursery.start(control.serve, self.state_dir, self._handlers())
+        await nursery.start(control_server.serve, self.state_dir, self._handlers())
         if self.settings is not None:
             nursery.start_soon(self._run)
             if not self._index_complete.is_set():

@@ -8,6 +8,7 @@ import pytest
 import trio
 
 from cloudfs import control
+from cloudfs.control import server as control_server
 from cloudfs.cli.daemon_commands import format_status
 from cloudfs.errors import CloudfsError, UsageError
 
@@ -20,7 +21,7 @@ def serve_in_background(state_dir, handlers):
         async with trio.open_nursery() as nursery:
             stopper["cancel"] = nursery.cancel_scope.cancel
             stopper["token"] = trio.lowlevel.current_trio_token()
-            await nursery.start(control.serve, state_dir, handlers)
+            await nursery.start(control_server.serve, state_dir, handlers)
             ready.set()
 
     thread = threading.Thread(target=trio.run, args=(main,), daemon=True)

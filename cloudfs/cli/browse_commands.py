@@ -8,16 +8,13 @@ from __future__ import annotations
 import os
 import sys
 
-import trio
-from tqdm import tqdm
-
 from cloudfs.cli.common import (
-    open_repository,
     open_store_from,
     read_passphrase,
     repository_options,
     snapshot_filter,
     snapshot_filter_options,
+    with_repository,
 )
 from cloudfs.errors import CloudfsError, UsageError
 
@@ -109,8 +106,10 @@ def run_browse(args) -> int:
 
 
 def run_restore(args) -> int:
-    from cloudfs.malloc import keep_freed_memory
+    from tqdm import tqdm
+
     from cloudfs.browse.names import Catalog
+    from cloudfs.malloc import keep_freed_memory
     from cloudfs.restore import RestoreOptions, restore, split_argument
 
     name, path = split_argument(args.what)
@@ -128,17 +127,13 @@ def run_restore(args) -> int:
         bar.total = total
         bar.refresh()
 
-    async def run():
-        repo = await open_repository(args)
-        try:
-            snapshot = Catalog(snapshot_filter(args).chosen(await repo.snapshots())).resolve(name)
-            report = await restore(repo, snapshot, path, args.target, options, bar.update, set_total)
-            return snapshot, report
-        finally:
-            await repo.close()
+    async def run(repo):
+        snapshot = Catalog(snapshot_filter(args).chosen(await repo.snapshots())).resolve(name)
+        report = await restore(repo, snapshot, path, args.target, options, bar.update, set_total)
+        return snapshot, report
 
     try:
-        snapshot, report = trio.run(run)
+        snapshot, report = with_repository(args, run)
     finally:
         bar.close()
     if args.dry_run:

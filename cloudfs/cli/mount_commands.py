@@ -17,7 +17,6 @@ from pathlib import Path
 
 from cloudfs.cli.common import checked_compression, open_store_from, repository_options
 from cloudfs.errors import UsageError
-from cloudfs.live.view import DATA, display_path
 
 DEFAULT_INTERVAL = 300.0
 DEFAULT_SPOOL = 1 << 30
@@ -247,6 +246,7 @@ def _umount(args) -> int:
 
 def _changes(args) -> int:
     from cloudfs.live.report import pending_changes
+    from cloudfs.live.view import DATA, display_path
     from cloudfs.system.statedir import default_state_dir
 
     source = Path(os.path.realpath(args.source))

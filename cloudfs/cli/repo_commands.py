@@ -4,27 +4,22 @@ from __future__ import annotations
 
 import sys
 
-import trio
-from tqdm import tqdm
-
 from cloudfs.cli.common import (
     checked_compression,
-    kdf_options,
-    open_repository,
-    open_store_from,
     human_size,
+    kdf_options,
+    open_store_from,
     print_json,
     read_new_passphrase,
     read_passphrase,
     repository_options,
+    run_async,
     snapshot_filter,
     snapshot_filter_options,
     tuned_kdf,
+    with_repository,
 )
-from cloudfs.check import check_repository
 from cloudfs.errors import BucketNotFound, UsageError
-from cloudfs.repo import RepoConfig, Repository
-from cloudfs.repo.config import parse_compression
 
 
 def register(subparsers) -> None:
@@ -82,6 +77,9 @@ def register(subparsers) -> None:
 
 
 def run_init(args) -> int:
+    from cloudfs.repo import RepoConfig, Repository
+    from cloudfs.repo.config import parse_compression
+
     if args.location:
         args.repo = args.location
     try:
@@ -104,7 +102,7 @@ def run_init(args) -> int:
         return repo
 
     try:
-        repo = trio.run(init)
+        repo = run_async(init)
     except BucketNotFound as error:
         raise BucketNotFound(f"{error} (pass --create-bucket to create it)") from None
     print(f"created repository {repo.config.repo_id_hex[:16]} at {store.location}")
@@ -113,27 +111,19 @@ def run_init(args) -> int:
 
 
 def run_key_add(args) -> int:
-    async def add():
-        repo = await open_repository(args)
-        try:
-            return await repo.add_key(read_new_passphrase(args), label=args.label, kdf=tuned_kdf(args))
-        finally:
-            await repo.close()
+    async def add(repo):
+        return await repo.add_key(read_new_passphrase(args), label=args.label, kdf=tuned_kdf(args))
 
-    slot = trio.run(add)
+    slot = with_repository(args, add)
     print(f"added key slot {slot.slot_id[:16]}")
     return 0
 
 
 def run_key_list(args) -> int:
-    async def slots():
-        repo = await open_repository(args)
-        try:
-            return repo.slot, await repo.key_slots()
-        finally:
-            await repo.close()
+    async def slots(repo):
+        return repo.slot, await repo.key_slots()
 
-    current, slots = trio.run(slots)
+    current, slots = with_repository(args, slots)
     rows = [{"id": s.slot_id, "current": s.name == current.name, "created": s.created,
              "host": s.host, "user": s.user, "label": s.label, "kdf": s.kdf.algorithm}
             for s in slots]
@@ -147,42 +137,31 @@ def run_key_list(args) -> int:
 
 
 def run_key_remove(args) -> int:
-    async def remove():
-        repo = await open_repository(args)
-        try:
-            return await repo.remove_key(args.slot_id)
-        finally:
-            await repo.close()
-
-    slot = trio.run(remove)
+    slot = with_repository(args, lambda repo: repo.remove_key(args.slot_id))
     print(f"removed key slot {slot.slot_id[:16]}")
     return 0
 
 
 def run_key_passwd(args) -> int:
-    async def passwd():
-        repo = await open_repository(args)
-        try:
-            return await repo.change_passphrase(read_new_passphrase(args), kdf=tuned_kdf(args))
-        finally:
-            await repo.close()
+    async def passwd(repo):
+        return await repo.change_passphrase(read_new_passphrase(args), kdf=tuned_kdf(args))
 
-    slot = trio.run(passwd)
+    slot = with_repository(args, passwd)
     print(f"passphrase changed; the slot is now {slot.slot_id[:16]}")
     return 0
 
 
 def run_check(args) -> int:
-    async def check():
-        repo = await open_repository(args)
-        try:
-            with tqdm(unit="B", unit_scale=True, desc="reading chunks", file=sys.stderr,
-                      disable=not (args.read_data and sys.stderr.isatty())) as bar:
-                return await check_repository(repo, read_data=args.read_data, progress=bar.update)
-        finally:
-            await repo.close()
+    from tqdm import tqdm
 
-    report = trio.run(check)
+    from cloudfs.check import check_repository
+
+    async def check(repo):
+        with tqdm(unit="B", unit_scale=True, desc="reading chunks", file=sys.stderr,
+                  disable=not (args.read_data and sys.stderr.isatty())) as bar:
+            return await check_repository(repo, read_data=args.read_data, progress=bar.update)
+
+    report = with_repository(args, check)
     for warning in report.warnings:
         print(f"warning: {warning}")
     for error in report.errors:
@@ -194,14 +173,7 @@ def run_check(args) -> int:
 
 
 def run_repair_index(args) -> int:
-    async def repair():
-        repo = await open_repository(args)
-        try:
-            return await repo.rebuild_index()
-        finally:
-            await repo.close()
-
-    indexed, dropped = trio.run(repair)
+    indexed, dropped = with_repository(args, lambda repo: repo.rebuild_index())
     for name in dropped:
         print(f"removed damaged {name}")
     print(f"indexed {indexed} chunks from their footers")
@@ -209,14 +181,7 @@ def run_repair_index(args) -> int:
 
 
 def run_snapshots(args) -> int:
-    async def listing():
-        repo = await open_repository(args)
-        try:
-            return await repo.snapshots()
-        finally:
-            await repo.close()
-
-    snapshots = snapshot_filter(args).apply(trio.run(listing))
+    snapshots = snapshot_filter(args).apply(with_repository(args, lambda repo: repo.snapshots()))
     rows = [{"name": s.name, "id": s.name.rsplit("-", 1)[-1], "time": s.time.isoformat(),
              "host": s.host, "source": s.source, "parent": s.parent, **s.stats} for s in snapshots]
     if args.json:

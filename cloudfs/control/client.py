@@ -1,31 +1,15 @@
-"""The daemon's control socket: `cloudfs status|snapshot|flush|rescan|stop` talk to a running mount.
-
-A Unix stream socket `control.sock` in the mount's state directory (which is
-0700, and the socket itself 0600: owner only). The protocol is one JSON object
-per line: the client sends {"op": NAME, ...arguments}, the daemon answers
-{"ok": true, ...result} or {"ok": false, "error": "one line"} when the operation
-is done (a `flush` answers once everything sealed is committed).
-"""
+"""The control socket's client: one request, one answer (see `cloudfs.control`)."""
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 from pathlib import Path
-from typing import Awaitable, Callable
-
-import trio
 
 from cloudfs.errors import CloudfsError, UsageError
 
-log = logging.getLogger(__name__)
-
 CONTROL_NAME = "control.sock"
-MAX_REQUEST = 1 << 20
-
-Handler = Callable[[dict], Awaitable[dict]]
 
 
 def socket_path(state_dir: Path) -> Path:
@@ -37,7 +21,7 @@ def socket_path(state_dir: Path) -> Path:
 _SUN_PATH_MAX = 100
 
 
-class _ReachablePath:
+class ReachablePath:
     """A path to `path` that fits a socket address, for the length of a `with`."""
 
     def __init__(self, path: Path):
@@ -55,62 +39,6 @@ class _ReachablePath:
             os.close(self._fd)
 
 
-async def serve(state_dir: Path, handlers: dict[str, Handler],
-                task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Serve requests until cancelled; each connection in its own task."""
-    path = socket_path(state_dir)
-    path.unlink(missing_ok=True)
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)
-    try:
-        with _ReachablePath(path) as address:
-            await sock.bind(address)
-    finally:
-        os.umask(old_umask)
-    sock.listen(16)
-    listener = trio.SocketListener(sock)
-    try:
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            await trio.serve_listeners(lambda stream: _serve_connection(stream, handlers),
-                                       [listener], handler_nursery=nursery)
-    finally:
-        path.unlink(missing_ok=True)
-
-
-async def _serve_connection(stream: trio.SocketStream, handlers: dict[str, Handler]) -> None:
-    async with stream:
-        try:
-            request = json.loads(await _read_line(stream))
-            handler = handlers.get(request.get("op"))
-            if handler is None:
-                reply = {"ok": False, "error": f"unknown operation {request.get('op')!r}"}
-            else:
-                reply = {"ok": True, **await handler(request)}
-        except CloudfsError as error:
-            reply = {"ok": False, "error": str(error)}
-        except (ValueError, AttributeError) as error:
-            reply = {"ok": False, "error": f"bad request: {error}"}
-        except trio.BrokenResourceError:
-            return
-        try:
-            await stream.send_all(json.dumps(reply).encode() + b"\n")
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass   # the client went away (e.g. interrupted `cloudfs flush`)
-
-
-async def _read_line(stream: trio.SocketStream) -> bytes:
-    data = b""
-    while not data.endswith(b"\n"):
-        part = await stream.receive_some(65536)
-        if not part:
-            break
-        data += part
-        if len(data) > MAX_REQUEST:
-            raise ValueError("request too large")
-    return data
-
-
 class DaemonUnreachable(CloudfsError):
     """No daemon answers on the control socket."""
 
@@ -122,7 +50,7 @@ def request(state_dir: Path, op: str, timeout: float | None = 30.0, **arguments)
     client.settimeout(timeout)
     try:
         try:
-            with _ReachablePath(path) as address:
+            with ReachablePath(path) as address:
                 client.connect(address)
         except (FileNotFoundError, ConnectionRefusedError):
             raise DaemonUnreachable(f"no cloudfs daemon answers at {path}") from None
