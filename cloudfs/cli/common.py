@@ -13,6 +13,7 @@ from cloudfs import crypto
 from cloudfs.errors import UsageError
 from cloudfs.repo import Repository
 from cloudfs.store import RetryPolicy, S3Options, Store, open_store
+from cloudfs.store.roles import WriterStore
 
 
 def repository_options() -> argparse.ArgumentParser:
@@ -77,6 +78,18 @@ def checked_compression(text: str) -> str:
 
 
 def open_store_from(args) -> Store:
+    """The store as the writer role uses it: get, put, head, list; a delete raises (I9)."""
+    return WriterStore(_store_from(args))
+
+
+def open_maintenance_store(args) -> Store:
+    """The store for maintenance (forget, unpin, policy changes, key removal, index
+    repair, init's cleanup): the only one whose delete works. The one place the
+    maintenance role's access is opened; its own credentials belong here."""
+    return _store_from(args)
+
+
+def _store_from(args) -> Store:
     if not args.repo:
         raise UsageError("no repository given: use --repo or set CLOUDFS_REPO")
     if args.retries < 1 or args.s3_connections < 1:
@@ -95,7 +108,15 @@ def open_store_from(args) -> Store:
 
 
 async def open_repository(args) -> Repository:
-    store = open_store_from(args)
+    """The repository with the writer role's store."""
+    return await _open_repository(args, open_store_from(args))
+
+
+async def open_maintenance_repository(args) -> Repository:
+    return await _open_repository(args, open_maintenance_store(args))
+
+
+async def _open_repository(args, store: Store) -> Repository:
     passphrase = read_passphrase(args)
     return await Repository.open(store, passphrase, cache_root=args.cache_dir, use_cache=not args.no_cache)
 

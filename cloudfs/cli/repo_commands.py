@@ -10,8 +10,9 @@ from tqdm import tqdm
 from cloudfs.cli.common import (
     checked_compression,
     kdf_options,
+    open_maintenance_repository,
+    open_maintenance_store,
     open_repository,
-    open_store_from,
     human_size,
     print_json,
     read_new_passphrase,
@@ -91,7 +92,7 @@ def run_init(args) -> int:
                             compression_level=level or 1)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    store = open_store_from(args)
+    store = open_maintenance_store(args)     # removes the key slots of an interrupted init
     passphrase = read_passphrase(args, confirm=True)
     kdf = tuned_kdf(args)
 
@@ -148,7 +149,7 @@ def run_key_list(args) -> int:
 
 def run_key_remove(args) -> int:
     async def remove():
-        repo = await open_repository(args)
+        repo = await open_maintenance_repository(args)
         try:
             return await repo.remove_key(args.slot_id)
         finally:
@@ -161,7 +162,7 @@ def run_key_remove(args) -> int:
 
 def run_key_passwd(args) -> int:
     async def passwd():
-        repo = await open_repository(args)
+        repo = await open_maintenance_repository(args)
         try:
             return await repo.change_passphrase(read_new_passphrase(args), kdf=tuned_kdf(args))
         finally:
@@ -195,7 +196,7 @@ def run_check(args) -> int:
 
 def run_repair_index(args) -> int:
     async def repair():
-        repo = await open_repository(args)
+        repo = await open_maintenance_repository(args)
         try:
             return await repo.rebuild_index()
         finally:
