@@ -7,7 +7,7 @@ Every object begins with an 8-byte header, in the clear and authenticated:
     offset 5  1 byte   object kind (Kind)
     offset 6  2 bytes  flags, little-endian (bit 0: payload is zstd-compressed)
 
-Config, index and snapshot objects are a header followed by one sealed message
+Config, index, snapshot, policy and pin objects are a header followed by one sealed message
 whose associated data is the header and the object's name, so an object cannot
 be altered, swapped for another, or renamed without detection. Their plaintext
 is msgpack. See docs/format.md.
@@ -16,7 +16,9 @@ is msgpack. See docs/format.md.
 from __future__ import annotations
 
 import enum
+import os
 import struct
+from datetime import datetime, timezone
 
 import msgpack
 import zstandard
@@ -37,6 +39,8 @@ class Kind(enum.IntEnum):
     CHUNK = 3
     INDEX = 4
     SNAPSHOT = 5
+    POLICY = 6
+    PIN = 7
 
 
 def make_header(kind: Kind, flags: int = 0) -> bytes:
@@ -57,6 +61,14 @@ def parse_header(data: bytes, name: str, expected: Kind) -> int:
     if kind != expected:
         raise IntegrityError(name, f"expected a {expected.name.lower()} object, found kind {kind}")
     return flags
+
+
+def time_stamped_name(prefix: str, time_ns: int) -> str:
+    """`prefix` + the UTC time as YYYY-MM-DDTHHMMSS.ffffffZ + `-` + 4 random bytes in hex:
+    unique, sorted by time, and free of colons."""
+    stamp = datetime.fromtimestamp(time_ns // 1_000_000_000, timezone.utc)
+    micros = (time_ns // 1000) % 1_000_000
+    return f"{prefix}{stamp:%Y-%m-%dT%H%M%S}.{micros:06d}Z-{os.urandom(4).hex()}"
 
 
 def pack(value) -> bytes:
