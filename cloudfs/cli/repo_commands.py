@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import datetime, timezone
 
 import trio
 from tqdm import tqdm
@@ -213,20 +214,32 @@ def run_snapshots(args) -> int:
     async def listing():
         repo = await open_repository(args)
         try:
-            return await repo.snapshots()
+            snapshots = snapshot_filter(args).apply(await repo.snapshots())
+            pinned = await repo.pinned()
+            return snapshots, {s.name: await repo.open_pins(pinned[s.name]) for s in snapshots
+                               if s.name in pinned}
         finally:
             await repo.close()
 
-    snapshots = snapshot_filter(args).apply(trio.run(listing))
+    snapshots, pins = trio.run(listing)
     rows = [{"name": s.name, "id": s.name.rsplit("-", 1)[-1], "time": s.time.isoformat(),
-             "host": s.host, "source": s.source, "parent": s.parent, **s.stats} for s in snapshots]
+             "host": s.host, "source": s.source, "parent": s.parent, "tags": list(s.tags),
+             "pinned": s.name in pins, "pins": [_pin_row(pin) for pin in pins.get(s.name, ())],
+             **s.stats} for s in snapshots]
     if args.json:
         print_json(rows)
         return 0
     if not rows:
         print("no snapshots")
     for row in rows:
+        marks = "".join([f"  [{','.join(row['tags'])}]" if row["tags"] else "",
+                         "  pinned" if row["pinned"] else ""])
         print(f"{row['time'][:19].replace('T', ' ')}  {row['id']}  {row.get('files', 0):>8} files  "
               f"{human_size(row.get('bytes', 0)):>10}  +{human_size(row.get('bytes_added', 0))}  "
-              f"{row['host']}:{row['source']}")
+              f"{row['host']}:{row['source']}{marks}")
     return 0
+
+
+def _pin_row(pin) -> dict:
+    return {"name": pin.name, "note": pin.note, "host": pin.host, "user": pin.user,
+            "time": datetime.fromtimestamp(pin.time_ns / 1e9, timezone.utc).isoformat()}
