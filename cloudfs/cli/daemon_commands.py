@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 
 from cloudfs import control
 from cloudfs.cli.common import human_size, print_json
+from cloudfs.repo.snapshots import checked_tags
 
 
 def register(subparsers) -> None:
@@ -26,6 +27,8 @@ def register(subparsers) -> None:
                                      description="Seal the current changes into a snapshot now.")
     snapshot.add_argument("mount", nargs="?", help="mount point or protected directory")
     snapshot.add_argument("--wait", action="store_true", help="return once it is committed")
+    snapshot.add_argument("--tag", action="append", default=[], metavar="TAG",
+                          help="tag the snapshot (repeatable); `forget --keep-tag` keeps tagged ones")
     snapshot.add_argument("--json", action="store_true")
     snapshot.set_defaults(run=run_snapshot)
 
@@ -51,7 +54,7 @@ def run_status(args) -> int:
 
 
 def run_snapshot(args) -> int:
-    return _ask(args, "snapshot", _said_snapshot, wait=args.wait, queue=True)
+    return _ask(args, "snapshot", _said_snapshot, wait=args.wait, queue=True, tags=checked_tags(args.tag))
 
 
 def _said_snapshot(reply: dict) -> str:
