@@ -15,6 +15,7 @@ is msgpack. See docs/format.md.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
 import struct
@@ -69,6 +70,23 @@ def time_stamped_name(prefix: str, time_ns: int) -> str:
     stamp = datetime.fromtimestamp(time_ns // 1_000_000_000, timezone.utc)
     micros = (time_ns // 1000) % 1_000_000
     return f"{prefix}{stamp:%Y-%m-%dT%H%M%S}.{micros:06d}Z-{os.urandom(4).hex()}"
+
+
+def seal_dataclass(kind: Kind, key: bytes, record) -> bytes:
+    """A dataclass with a `name` field, sealed under that name as the map of its other fields."""
+    value = {field: item for field, item in dataclasses.asdict(record).items() if field != "name"}
+    return seal_object(kind, key, record.name, value)
+
+
+def open_dataclass(cls, kind: Kind, key: bytes, name: str, data: bytes):
+    """The inverse of seal_dataclass: keys the dataclass does not know are ignored (a newer
+    writer may add some); a missing one is an IntegrityError."""
+    value = open_object(kind, key, name, data)
+    known = {field.name for field in dataclasses.fields(cls)} - {"name"}
+    try:
+        return cls(**{field: item for field, item in value.items() if field in known}, name=name)
+    except (TypeError, AttributeError) as error:
+        raise IntegrityError(name, f"unusable {kind.name.lower()} object ({error})") from None
 
 
 def pack(value) -> bytes:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cloudfs.crypto import MasterKey
 from cloudfs.errors import IntegrityError
-from cloudfs.repo.format import Kind, open_object, seal_object
+from cloudfs.repo.format import Kind, open_dataclass, seal_dataclass
 from cloudfs.repo.keys import user_name
 from cloudfs.repo.snapshots import SNAPSHOTS_PREFIX
 
@@ -46,20 +46,14 @@ class Pin:
     name: str = ""                   # set when saved
 
     def with_name(self) -> "Pin":
-        return Pin(**{**asdict(self), "name": pins_prefix_of(self.snapshot) + os.urandom(8).hex()})
+        return replace(self, name=pins_prefix_of(self.snapshot) + os.urandom(8).hex())
 
     def seal(self, master: MasterKey) -> bytes:
-        value = asdict(self)
-        del value["name"]
-        return seal_object(Kind.PIN, master.pin_key, self.name, value)
+        return seal_dataclass(Kind.PIN, master.pin_key, self)
 
     @classmethod
     def open(cls, master: MasterKey, name: str, data: bytes) -> "Pin":
-        value = open_object(Kind.PIN, master.pin_key, name, data)
-        try:
-            pin = cls(**value, name=name)
-        except TypeError as error:
-            raise IntegrityError(name, f"unusable pin ({error})") from None
+        pin = open_dataclass(cls, Kind.PIN, master.pin_key, name, data)
         if pin.snapshot != pinned_snapshot(name):
             raise IntegrityError(name, f"pins {pin.snapshot}, which its name does not say")
         return pin

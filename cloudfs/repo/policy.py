@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import socket
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cloudfs.crypto import MasterKey
 from cloudfs.errors import IntegrityError
-from cloudfs.repo.format import Kind, open_object, seal_object, time_stamped_name
+from cloudfs.repo.format import Kind, open_dataclass, seal_dataclass, time_stamped_name
 from cloudfs.repo.keys import user_name
 
 POLICY_PREFIX = "policy/"
@@ -30,20 +30,14 @@ class PolicyRecord:
     name: str = ""                   # set when saved
 
     def with_name(self) -> "PolicyRecord":
-        return PolicyRecord(**{**asdict(self), "name": time_stamped_name(POLICY_PREFIX, self.time_ns)})
+        return replace(self, name=time_stamped_name(POLICY_PREFIX, self.time_ns))
 
     def seal(self, master: MasterKey) -> bytes:
-        value = asdict(self)
-        del value["name"]
-        return seal_object(Kind.POLICY, master.policy_key, self.name, value)
+        return seal_dataclass(Kind.POLICY, master.policy_key, self)
 
     @classmethod
     def open(cls, master: MasterKey, name: str, data: bytes) -> "PolicyRecord":
-        value = open_object(Kind.POLICY, master.policy_key, name, data)
-        try:
-            record = cls(**value, name=name)
-        except TypeError as error:
-            raise IntegrityError(name, f"unusable policy ({error})") from None
+        record = open_dataclass(cls, Kind.POLICY, master.policy_key, name, data)
         if not isinstance(record.rules, dict):
             raise IntegrityError(name, "unusable policy (its rules are not a map)")
         return record
