@@ -269,3 +269,19 @@ def test_pins_and_policies_are_sealed_objects_that_cannot_be_moved_or_edited():
     assert data[:8] == b"CLFS\x01\x06\x00\x00" and PolicyRecord.open(master, record.name, data) == record
     with pytest.raises(IntegrityError):
         PolicyRecord.open(master, record.name, data[:-1] + bytes([data[-1] ^ 1]))
+
+
+def test_a_snapshot_with_keys_this_reader_does_not_know_still_opens():
+    from cloudfs.crypto import MasterKey
+    from cloudfs.repo.format import Kind, seal_object
+
+    master = MasterKey.generate()
+    snapshot = Snapshot(tree=bytes(32), time_ns=1, host="h", source="/s", tags=("a",)).with_name()
+    assert Snapshot.open(master, snapshot.name, snapshot.seal(master)) == snapshot
+    newer = {"tree": bytes(32), "time_ns": 1, "host": "h", "source": "/s", "parent": None, "stats": {},
+             "tags": ["a"], "added_by_a_newer_writer": True}
+    assert Snapshot.open(master, snapshot.name, seal_object(Kind.SNAPSHOT, master.snapshot_key,
+                                                            snapshot.name, newer)) == snapshot
+    del newer["tree"]
+    with pytest.raises(IntegrityError):
+        Snapshot.open(master, snapshot.name, seal_object(Kind.SNAPSHOT, master.snapshot_key, snapshot.name, newer))

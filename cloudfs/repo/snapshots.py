@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import socket
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from cloudfs.crypto import MasterKey
 from cloudfs.errors import IntegrityError, UsageError
-from cloudfs.repo.format import Kind, open_object, seal_object, time_stamped_name
+from cloudfs.repo.format import Kind, open_dataclass, seal_dataclass, time_stamped_name
 
 SNAPSHOTS_PREFIX = "snapshots/"
 
@@ -34,23 +34,17 @@ class Snapshot:
         return datetime.fromtimestamp(self.time_ns / 1e9, timezone.utc)
 
     def with_name(self) -> "Snapshot":
-        return Snapshot(**{**asdict(self), "name": time_stamped_name(SNAPSHOTS_PREFIX, self.time_ns)})
+        return replace(self, name=time_stamped_name(SNAPSHOTS_PREFIX, self.time_ns))
 
     def seal(self, master: MasterKey) -> bytes:
-        value = asdict(self)
-        del value["name"]
-        value["tags"] = list(self.tags)
-        return seal_object(Kind.SNAPSHOT, master.snapshot_key, self.name, value)
+        return seal_dataclass(Kind.SNAPSHOT, master.snapshot_key, self)
 
     @classmethod
     def open(cls, master: MasterKey, name: str, data: bytes) -> "Snapshot":
-        value = open_object(Kind.SNAPSHOT, master.snapshot_key, name, data)
-        try:
-            value["tree"] = bytes(value["tree"])
-            value["tags"] = tuple(value.get("tags", ()))
-            return cls(**value, name=name)
-        except (TypeError, KeyError) as error:
-            raise IntegrityError(name, f"unusable snapshot ({error})") from None
+        snapshot = open_dataclass(cls, Kind.SNAPSHOT, master.snapshot_key, name, data)
+        if not isinstance(snapshot.tree, bytes) or not isinstance(snapshot.tags, (list, tuple)):
+            raise IntegrityError(name, "unusable snapshot (tree or tags of the wrong type)")
+        return replace(snapshot, tags=tuple(snapshot.tags))
 
 
 MAX_TAG = 100
