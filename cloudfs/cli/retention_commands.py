@@ -1,7 +1,8 @@
 """`cloudfs forget`, `cloudfs policy show|set|reset`, `cloudfs pin` and `cloudfs unpin`.
 
 forget, unpin and policy changes are maintenance work and open the store with
-open_maintenance_repository; pin needs only a put, which the writer role may do.
+open_maintenance_repository; pin needs only a put, and `forget --dry-run` and
+`policy show` only reads, which the writer role may do.
 """
 
 from __future__ import annotations
@@ -131,7 +132,8 @@ def run_forget(args) -> int:
     given = policy_from_args(args)
 
     async def run():
-        repo = await open_maintenance_repository(args)
+        # A dry run deletes nothing, so the writer's access will do.
+        repo = await (open_repository if args.dry_run else open_maintenance_repository)(args)
         try:
             policy, origin = (given, "the command line") if given else await repository_policy(repo)
             snapshots = snapshot_filter(args).chosen(await repo.snapshots())

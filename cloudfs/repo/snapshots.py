@@ -54,6 +54,8 @@ def checked_tags(tags) -> tuple[str, ...]:
     """Tags as given, once each, in order; UsageError for an empty one, one longer than
     MAX_TAG characters, or one with a comma, white space or a control character (a
     tag must survive a command line and a comma-separated list)."""
+    if not isinstance(tags, (list, tuple)):
+        raise UsageError("tags must be given as a list")
     for tag in tags:
         if not isinstance(tag, str) or not tag or len(tag) > MAX_TAG or not tag.isprintable() \
                 or "," in tag or any(c.isspace() for c in tag):
