@@ -91,6 +91,20 @@ def checked_compression(text: str) -> str:
 
 
 def open_store_from(args) -> Store:
+    """The store as the writer role uses it: get, put, head, list; a delete raises (I9)."""
+    from cloudfs.store.roles import WriterStore
+
+    return WriterStore(_store_from(args))
+
+
+def open_maintenance_store(args) -> Store:
+    """The store for maintenance (forget, unpin, policy changes, key removal, index
+    repair, init's cleanup): the only one whose delete works. The one place the
+    maintenance role's access is opened; its own credentials belong here."""
+    return _store_from(args)
+
+
+def _store_from(args) -> Store:
     from cloudfs.store import RetryPolicy, S3Options, open_store
 
     if not args.repo:
@@ -111,9 +125,17 @@ def open_store_from(args) -> Store:
 
 
 async def open_repository(args) -> Repository:
+    """The repository with the writer role's store."""
+    return await _open_repository(args, open_store_from(args))
+
+
+async def open_maintenance_repository(args) -> Repository:
+    return await _open_repository(args, open_maintenance_store(args))
+
+
+async def _open_repository(args, store: Store) -> Repository:
     from cloudfs.repo import Repository
 
-    store = open_store_from(args)
     passphrase = read_passphrase(args)
     return await Repository.open(store, passphrase, cache_root=args.cache_dir, use_cache=not args.no_cache)
 
@@ -125,11 +147,12 @@ def run_async(function: Callable[[], Awaitable[T]]) -> T:
     return trio.run(function)
 
 
-def with_repository(args, action: Callable[[Repository], Awaitable[T]]) -> T:
-    """Open the repository `args` name, return `await action(repo)`, and close it."""
+def with_repository(args, action: Callable[[Repository], Awaitable[T]], *, maintenance: bool = False) -> T:
+    """Open the repository `args` name (with the maintenance role's store if
+    `maintenance`), return `await action(repo)`, and close it."""
 
     async def run() -> T:
-        repo = await open_repository(args)
+        repo = await (open_maintenance_repository(args) if maintenance else open_repository(args))
         try:
             return await action(repo)
         finally:
