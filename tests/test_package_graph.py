@@ -34,6 +34,7 @@ MAY_IMPORT = {
     "browse": BASE | {"system", "repo", "snapshot"},
     "restore": BASE | {"repo", "snapshot", "browse"},
     "control": BASE | {"system"},
+    "settings": BASE | {"repo"},
     "daemon": BASE | {"system", "live", "uploader", "control", "repo", "snapshot", "store"},
     "mountproc": BASE | {"system", "live", "daemon", "control"},
     "cli": None,         # the top: wires everything

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "cloudfs.cli.mount_commands",
     "cloudfs.cli.browse_commands",
     "cloudfs.cli.daemon_commands",
+    "cloudfs.cli.config_commands",
 )
 
 
