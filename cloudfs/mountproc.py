@@ -7,6 +7,10 @@ them in one trio loop: `serve()` mounts, reconciles, serves until unmounted
 bounded time) and records a clean stop; `run()` does that in the foreground or,
 with --daemon, in a detached process that the command waits for until the
 mount is ready; `unmount()` is `cloudfs umount`.
+
+Ready means the control socket answers and the FUSE loop is about to serve: then
+the command returns (--daemon), and a service manager that started the mount
+with `Type=notify` hears READY=1 (`system.notify`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from cloudfs import control
 from cloudfs.daemon import BackupSettings, SnapshotDaemon
 from cloudfs.errors import CloudfsError, MountError
 from cloudfs.live.mount import LiveMount, MountPlan
-from cloudfs.system import fuseproc, mounttable
+from cloudfs.system import fuseproc, mounttable, notify
 from cloudfs.system.statedir import Holder, StateDir
 
 log = logging.getLogger(__name__)
@@ -63,8 +67,7 @@ def _serve_with(plan: MountPlan, source_fd: int, on_ready: Callable[[], None],
                                 settings=backup, unmount=lambda: fuseproc.detach_now(mountpoint),
                                 rescan_interval=plan.rescan_interval)
         plan.state.announce(Holder(os.getpid(), str(plan.source), mountpoint, source_fd))
-        on_ready()
-        trio.run(_serve_requests, live, daemon)
+        trio.run(_serve_requests, live, daemon, on_ready)
         served = True
     finally:
         clean = live.unmount(served)
@@ -73,10 +76,18 @@ def _serve_with(plan: MountPlan, source_fd: int, on_ready: Callable[[], None],
         live.stop_journal(clean)
 
 
-async def _serve_requests(live: LiveMount, daemon: SnapshotDaemon) -> None:
+async def _serve_requests(live: LiveMount, daemon: SnapshotDaemon, on_ready: Callable[[], None]) -> None:
+    mountpoint = str(live.plan.mountpoint)
+
+    async def before_unmounting() -> None:
+        notify.stopping(f"final snapshot, then unmounting {mountpoint}")
+        await daemon.final_snapshot()
+
     async with trio.open_nursery() as nursery:
-        await daemon.start(nursery)
-        nursery.start_soon(fuseproc.unmount_on_signal, str(live.plan.mountpoint), daemon.final_snapshot)
+        await daemon.start(nursery)   # the control socket answers from here on
+        nursery.start_soon(fuseproc.unmount_on_signal, mountpoint, before_unmounting)
+        on_ready()
+        notify.ready(f"{live.plan.source} mounted on {mountpoint}")
         await live.serve(nursery)
         nursery.cancel_scope.cancel()
 

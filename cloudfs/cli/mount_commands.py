@@ -67,6 +67,10 @@ def register(subparsers) -> None:
     snapshots.add_argument("--exclude", action="append", metavar="PATTERN",
                            help="leave out of snapshots: a name pattern (*.tmp) anywhere, or a "
                                 "path pattern relative to SOURCE (build/*); repeatable")
+    snapshots.add_argument("--snapshot-timeout", type=duration, metavar="SECONDS",
+                           help="how long the final snapshot may take when a signal (SIGTERM, "
+                                "SIGINT, SIGHUP) stops the mount, before it unmounts anyway "
+                                "(default 30); what it misses stays in the journal")
     mount.set_defaults(run=_mount)
 
     umount = subparsers.add_parser(
@@ -182,7 +186,7 @@ def _backup_settings(args, state_dir: Path):
     import trio
 
     from cloudfs.cli.common import read_passphrase
-    from cloudfs.daemon import BackupSettings
+    from cloudfs.daemon import FINAL_TIMEOUT, BackupSettings
     from cloudfs.repo.access import open_for_mount
     from cloudfs.snapshot.source import exclusion_matcher
 
@@ -209,6 +213,7 @@ def _backup_settings(args, state_dir: Path):
                           interval=args.interval or DEFAULT_INTERVAL,
                           spool_limit=args.spool_size or DEFAULT_SPOOL, exclude=exclude,
                           compression=args.compression, unreachable=unreachable,
+                          final_timeout=args.snapshot_timeout or FINAL_TIMEOUT,
                           show_progress=not args.daemon and sys.stderr.isatty())
 
 
