@@ -35,8 +35,9 @@ MAY_IMPORT = {
     "restore": BASE | {"repo", "snapshot", "browse"},
     "control": BASE | {"system"},
     "settings": BASE | {"repo"},
+    "metrics": BASE,
     "daemon": BASE | {"system", "live", "uploader", "control", "repo", "snapshot", "store"},
-    "mountproc": BASE | {"system", "live", "daemon", "control"},
+    "mountproc": BASE | {"system", "live", "daemon", "control", "metrics"},
     "cli": None,         # the top: wires everything
     "__main__": {"cli"},
 }

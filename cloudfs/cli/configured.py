@@ -67,6 +67,17 @@ duration = _argument_type("parse_duration")
 duration_or_off = _argument_type("parse_duration_or_off")
 
 
+def address(text: str) -> str:
+    """An argparse type: HOST:PORT or :PORT (loopback), kept as given."""
+    from cloudfs.settings import parse_address
+
+    try:
+        parse_address(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def names_an_entry(config, target: str | None) -> bool:
     """Whether `target` is a [directories.NAME] of `config` rather than a path."""
     return config is not None and target is not None and os.sep not in target and target in config.directories

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cloudfs.cli import configured
 from cloudfs.cli.common import checked_compression, open_store_from, repository_options
-from cloudfs.cli.configured import duration, duration_or_off, size
+from cloudfs.cli.configured import address, duration, duration_or_off, size
 from cloudfs.errors import UsageError
 
 DEFAULT_INTERVAL = 300.0
@@ -49,6 +49,9 @@ def register(subparsers) -> None:
                             "the next journaled mount finds the changes by rescanning)")
     mount.add_argument("--allow-other", action="store_true", default=None,
                        help="let other users use the mount (the default when run as root)")
+    mount.add_argument("--metrics", type=address, metavar="ADDR",
+                       help="serve Prometheus metrics at http://ADDR/metrics (HOST:PORT; :PORT "
+                            "listens on loopback, e.g. :9477)")
     mount.add_argument("--rescan-interval", type=duration_or_off, metavar="SECONDS",
                        help="look for changes made to SOURCE behind the mount's back this often, "
                             "at low priority (default 24h; off: only on `cloudfs rescan`)")
@@ -111,6 +114,7 @@ def _mount(args) -> int:
     from cloudfs import mountproc
     from cloudfs.live import mount
     from cloudfs.malloc import few_arenas
+    from cloudfs.settings import parse_address
 
     few_arenas()   # before any thread starts
 
@@ -119,7 +123,8 @@ def _mount(args) -> int:
                       journaling=args.journaling, allow_other=args.allow_other,
                       rescan_interval=_rescan_interval(args))
     backup = _backup_settings(args, plan.state.path) if args.repo else None
-    return mountproc.run(plan, args.daemon, backup)
+    metrics = parse_address(args.metrics) if args.metrics else None
+    return mountproc.run(plan, args.daemon, backup, metrics=metrics)
 
 
 def _configure(args) -> None:
@@ -168,7 +173,7 @@ def _mount_all(args) -> int:
 
 
 def _global_options(args) -> list[str]:
-    return ["-v"] * args.verbose
+    return [*["-v"] * args.verbose, "--log-format", args.log_format]
 
 
 def _rescan_interval(args) -> float | None:
