@@ -36,6 +36,7 @@ MAY_IMPORT = {
     "control": BASE | {"system"},
     "settings": BASE | {"repo"},
     "metrics": BASE,
+    "doctor": BASE | {"system", "store"},
     "daemon": BASE | {"system", "live", "uploader", "control", "repo", "snapshot", "store"},
     "mountproc": BASE | {"system", "live", "daemon", "control", "metrics"},
     "cli": None,         # the top: wires everything

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "cloudfs.cli.daemon_commands",
     "cloudfs.cli.config_commands",
     "cloudfs.cli.service_commands",
+    "cloudfs.cli.doctor_commands",
 )
 
 
