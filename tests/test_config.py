@@ -111,7 +111,8 @@ def test_two_entries_protecting_the_same_directory_are_refused(tmp_path):
     assert "[directories.b] mountpoint /srv/data/view overlaps source /srv/data" in refusal(tmp_path, inside)
     ports = ('[directories.a]\nsource = "/a"\nmetrics = ":9477"\n[directories.b]\nsource = "/b"\n'
              'metrics = ":9477"\n')
-    assert "metrics :9477 is already [directories.a]'s" in refusal(tmp_path, ports)
+    assert "metrics 127.0.0.1:9477 is already [directories.a]'s" in refusal(tmp_path, ports.replace(
+        'metrics = ":9477"\n[directories.b]', 'metrics = "127.0.0.1:9477"\n[directories.b]'))
 
 
 def test_a_file_that_is_not_toml_or_not_there(tmp_path):

@@ -6,8 +6,11 @@ Real mounts against the rclone S3 server, stopped by the fixture whatever happen
 
 from __future__ import annotations
 
+import urllib.request
+
 import pytest
 
+from cloudfs.locals3 import free_port
 from cloudfs.snapshot.reader import TreeReader
 from tests.cli_helpers import one_line_error
 from tests.config_fixtures import configured  # noqa: F401 - fixture
@@ -52,7 +55,7 @@ def test_mount_all_protects_every_directory_with_its_own_passphrase_source(confi
         assert not configured.is_mounted(name)
 
 
-def test_a_failing_passphrase_command_is_one_line_and_nothing_is_mounted(configured):
+def test_a_failing_passphrase_command_is_one_line_then_a_working_one_mounts(configured):
     configured.add("documents", password_command=["sh", "-c", "echo the keyring is locked >&2; exit 3"])
     result = configured.cloudfs("mount", "documents", "--daemon", check=False)
     assert result.returncode == 2
@@ -60,10 +63,14 @@ def test_a_failing_passphrase_command_is_one_line_and_nothing_is_mounted(configu
                                       "the keyring is locked")
     assert not configured.is_mounted("documents")
 
-    configured.entries["documents"]["password_command"] = ["printf", "%s", PASSPHRASE.decode()]
+    port = free_port()
+    configured.entries["documents"].update(password_command=["printf", "%s", PASSPHRASE.decode()],
+                                           metrics=f"127.0.0.1:{port}")
     configured.write()
     source = configured.entries["documents"]["source"]
     configured.cloudfs("mount", source, "--daemon")          # by its path: the entry's settings
     assert configured.holder("documents") is not None          # its state_dir, from the entry
     status = configured.cloudfs("status", "--json", source).stdout
     assert f's3://{configured.bucket}/documents' in status
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        assert "cloudfs_mount_ready 1.0" in response.read().decode()

@@ -65,17 +65,7 @@ def _argument_type(parse_name: str):
 size = _argument_type("parse_size")
 duration = _argument_type("parse_duration")
 duration_or_off = _argument_type("parse_duration_or_off")
-
-
-def address(text: str) -> str:
-    """An argparse type: HOST:PORT or :PORT (loopback), kept as given."""
-    from cloudfs.settings import parse_address
-
-    try:
-        parse_address(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return text
+address = _argument_type("parse_address")
 
 
 def names_an_entry(config, target: str | None) -> bool:

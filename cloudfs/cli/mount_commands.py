@@ -114,7 +114,6 @@ def _mount(args) -> int:
     from cloudfs import mountproc
     from cloudfs.live import mount
     from cloudfs.malloc import few_arenas
-    from cloudfs.settings import parse_address
 
     few_arenas()   # before any thread starts
 
@@ -123,8 +122,7 @@ def _mount(args) -> int:
                       journaling=args.journaling, allow_other=args.allow_other,
                       rescan_interval=_rescan_interval(args))
     backup = _backup_settings(args, plan.state.path) if args.repo else None
-    metrics = parse_address(args.metrics) if args.metrics else None
-    return mountproc.run(plan, args.daemon, backup, metrics=metrics)
+    return mountproc.run(plan, args.daemon, backup, metrics=args.metrics)
 
 
 def _configure(args) -> None:

@@ -178,7 +178,7 @@ class _Checker:
                 continue
             if metrics in addresses:
                 raise self.fail((DIRECTORIES, name, "metrics"),
-                                f"[{DIRECTORIES}.{name}] metrics {metrics} is already "
+                                f"[{DIRECTORIES}.{name}] metrics {metrics[0]}:{metrics[1]} is already "
                                 f"[{DIRECTORIES}.{addresses[metrics]}]'s")
             addresses[metrics] = name
 

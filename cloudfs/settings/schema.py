@@ -88,9 +88,8 @@ def environment_name(value) -> str:
     return value
 
 
-def address(value) -> str:
-    parse_address(text(value))
-    return value
+def address(value) -> tuple[str, int]:
+    return parse_address(text(value))
 
 
 def _toml_type(value) -> str:
