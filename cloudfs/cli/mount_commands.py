@@ -1,8 +1,10 @@
 """`cloudfs mount`, `cloudfs umount` and `cloudfs changes`: parse, call cloudfs.live, report.
 
-With --repo (or a --config file naming a repository) the mount also takes encrypted
-snapshots into that repository; the repository is opened, and the passphrase read,
-before mounting, so that any error is one line at the prompt.
+With --repo (or a configuration file naming a repository) the mount also takes
+encrypted snapshots into that repository; the repository is opened, and the
+passphrase read, before mounting, so that any error is one line at the prompt.
+`cloudfs mount NAME` and `--all` take everything from the configuration file
+(docs/configuration.md); options on the command line win over it.
 """
 
 from __future__ import annotations
