@@ -60,7 +60,7 @@ from cloudfs.uploader import Uploader, latest_snapshot_of
 
 log = logging.getLogger(__name__)
 
-FINAL_TIMEOUT = 30.0           # seconds a signal's final snapshot may take before unmounting
+FINAL_TIMEOUT = 30.0           # default seconds a signal's final snapshot may take before unmounting
 RETRY_AFTER_FAILURE = 15.0     # seconds before a fresh seal after a snapshot was given up
 STORE_RETRY_BASE, STORE_RETRY_MAX = 1.0, 60.0
 
@@ -79,6 +79,7 @@ class BackupSettings:
     show_progress: bool = False           # a progress bar on stderr for full snapshots
     compression: str | None = None        # e.g. "zstd:3" or "none"; None: the repository's
     unreachable: str | None = None        # why the repository was opened from local copies
+    final_timeout: float = FINAL_TIMEOUT  # seconds the final snapshot on a signal may take
 
     def serving_repository(self) -> Repository:
         """The opened repository with a store (connections, threads) of this process:
@@ -195,11 +196,13 @@ class SnapshotDaemon:
             self.sealer.release()
             self.graveyard.close()
 
-    async def final_snapshot(self, timeout: float = FINAL_TIMEOUT) -> dict:
+    async def final_snapshot(self, timeout: float | None = None) -> dict:
         """Before unmounting: seal and commit what is pending, waiting at most `timeout`
-        seconds and not at all while the store is unreachable."""
+        seconds (default: the settings' `final_timeout`) and not at all while the store
+        is unreachable."""
         if self.settings is None:
             return {"snapshot": None, "committed": False, "repository": None}
+        timeout = self.settings.final_timeout if timeout is None else timeout
         if not self._has_work():
             return {"snapshot": self._last_snapshot_name(), "committed": True}
         reply = {"snapshot": None, "committed": False}
