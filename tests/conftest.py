@@ -47,3 +47,18 @@ def s3_env(s3_server, monkeypatch):
         if key.startswith(("AWS_", "CLOUDFS_")):
             monkeypatch.setenv(key, value)
     return s3_server
+
+
+@pytest.fixture
+def moto_env(moto_server, monkeypatch):
+    """Point boto3 (in this process) at the moto server."""
+    for key, value in moto_server.env().items():
+        if key.startswith(("AWS_", "CLOUDFS_")):
+            monkeypatch.setenv(key, value)
+    return moto_server
+
+
+@pytest.fixture
+def locked_bucket(moto_server):
+    """A fresh bucket on the moto server with versioning and Object Lock enabled."""
+    return moto_server.new_bucket(object_lock=True)
