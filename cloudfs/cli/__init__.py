@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "cloudfs.cli.browse_commands",
     "cloudfs.cli.daemon_commands",
     "cloudfs.cli.retention_commands",
+    "cloudfs.cli.lock_commands",
 )
 
 
