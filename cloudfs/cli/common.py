@@ -50,6 +50,12 @@ def repository_options() -> argparse.ArgumentParser:
                        help="concurrent S3 requests (default 8)")
     group.add_argument("--retries", type=int, default=6, metavar="N",
                        help="tries of a failing request before giving up (default 6)")
+    group.add_argument("--maintenance-profile", metavar="PROFILE",
+                       help="AWS profile for the maintenance role (forget, unpin, policy set, key "
+                            "remove/passwd, repair index, locks extend, init): its own credentials")
+    group.add_argument("--maintenance-credentials", metavar="FILE",
+                       help="an AWS credentials file for the maintenance role (its [default] "
+                            "profile, or --maintenance-profile)")
     group.add_argument("--cache-dir", type=Path, help="local cache (default ~/.cache/cloudfs)")
     group.add_argument("--no-cache", action="store_true", help="do not cache index and snapshot objects")
     return parser
@@ -99,22 +105,28 @@ def open_store_from(args) -> Store:
 
 def open_maintenance_store(args) -> Store:
     """The store for maintenance (forget, unpin, policy changes, key removal, index
-    repair, init's cleanup): the only one whose delete works. The one place the
-    maintenance role's access is opened; its own credentials belong here."""
-    return _store_from(args)
+    repair, lock extension, init's cleanup): the only one whose delete works, with
+    the maintenance role's own credentials if given. The one place they are used."""
+    from cloudfs.store.roles import MaintenanceStore
+
+    return MaintenanceStore(_store_from(args, profile=args.maintenance_profile or args.profile,
+                                        credentials_file=args.maintenance_credentials))
 
 
-def _store_from(args) -> Store:
+def _store_from(args, *, profile: str | None = None, credentials_file: str | None = None) -> Store:
     from cloudfs.store import RetryPolicy, S3Options, open_store
 
     if not args.repo:
         raise UsageError("no repository given: use --repo or set CLOUDFS_REPO")
     if args.retries < 1 or args.s3_connections < 1:
         raise UsageError("--retries and --s3-connections must be at least 1")
+    if credentials_file is not None and not os.path.isfile(credentials_file):
+        raise UsageError(f"no credentials file {credentials_file}")
     options = S3Options(
         endpoint_url=args.endpoint_url,
         region=args.region,
-        profile=args.profile,
+        profile=profile or args.profile,
+        credentials_file=credentials_file,
         addressing=args.s3_addressing,
         ca_bundle=args.ca_bundle,
         checksum=args.s3_checksum,

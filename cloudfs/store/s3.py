@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import boto3
 import botocore.exceptions as bce
+import botocore.session
 import trio
 from botocore.config import Config
 
@@ -67,6 +68,7 @@ class S3Options:
     endpoint_url: str | None = None      # None: AWS, or AWS_ENDPOINT_URL(_S3) from the environment
     region: str | None = None            # None: boto3's chain (AWS_REGION, profile), else us-east-1
     profile: str | None = None           # a profile of ~/.aws/config and credentials
+    credentials_file: str | None = None  # instead of ~/.aws/credentials (its [default] unless `profile`)
     addressing: str = "auto"             # path | virtual | auto (path with a custom endpoint)
     ca_bundle: str | None = None         # PEM file of trusted CAs; TLS is always verified
     checksum: str = "sha256"             # sha256 | md5 | none: header sent with each PUT
@@ -312,7 +314,7 @@ def _make_client(options: S3Options):
     addressing = options.addressing
     if addressing == "auto":
         addressing = "path" if options.endpoint_url else "virtual"
-    session = boto3.session.Session(profile_name=options.profile)
+    session = _session(options)
     region = options.region or session.region_name or "us-east-1"
     config = Config(
         # With a checksum header on every PUT (itself covered by the request's
@@ -337,6 +339,20 @@ def _make_client(options: S3Options):
         )
     except ValueError as error:   # e.g. a malformed endpoint URL
         raise StoreError(f"cannot use S3 endpoint {options.endpoint_url!r}: {error}") from None
+
+
+def _session(options: S3Options) -> boto3.session.Session:
+    """boto3's session; with a credentials file, only that file's profile supplies
+    credentials (a profile named explicitly outranks $AWS_ACCESS_KEY_ID)."""
+    try:
+        if options.credentials_file is None:
+            return boto3.session.Session(profile_name=options.profile)
+        core = botocore.session.Session()
+        core.set_config_variable("credentials_file", options.credentials_file)
+        return boto3.session.Session(botocore_session=core, profile_name=options.profile or "default")
+    except bce.ProfileNotFound:
+        where = options.credentials_file or "the AWS configuration"
+        raise StoreError(f"no profile {options.profile or 'default'!r} in {where}") from None
 
 
 def _version(version_id: str | None) -> dict:
