@@ -16,6 +16,7 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -68,6 +69,29 @@ def kdf_options() -> argparse.ArgumentParser:
     return parser
 
 
+def as_of_options() -> argparse.ArgumentParser:
+    """--as-of: read the repository as it was at a past moment (versioned S3 buckets)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--as-of", type=past_moment, metavar="TIME",
+                        help="read every object as it was at TIME (ISO 8601, UTC unless a zone is "
+                             "given: 2026-11-26T05:40:00Z), ignoring later overwrites and deletes; "
+                             "needs a versioned S3 bucket")
+    return parser
+
+
+def past_moment(text: str) -> datetime:
+    """An argparse type: an ISO 8601 time, UTC unless it says otherwise, not in the future."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time: {text!r} (ISO 8601, e.g. 2026-11-26T05:40:00Z)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    if moment > datetime.now(timezone.utc):
+        raise argparse.ArgumentTypeError(f"{text} is in the future")
+    return moment
+
+
 def snapshot_filter_options() -> argparse.ArgumentParser:
     """--host and --source: only the snapshots of one machine and/or directory."""
     parser = argparse.ArgumentParser(add_help=False)
@@ -97,10 +121,16 @@ def checked_compression(text: str) -> str:
 
 
 def open_store_from(args) -> Store:
-    """The store as the writer role uses it: get, put, head, list; a delete raises (I9)."""
+    """The store as the writer role uses it: get, put, head, list; a delete raises (I9).
+    With --as-of, the store as it was then, read-only."""
     from cloudfs.store.roles import WriterStore
 
-    return WriterStore(_store_from(args))
+    store = WriterStore(_store_from(args))
+    if getattr(args, "as_of", None) is None:
+        return store
+    from cloudfs.store.asof import AsOfStore
+
+    return AsOfStore(store, args.as_of)
 
 
 def open_maintenance_store(args) -> Store:

@@ -6,6 +6,7 @@ import sys
 from datetime import datetime, timezone
 
 from cloudfs.cli.common import (
+    as_of_options,
     checked_compression,
     human_size,
     kdf_options,
@@ -69,7 +70,7 @@ def register(subparsers) -> None:
     snapshots.add_argument("--json", action="store_true")
     snapshots.set_defaults(run=run_snapshots)
 
-    check = subparsers.add_parser("check", parents=[repo], help="verify the repository",
+    check = subparsers.add_parser("check", parents=[repo, as_of_options()], help="verify the repository",
                                   description="Check that every object the repository refers to is "
                                               "there and intact.")
     check.add_argument("--read-data", action="store_true",
