@@ -247,8 +247,12 @@ def test_a_compliance_locked_snapshot_that_forget_deletes_stays_stored_and_resto
         time.sleep(1.1)
 
         credentials = iam.credentials_file(tmp_path / "maintenance-credentials", "maintenance")
-        run_cloudfs("forget", "--keep-last", "1", "--maintenance-credentials", credentials, env=tree.env)
+        forgot = run_cloudfs("forget", "--keep-last", "1", "--maintenance-credentials", credentials, env=tree.env)
+        assert "S3 Object Lock keeps the removed snapshot objects stored" in forgot.stdout
+        assert "compliance mode" in forgot.stdout
         assert first not in [s.name for s in tree.snapshots()]
+        listed = run_cloudfs("snapshots", "--json", "--as-of", moment, env=tree.env).stdout
+        assert first in listed
 
         admin, key = iam.client("admin"), f"{PREFIX}/{first}"
         version = first_versions(tree, admin)[first]

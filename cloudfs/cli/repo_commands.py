@@ -64,7 +64,7 @@ def register(subparsers) -> None:
     passwd.add_argument("--new-password-file", help="read the new passphrase from this file")
     passwd.set_defaults(run=run_key_passwd)
 
-    snapshots = subparsers.add_parser("snapshots", parents=[repo, snapshot_filter_options()],
+    snapshots = subparsers.add_parser("snapshots", parents=[repo, snapshot_filter_options(), as_of_options()],
                                       help="list the snapshots",
                                       description="List the repository's snapshots, oldest first.")
     snapshots.add_argument("--json", action="store_true")
