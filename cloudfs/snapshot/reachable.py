@@ -48,40 +48,39 @@ class _Walk:
         self._remembered = remembered
 
     async def directory(self, root: bytes) -> None:
-        pending = [root]
-        while pending:
-            node = pending.pop()
-            if not self._first_visit(node):
-                continue
-            try:
-                entries = await self.reader.directory(node)
-            except (CloudfsError, ValueError, KeyError, TypeError) as error:
-                self._unreadable(node, error)
-                continue
-            for entry in entries:
-                if entry.subtree is not None:
-                    pending.append(entry.subtree)
-                for block in entry.blocks or ():
-                    self._blob(block)
-                if entry.block_list is not None:
-                    await self.block_list(entry.block_list)
+        await self._walk(root, self._directory_children)
 
-    async def block_list(self, root: bytes) -> None:
+    async def _walk(self, root: bytes, children) -> None:
+        """Depth first from `root`: `children(node)` counts what a node refers to
+        and returns the nodes below it still to walk."""
         pending = [root]
         while pending:
             node = pending.pop()
             if not self._first_visit(node):
                 continue
             try:
-                level, ids = decode_node(await self.reader.tree_blob(node))
+                pending.extend(await children(node))
             except (CloudfsError, ValueError, KeyError, TypeError) as error:
                 self._unreadable(node, error)
-                continue
-            if level == 0:
-                for block in ids:
-                    self._blob(block)
-            else:
-                pending.extend(child for child in ids if child is not None)
+
+    async def _directory_children(self, node: bytes) -> list[bytes]:
+        subtrees = []
+        for entry in await self.reader.directory(node):
+            if entry.subtree is not None:
+                subtrees.append(entry.subtree)
+            for block in entry.blocks or ():
+                self._blob(block)
+            if entry.block_list is not None:
+                await self._walk(entry.block_list, self._block_list_children)
+        return subtrees
+
+    async def _block_list_children(self, node: bytes) -> list[bytes]:
+        level, ids = decode_node(await self.reader.tree_blob(node))
+        if level > 0:
+            return [child for child in ids if child is not None]
+        for block in ids:
+            self._blob(block)
+        return []
 
     def _first_visit(self, node: bytes) -> bool:
         """Count the node's own chunk, and say whether it still needs walking."""
