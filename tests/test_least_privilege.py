@@ -23,7 +23,6 @@ import botocore.exceptions
 import pytest
 import trio
 
-from cloudfs.repo import Repository
 from cloudfs.snapshot.reader import TreeReader
 from cloudfs.store import S3Options, S3Store
 from cloudfs.store.versions import first_version, versions_by_name
@@ -92,7 +91,7 @@ def snapshot_now(tree: Protected) -> str:
     return run_cloudfs("snapshot", "--wait", tree.source, env=tree.env).stdout.strip().removeprefix("committed ")
 
 
-def first_versions(tree: Protected, client) -> dict[str, str]:
+def first_versions(tree: Protected) -> dict[str, str]:
     store = S3Store(tree.bucket, PREFIX, S3Options(endpoint_url=tree.endpoint))
 
     async def run():
@@ -128,7 +127,7 @@ def test_the_writer_policy_mounts_snapshots_and_restores_and_never_deletes(locke
     assert "DELETE" not in methods and {"PUT", "GET"} <= methods
 
     admin = iam.client("admin")
-    versions = first_versions(locked, admin)
+    versions = first_versions(locked)
     soon = datetime.now(timezone.utc) + timedelta(hours=23)
     for name, version in versions.items():
         head = admin.head_object(Bucket=locked.bucket, Key=f"{PREFIX}/{name}", VersionId=version)
@@ -141,8 +140,8 @@ def test_a_locked_object_cannot_be_deleted_and_an_overwrite_leaves_it_intact(loc
     snapshot_now(locked)
     locked.umount()
     writer, maintenance = iam.client("writer"), iam.client("maintenance")
-    chunk = next(name for name in first_versions(locked, writer) if name.startswith("chunks/"))
-    key, genuine = f"{PREFIX}/{chunk}", first_versions(locked, writer)[chunk]
+    chunk = next(name for name in first_versions(locked) if name.startswith("chunks/"))
+    key, genuine = f"{PREFIX}/{chunk}", first_versions(locked)[chunk]
 
     assert denied(lambda: writer.delete_object(Bucket=locked.bucket, Key=key))
     assert denied(lambda: writer.delete_object(Bucket=locked.bucket, Key=key, VersionId=genuine))
@@ -157,7 +156,7 @@ def test_a_locked_object_cannot_be_deleted_and_an_overwrite_leaves_it_intact(loc
     trio.run(exclusive_overwrite)
     writer.put_object(Bucket=locked.bucket, Key=key, Body=b"garbage")    # a new version on top
     assert writer.get_object(Bucket=locked.bucket, Key=key, VersionId=genuine)["Body"].read() != b"garbage"
-    assert first_versions(locked, writer)[chunk] == genuine
+    assert first_versions(locked)[chunk] == genuine
 
 
 def vandalise(iam, bucket: str) -> int:
@@ -255,7 +254,7 @@ def test_a_compliance_locked_snapshot_that_forget_deletes_stays_stored_and_resto
         assert first in listed
 
         admin, key = iam.client("admin"), f"{PREFIX}/{first}"
-        version = first_versions(tree, admin)[first]
+        version = first_versions(tree)[first]
         head = admin.head_object(Bucket=tree.bucket, Key=key, VersionId=version)
         assert head["ObjectLockMode"] == "COMPLIANCE"
         assert denied(lambda: admin.delete_object(Bucket=tree.bucket, Key=key, VersionId=version,
