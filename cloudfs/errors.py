@@ -29,6 +29,10 @@ class StoreUnavailable(StoreError):
 class AccessDenied(StoreError):
     """The store refused the credentials or the request (HTTP 403)."""
 
+    def __init__(self, message: str, permission: str = ""):
+        super().__init__(message)
+        self.permission = permission     # the IAM permission the request needed, if known
+
 
 class BucketNotFound(StoreError):
     """The bucket named in the repository URL does not exist."""

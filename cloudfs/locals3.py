@@ -75,9 +75,13 @@ class S3Server:
             ),
         )
 
-    def new_bucket(self) -> str:
+    def new_bucket(self, *, object_lock: bool = False) -> str:
+        """A new bucket; with `object_lock`, versioned and with Object Lock (moto only)."""
         name = f"t-{uuid.uuid4().hex[:12]}"
-        self.client().create_bucket(Bucket=name)
+        if object_lock:
+            self.client().create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+        else:
+            self.client().create_bucket(Bucket=name)
         return name
 
     def env(self) -> dict[str, str]:

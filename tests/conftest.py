@@ -40,10 +40,27 @@ def bucket(s3_server):
     return s3_server.new_bucket()
 
 
+def point_boto3_at(server, monkeypatch):
+    """Give this process's boto3 the server's endpoint and credentials."""
+    for key, value in server.env().items():
+        if key.startswith(("AWS_", "CLOUDFS_")):
+            monkeypatch.setenv(key, value)
+    return server
+
+
 @pytest.fixture
 def s3_env(s3_server, monkeypatch):
     """Point boto3 (in this process) at the rclone server's credentials."""
-    for key, value in s3_server.env().items():
-        if key.startswith(("AWS_", "CLOUDFS_")):
-            monkeypatch.setenv(key, value)
-    return s3_server
+    return point_boto3_at(s3_server, monkeypatch)
+
+
+@pytest.fixture
+def moto_env(moto_server, monkeypatch):
+    """Point boto3 (in this process) at the moto server."""
+    return point_boto3_at(moto_server, monkeypatch)
+
+
+@pytest.fixture
+def locked_bucket(moto_server):
+    """A fresh bucket on the moto server with versioning and Object Lock enabled."""
+    return moto_server.new_bucket(object_lock=True)

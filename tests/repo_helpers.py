@@ -40,9 +40,9 @@ class CountingStore(StoreWrapper):
         self.gets: list[tuple[str, int, int | None, int]] = []   # name, offset, length, bytes
         self.puts: list[tuple[str, int]] = []
 
-    async def put(self, name, data, *, exclusive=False, sha256=None):
+    async def put(self, name, data, *, exclusive=False, sha256=None, retention=None):
         self.puts.append((name, len(data)))
-        await self.inner.put(name, data, exclusive=exclusive, sha256=sha256)
+        await self.inner.put(name, data, exclusive=exclusive, sha256=sha256, retention=retention)
 
     async def get(self, name, offset=0, length=None):
         data = await self.inner.get(name, offset, length)

@@ -19,12 +19,12 @@ class FlakyStore(LocalStore):
     failing = False
     uploads = 0
 
-    async def put(self, name, data, *, exclusive=False, sha256=None):
+    async def put(self, name, data, *, exclusive=False, sha256=None, retention=None):
         if name.startswith(CHUNKS_PREFIX):
             FlakyStore.uploads += 1
             if self.failing:
                 raise StoreUnavailable("the store went away")
-        await super().put(name, data, exclusive=exclusive, sha256=sha256)
+        await super().put(name, data, exclusive=exclusive, sha256=sha256, retention=retention)
 
 
 def make_repo(tmp_path, store_class=LocalStore, slots=2):

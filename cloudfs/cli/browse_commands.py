@@ -9,6 +9,7 @@ import os
 import sys
 
 from cloudfs.cli.common import (
+    as_of_options,
     open_store_from,
     read_passphrase,
     repository_options,
@@ -24,10 +25,10 @@ class DamagedFiles(CloudfsError):
 
 
 def register(subparsers) -> None:
-    repo = repository_options()
+    repo, as_of = repository_options(), as_of_options()
 
     browse = subparsers.add_parser(
-        "browse", parents=[repo, snapshot_filter_options()], help="mount the snapshots read-only",
+        "browse", parents=[repo, snapshot_filter_options(), as_of], help="mount the snapshots read-only",
         description="Mount every snapshot of the repository read-only at MOUNTPOINT: one folder "
                     "per snapshot named by its UTC time, `latest`, `history/` (every version of "
                     "each file) and `@GMT/` (Samba shadow copies). New snapshots appear by "
@@ -49,7 +50,7 @@ def register(subparsers) -> None:
     browse.set_defaults(run=run_browse)
 
     restore = subparsers.add_parser(
-        "restore", parents=[repo, snapshot_filter_options()], help="restore a snapshot or a path in it",
+        "restore", parents=[repo, snapshot_filter_options(), as_of], help="restore a snapshot or a path in it",
         description="Restore SNAPSHOT (all of it, or PATH in it) to TARGET, with data, holes, "
                     "modes, owners (as root), times, xattrs, symlinks and hard links; every "
                     "byte is verified. SNAPSHOT is `latest` (of --source, where the repository "

@@ -18,6 +18,7 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -54,6 +55,12 @@ def repository_options() -> argparse.ArgumentParser:
                        help="concurrent S3 requests (default 8)")
     group.add_argument("--retries", type=int, default=6, metavar="N",
                        help="tries of a failing request before giving up (default 6)")
+    group.add_argument("--maintenance-profile", metavar="PROFILE",
+                       help="AWS profile for the maintenance role (forget, unpin, policy set, key "
+                            "remove/passwd, repair index, locks extend, init): its own credentials")
+    group.add_argument("--maintenance-credentials", metavar="FILE",
+                       help="an AWS credentials file for the maintenance role (its [default] "
+                            "profile, or --maintenance-profile)")
     group.add_argument("--cache-dir", type=Path, help="local cache (default ~/.cache/cloudfs)")
     group.add_argument("--no-cache", action="store_true", help="do not cache index and snapshot objects")
     return parser
@@ -64,6 +71,29 @@ def kdf_options() -> argparse.ArgumentParser:
     parser.add_argument("--kdf-time", type=float, default=0.5, metavar="SECONDS",
                         help="how long deriving the key from a passphrase takes here (default 0.5)")
     return parser
+
+
+def as_of_options() -> argparse.ArgumentParser:
+    """--as-of: read the repository as it was at a past moment (versioned S3 buckets)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--as-of", type=past_moment, metavar="TIME",
+                        help="read every object as it was at TIME (ISO 8601, UTC unless a zone is "
+                             "given: 2026-11-26T05:40:00Z), ignoring later overwrites and deletes; "
+                             "needs a versioned S3 bucket")
+    return parser
+
+
+def past_moment(text: str) -> datetime:
+    """An argparse type: an ISO 8601 time, UTC unless it says otherwise, not in the future."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time: {text!r} (ISO 8601, e.g. 2026-11-26T05:40:00Z)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    if moment > datetime.now(timezone.utc):
+        raise argparse.ArgumentTypeError(f"{text} is in the future")
+    return moment
 
 
 def snapshot_filter_options() -> argparse.ArgumentParser:
@@ -95,30 +125,42 @@ def checked_compression(text: str) -> str:
 
 
 def open_store_from(args) -> Store:
-    """The store as the writer role uses it: get, put, head, list; a delete raises (I9)."""
+    """The store as the writer role uses it: get, put, head, list; a delete raises (I9).
+    With --as-of, the store as it was then, read-only."""
     from cloudfs.store.roles import WriterStore
 
-    return WriterStore(_store_from(args))
+    store = WriterStore(_store_from(args))
+    if getattr(args, "as_of", None) is None:
+        return store
+    from cloudfs.store.asof import AsOfStore
+
+    return AsOfStore(store, args.as_of)
 
 
 def open_maintenance_store(args) -> Store:
     """The store for maintenance (forget, unpin, policy changes, key removal, index
-    repair, init's cleanup): the only one whose delete works. The one place the
-    maintenance role's access is opened; its own credentials belong here."""
-    return _store_from(args)
+    repair, lock extension, init's cleanup): the only one whose delete works, with
+    the maintenance role's own credentials if given. The one place they are used."""
+    from cloudfs.store.roles import MaintenanceStore
+
+    return MaintenanceStore(_store_from(args, profile=args.maintenance_profile or args.profile,
+                                        credentials_file=args.maintenance_credentials))
 
 
-def _store_from(args) -> Store:
+def _store_from(args, *, profile: str | None = None, credentials_file: str | None = None) -> Store:
     from cloudfs.store import RetryPolicy, S3Options, open_store
 
     if not args.repo:
         raise UsageError("no repository given: use --repo or set CLOUDFS_REPO")
     if args.retries < 1 or args.s3_connections < 1:
         raise UsageError("--retries and --s3-connections must be at least 1")
+    if credentials_file is not None and not os.path.isfile(credentials_file):
+        raise UsageError(f"no credentials file {credentials_file}")
     options = S3Options(
         endpoint_url=args.endpoint_url,
         region=args.region,
-        profile=args.profile,
+        profile=profile or args.profile,
+        credentials_file=credentials_file,
         addressing=args.s3_addressing,
         ca_bundle=args.ca_bundle,
         checksum=args.s3_checksum,

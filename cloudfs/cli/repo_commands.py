@@ -6,6 +6,7 @@ import sys
 from datetime import datetime, timezone
 
 from cloudfs.cli.common import (
+    as_of_options,
     checked_compression,
     human_size,
     kdf_options,
@@ -37,6 +38,13 @@ def register(subparsers) -> None:
     init.add_argument("--compression", type=checked_compression, default="zstd", metavar="METHOD",
                       help="zstd, zstd:LEVEL (-7 fastest to 22 smallest) or none: the default of "
                            "every mount, which may choose its own (default zstd, level 1)")
+    init.add_argument("--object-lock", type=int, metavar="DAYS",
+                      help="lock every object for DAYS with S3 Object Lock (the bucket needs "
+                           "versioning and Object Lock); `cloudfs locks extend` keeps what kept "
+                           "snapshots need locked")
+    init.add_argument("--lock-mode", choices=("governance", "compliance"), default="governance",
+                      help="governance: whoever may bypass governance retention can still delete; "
+                           "compliance: nobody can, until the lock runs out (default governance)")
     init.set_defaults(run=run_init)
 
     key = subparsers.add_parser("key", help="manage passphrases (key slots)")
@@ -56,13 +64,13 @@ def register(subparsers) -> None:
     passwd.add_argument("--new-password-file", help="read the new passphrase from this file")
     passwd.set_defaults(run=run_key_passwd)
 
-    snapshots = subparsers.add_parser("snapshots", parents=[repo, snapshot_filter_options()],
+    snapshots = subparsers.add_parser("snapshots", parents=[repo, snapshot_filter_options(), as_of_options()],
                                       help="list the snapshots",
                                       description="List the repository's snapshots, oldest first.")
     snapshots.add_argument("--json", action="store_true")
     snapshots.set_defaults(run=run_snapshots)
 
-    check = subparsers.add_parser("check", parents=[repo], help="verify the repository",
+    check = subparsers.add_parser("check", parents=[repo, as_of_options()], help="verify the repository",
                                   description="Check that every object the repository refers to is "
                                               "there and intact.")
     check.add_argument("--read-data", action="store_true",
@@ -80,15 +88,16 @@ def register(subparsers) -> None:
 
 def run_init(args) -> int:
     from cloudfs.repo import RepoConfig, Repository
-    from cloudfs.repo.config import parse_compression
+    from cloudfs.repo.config import ObjectLock, parse_compression
 
     if args.location:
         args.repo = args.location
     try:
         level = parse_compression(args.compression)
+        lock = None if args.object_lock is None else ObjectLock(args.lock_mode, args.object_lock)
         config = RepoConfig(chunk_size=args.chunk_size_mib << 20, block_size=args.block_size_kib << 10,
                             compression="none" if level is None else "zstd",
-                            compression_level=level or 1)
+                            compression_level=level or 1, object_lock=lock)
     except ValueError as error:
         raise UsageError(str(error)) from None
     store = open_maintenance_store(args)     # removes the key slots of an interrupted init
@@ -108,6 +117,9 @@ def run_init(args) -> int:
     except BucketNotFound as error:
         raise BucketNotFound(f"{error} (pass --create-bucket to create it)") from None
     print(f"created repository {repo.config.repo_id_hex[:16]} at {store.location}")
+    if config.object_lock:
+        print(f"every object is locked for {config.object_lock.days} days ({config.object_lock.mode} "
+              "mode): run `cloudfs locks extend` daily to keep what kept snapshots need locked")
     print("keep the passphrase safe: without it the backups cannot be read")
     return 0
 

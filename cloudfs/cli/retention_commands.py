@@ -134,14 +134,17 @@ def run_forget(args) -> int:
         snapshots = snapshot_filter(args).chosen(await repo.snapshots())
         plans = plan_forget(policy, snapshots, time.time_ns(), frozenset(await repo.pinned()))
         if args.dry_run:
-            return policy, origin, plans, None
+            return policy, origin, plans, None, repo.config.object_lock
         if not args.allow_empty:
             refuse_empty_groups(plans)
-        return policy, origin, plans, await forget(repo, plans)
+        return policy, origin, plans, await forget(repo, plans), repo.config.object_lock
 
     # A dry run deletes nothing, so the writer's access will do.
-    policy, origin, plans, result = with_repository(args, run, maintenance=not args.dry_run)
+    policy, origin, plans, result, lock = with_repository(args, run, maintenance=not args.dry_run)
     _report_forget(args, policy, origin, plans, result)
+    if result and result.removed and lock and not args.json:
+        print(f"S3 Object Lock keeps the removed snapshot objects stored, hidden behind delete markers, "
+              f"until their locks run out (at most {lock.days} days, {lock.mode} mode); --as-of still reads them")
     if args.dry_run and not args.allow_empty:
         refuse_empty_groups(plans)    # say that the real run would be refused
     return 0

@@ -42,6 +42,7 @@ from cloudfs.repo.pins import PINS_PREFIX, Pin, pinned_snapshot
 from cloudfs.repo.policy import POLICY_PREFIX, PolicyRecord
 from cloudfs.repo.snapshots import SNAPSHOTS_PREFIX, Snapshot
 from cloudfs.store.base import Store
+from cloudfs.store.locking import LockingStore
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class WriteStats:
 class Repository:
     def __init__(self, store: Store, master: crypto.MasterKey, config: RepoConfig,
                  slot: KeySlot, cache: ObjectCache):
-        self.store = store
+        self.store = _locking(store, config)
         self.master = master
         self.config = config
         self.slot = slot                  # the key slot this session was opened with
@@ -86,9 +87,12 @@ class Repository:
         """Create a repository in an empty location; refuse anything else."""
         if not passphrase:
             raise UsageError("the passphrase must not be empty")
+        config = config or RepoConfig()
         if create_container:
-            await store.create_container()
+            await store.create_container(object_lock=config.object_lock is not None)
         await store.check()
+        if config.object_lock is not None:
+            await store.check_object_lock()
         if await store.exists(CONFIG_NAME):
             raise RepositoryError(f"a repository already exists at {store.location}; nothing was changed")
         existing = await store.list()
@@ -97,14 +101,14 @@ class Repository:
             raise RepositoryError(f"{store.location} is not empty; choose an empty location")
         for name in leftovers:  # key slots of an init that stopped before writing config
             await store.delete(name)
-        config = config or RepoConfig()
         master = crypto.MasterKey.generate()
         kdf = kdf or await trio.to_thread.run_sync(crypto.tune_kdf)
         slot = await trio.to_thread.run_sync(
             lambda: KeySlot.create(master, config.repo_id, passphrase, kdf, label="initial"))
-        await store.put(slot.name, slot.raw, exclusive=True)
-        await store.put(CONFIG_NAME, config.seal(master), exclusive=True)  # the commit point
-        return cls(store, master, config, slot, _cache_for(config, cache_root, use_cache))
+        repo = cls(store, master, config, slot, _cache_for(config, cache_root, use_cache))
+        await repo.store.put(slot.name, slot.raw, exclusive=True)
+        await repo.store.put(CONFIG_NAME, config.seal(master), exclusive=True)  # the commit point
+        return repo
 
     @classmethod
     async def open(cls, store: Store, passphrase: bytes, *, cache_root: Path | None = None,
@@ -236,6 +240,10 @@ class Repository:
             await self.store.delete(name)
             del self.damaged_objects[name]
         return len(unindexed), dropped
+
+    async def index_object(self, name: str) -> list[ChunkInfo]:
+        """The chunks one index object lists (from the cache where possible)."""
+        return await self._load_cached(name, open_index)
 
     def _chunk_info_from_footer(self, name: str, data: bytes) -> ChunkInfo:
         blobs = parse_footer(self.master, name, data)
@@ -385,6 +393,14 @@ class Repository:
         await self.store.put(record.name, data, exclusive=True)
         self.cache.put(record.name, data)
         return record
+
+
+def _locking(store: Store, config: RepoConfig) -> Store:
+    """The store through which this repository writes: every put locked if the
+    repository was created with Object Lock."""
+    if config.object_lock is None:
+        return store
+    return LockingStore(store, config.object_lock.mode, config.object_lock.days)
 
 
 def _cache_for(config: RepoConfig, cache_root: Path | None, use_cache: bool) -> ObjectCache:

@@ -13,12 +13,52 @@ import io
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from datetime import datetime
+
+from cloudfs.errors import ObjectNotFound, UsageError
+
+LOCK_MODES = ("governance", "compliance")
 
 
 @dataclass(frozen=True)
 class ObjectInfo:
     name: str
     size: int
+
+
+@dataclass(frozen=True)
+class Retention:
+    """An S3 Object Lock retention: until `until` (an aware datetime) the object
+    version cannot be deleted, and its retention not shortened. In "governance"
+    mode a user granted s3:BypassGovernanceRetention can still do both; in
+    "compliance" mode nobody can, the account's root user included."""
+
+    mode: str
+    until: datetime
+
+    def __post_init__(self):
+        if self.mode not in LOCK_MODES:
+            raise ValueError(f"unknown Object Lock mode {self.mode!r} (governance or compliance)")
+
+
+@dataclass(frozen=True)
+class ObjectVersion:
+    """One version of an object in a versioned bucket; a delete marker has `deleted`."""
+
+    name: str
+    version_id: str
+    modified: datetime       # when the store received it (its LastModified)
+    size: int
+    deleted: bool = False
+
+
+@dataclass(frozen=True)
+class VersionPage:
+    """One page of a version listing: versions sorted by name, each name's newest
+    first; `after` is where the next page starts (None: this was the last)."""
+
+    versions: list[ObjectVersion]
+    after: tuple[str, str] | None
 
 
 class FilePayload:
@@ -86,13 +126,14 @@ class Store(ABC):
 
     @abstractmethod
     async def put(self, name: str, data: bytes, *, exclusive: bool = False,
-                  sha256: bytes | None = None) -> None:
+                  sha256: bytes | None = None, retention: Retention | None = None) -> None:
         """Store `data` (bytes-like, or a FilePayload) under `name`.
 
         With exclusive=True the call fails with ObjectExists instead of replacing
         an existing object (best effort on stores that cannot do it atomically).
         `sha256`, the data's digest if the caller has it, saves the store from
-        computing it again for an upload checksum.
+        computing it again for an upload checksum. With a `retention` the object
+        is stored locked (S3 Object Lock); a store that cannot lock refuses.
         """
 
     @abstractmethod
@@ -119,9 +160,43 @@ class Store(ABC):
         """Fail early with a clear error if the store cannot be used at all
         (missing bucket or directory, refused credentials, unreachable endpoint)."""
 
-    async def exists(self, name: str) -> bool:
-        from cloudfs.errors import ObjectNotFound
+    # -- Object Lock and versions: S3 only; the defaults say so --------------------
 
+    async def check_object_lock(self) -> None:
+        """Fail with one clear line unless objects put here can be locked."""
+        raise UsageError(self._cannot_lock())
+
+    async def retention(self, name: str, version_id: str | None = None) -> Retention | None:
+        """The Object Lock retention of an object (its current version, or `version_id`),
+        or None if it has none. Prune asks this before deleting (a locked object is
+        skipped); lock extension before extending."""
+        return None
+
+    async def extend_retention(self, name: str, retention: Retention,
+                               version_id: str | None = None) -> None:
+        """Set an object version's retention (S3 PutObjectRetention). Callers only ever
+        lengthen one: compliance-mode retention cannot be shortened."""
+        raise UsageError(self._cannot_lock())
+
+    async def version_page(self, prefix: str = "",
+                           after: tuple[str, str] | None = None) -> VersionPage:
+        """One page of the versions (delete markers included) of the objects whose
+        names start with `prefix`; `after` is the previous page's."""
+        raise UsageError(self._no_versions())
+
+    async def get_version(self, name: str, version_id: str, offset: int = 0,
+                          length: int | None = None) -> bytes:
+        """Like get(), of one version of the object."""
+        raise UsageError(self._no_versions())
+
+    def _cannot_lock(self) -> str:
+        return (f"{self.location} cannot lock objects: Object Lock needs an S3 bucket with "
+                "versioning and Object Lock enabled")
+
+    def _no_versions(self) -> str:
+        return f"{self.location} keeps no object versions: reading the past needs a versioned S3 bucket"
+
+    async def exists(self, name: str) -> bool:
         try:
             await self.head(name)
         except ObjectNotFound:

@@ -15,7 +15,7 @@ from pathlib import Path
 import trio
 
 from cloudfs.fsutil import fsync_directory, make_directories, write_durably
-from cloudfs.errors import ObjectExists, ObjectNotFound, RepositoryError, StoreError
+from cloudfs.errors import ObjectExists, ObjectNotFound, RepositoryError, StoreError, UsageError
 from cloudfs.store.base import FilePayload, ObjectInfo, Store
 
 TEMP_PREFIX = ".tmp-"
@@ -37,7 +37,9 @@ class LocalStore(Store):
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
     async def put(self, name: str, data: bytes, *, exclusive: bool = False,
-                  sha256: bytes | None = None) -> None:
+                  sha256: bytes | None = None, retention=None) -> None:
+        if retention is not None:
+            raise UsageError(self._cannot_lock())
         await self._run(self._put_sync, name, data, exclusive)
 
     def _put_sync(self, name: str, data: bytes, exclusive: bool) -> None:
@@ -113,8 +115,10 @@ class LocalStore(Store):
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise StoreError(f"cannot write to {self.location}: permission denied")
 
-    async def create_container(self) -> None:
+    async def create_container(self, *, object_lock: bool = False) -> None:
         """Create the directory (for init)."""
+        if object_lock:
+            raise UsageError(self._cannot_lock())
         try:
             await self._run(make_directories, self.root)
         except OSError as error:

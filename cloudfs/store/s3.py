@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import boto3
 import botocore.exceptions as bce
+import botocore.session
 import trio
 from botocore.config import Config
 
@@ -29,13 +30,28 @@ from cloudfs.errors import (
     StoreError,
     StoreUnavailable,
 )
-from cloudfs.store.base import FilePayload, ObjectInfo, Store
+from cloudfs.store.base import FilePayload, ObjectInfo, ObjectVersion, Retention, Store, VersionPage
 from cloudfs.store.retry import RetryPolicy, retrying
 
 log = logging.getLogger(__name__)
 
 TRANSIENT_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling"}
 DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden", "403"}
+#: The IAM permission each kind of request needs, to name it when one is denied.
+PERMISSIONS = {
+    "PUT": "s3:PutObject",
+    "GET": "s3:GetObject",
+    "HEAD": "s3:GetObject",
+    "LIST": "s3:ListBucket",
+    "DELETE": "s3:DeleteObject",
+    "HEAD bucket": "s3:ListBucket",
+    "CREATE bucket": "s3:CreateBucket",
+    "GET object-lock": "s3:GetBucketObjectLockConfiguration and s3:GetBucketVersioning",
+    "HEAD retention": "s3:GetObjectRetention",
+    "PUT retention": "s3:PutObjectRetention",
+    "LIST versions": "s3:ListBucketVersions",
+    "GET version": "s3:GetObjectVersion",
+}
 NETWORK_ERRORS = (
     bce.EndpointConnectionError,
     bce.ConnectionClosedError,
@@ -52,6 +68,7 @@ class S3Options:
     endpoint_url: str | None = None      # None: AWS, or AWS_ENDPOINT_URL(_S3) from the environment
     region: str | None = None            # None: boto3's chain (AWS_REGION, profile), else us-east-1
     profile: str | None = None           # a profile of ~/.aws/config and credentials
+    credentials_file: str | None = None  # instead of ~/.aws/credentials (its [default] unless `profile`)
     addressing: str = "auto"             # path | virtual | auto (path with a custom endpoint)
     ca_bundle: str | None = None         # PEM file of trusted CAs; TLS is always verified
     checksum: str = "sha256"             # sha256 | md5 | none: header sent with each PUT
@@ -76,12 +93,15 @@ class S3Store(Store):
     # -- the Store interface ------------------------------------------------
 
     async def put(self, name: str, data: bytes, *, exclusive: bool = False,
-                  sha256: bytes | None = None) -> None:
+                  sha256: bytes | None = None, retention: Retention | None = None) -> None:
         def request():
             params = dict(Bucket=self.bucket, Key=self._key(name), Body=_body(data))
-            params.update(self._checksum_params(data, sha256))
+            params.update(self._checksum_params(data, sha256, locked=retention is not None))
             if exclusive:
                 params["IfNoneMatch"] = "*"
+            if retention is not None:
+                params.update(ObjectLockMode=retention.mode.upper(),
+                              ObjectLockRetainUntilDate=retention.until)
             self._client.put_object(**params)
 
         if exclusive and await self.exists(name):
@@ -89,11 +109,18 @@ class S3Store(Store):
         await self._call(request, "PUT", name)
 
     async def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        return await self._get(name, offset, length, None)
+
+    async def get_version(self, name: str, version_id: str, offset: int = 0,
+                          length: int | None = None) -> bytes:
+        return await self._get(name, offset, length, version_id)
+
+    async def _get(self, name: str, offset: int, length: int | None, version_id: str | None) -> bytes:
         if length == 0:
             return b""
 
         def request():
-            params = dict(Bucket=self.bucket, Key=self._key(name))
+            params = dict(Bucket=self.bucket, Key=self._key(name), **_version(version_id))
             if offset or length is not None:
                 end = "" if length is None else str(offset + length - 1)
                 params["Range"] = f"bytes={offset}-{end}"
@@ -104,7 +131,7 @@ class S3Store(Store):
                 body = body[offset:] if length is None else body[offset:offset + length]
             return body
 
-        return await self._call(request, "GET", name)
+        return await self._call(request, "GET version" if version_id else "GET", name)
 
     async def head(self, name: str) -> ObjectInfo:
         def request():
@@ -133,8 +160,9 @@ class S3Store(Store):
     async def check(self) -> None:
         await self._call(lambda: self._client.head_bucket(Bucket=self.bucket), "HEAD bucket", "")
 
-    async def create_container(self) -> None:
-        """Create the bucket (for `init --create-bucket`); an existing one is fine."""
+    async def create_container(self, *, object_lock: bool = False) -> None:
+        """Create the bucket (for `init --create-bucket`); an existing one is fine.
+        With `object_lock` a new bucket has versioning and Object Lock enabled."""
         def request():
             try:
                 self._client.head_bucket(Bucket=self.bucket)
@@ -146,9 +174,77 @@ class S3Store(Store):
             region = self._client.meta.region_name
             if region and region != "us-east-1" and not self.options.endpoint_url:
                 params["CreateBucketConfiguration"] = {"LocationConstraint": region}
+            if object_lock:
+                params["ObjectLockEnabledForBucket"] = True
             self._client.create_bucket(**params)
 
         await self._call(request, "CREATE bucket", "")
+
+    # -- Object Lock and versions ---------------------------------------------
+
+    async def check_object_lock(self) -> None:
+        def request():
+            versioning = self._client.get_bucket_versioning(Bucket=self.bucket).get("Status")
+            try:
+                configuration = self._client.get_object_lock_configuration(Bucket=self.bucket)
+            except bce.ClientError as error:
+                if _code(error) != "ObjectLockConfigurationNotFoundError":
+                    raise
+                return versioning, None
+            return versioning, configuration.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled")
+
+        versioning, lock = await self._call(request, "GET object-lock", "")
+        if lock != "Enabled":
+            raise StoreError(f"bucket {self.bucket!r} does not have Object Lock enabled "
+                             "(GetObjectLockConfiguration): enable it on the bucket, or create one "
+                             "with `init --create-bucket --object-lock`")
+        if versioning != "Enabled":
+            raise StoreError(f"bucket {self.bucket!r} does not have versioning enabled "
+                             "(GetBucketVersioning), which Object Lock needs")
+
+    async def retention(self, name: str, version_id: str | None = None) -> Retention | None:
+        def request():
+            response = self._client.head_object(Bucket=self.bucket, Key=self._key(name),
+                                                **_version(version_id))
+            mode, until = response.get("ObjectLockMode"), response.get("ObjectLockRetainUntilDate")
+            return Retention(mode.lower(), until) if mode and until else None
+
+        return await self._call(request, "HEAD retention", name)
+
+    async def extend_retention(self, name: str, retention: Retention,
+                               version_id: str | None = None) -> None:
+        def request():
+            self._client.put_object_retention(
+                Bucket=self.bucket, Key=self._key(name), **_version(version_id),
+                Retention={"Mode": retention.mode.upper(), "RetainUntilDate": retention.until})
+
+        await self._call(request, "PUT retention", name)
+
+    async def version_page(self, prefix: str = "",
+                           after: tuple[str, str] | None = None) -> VersionPage:
+        def request():
+            params = dict(Bucket=self.bucket, Prefix=self._key(prefix))
+            if after:
+                params.update(KeyMarker=self._key(after[0]), VersionIdMarker=after[1])
+            return self._client.list_object_versions(**params)
+
+        response = await self._call(request, "LIST versions", prefix or "/")
+        # The listing has each name's versions newest first, delete markers among them;
+        # boto3 splits them into two lists, so merge them back in that order (times
+        # are in whole seconds: of two at the same second, the one S3 calls latest first).
+        items = [(item, False) for item in response.get("Versions", [])]
+        items += [(item, True) for item in response.get("DeleteMarkers", [])]
+        items.sort(key=lambda pair: (pair[0]["LastModified"], pair[0].get("IsLatest", False)), reverse=True)
+        items.sort(key=lambda pair: pair[0]["Key"])
+        versions = [self._version_of(item, deleted) for item, deleted in items]
+        following = None
+        if response.get("IsTruncated"):
+            following = (response["NextKeyMarker"][len(self.prefix):], response.get("NextVersionIdMarker", ""))
+        return VersionPage(versions, following)
+
+    def _version_of(self, item: dict, deleted: bool) -> ObjectVersion:
+        return ObjectVersion(item["Key"][len(self.prefix):], item["VersionId"], item["LastModified"],
+                             item.get("Size", 0), deleted)
 
     async def aclose(self) -> None:
         self._client.close()
@@ -158,13 +254,16 @@ class S3Store(Store):
     def _key(self, name: str) -> str:
         return self.prefix + name
 
-    def _checksum_params(self, data: bytes, sha256: bytes | None) -> dict:
+    def _checksum_params(self, data: bytes, sha256: bytes | None, *, locked: bool) -> dict:
+        """The upload checksum headers. S3 wants Content-MD5 (or an SDK checksum
+        header) on a put with an Object Lock retention, so a locked put has it too."""
+        params = {}
         if self.options.checksum == "sha256":
             digest = sha256 or _digest(hashlib.sha256(), data)
-            return {"ChecksumSHA256": base64.b64encode(digest).decode()}
-        if self.options.checksum == "md5":
-            return {"ContentMD5": base64.b64encode(_digest(hashlib.md5(), data)).decode()}
-        return {}
+            params["ChecksumSHA256"] = base64.b64encode(digest).decode()
+        if self.options.checksum == "md5" or locked:
+            params["ContentMD5"] = base64.b64encode(_digest(hashlib.md5(), data)).decode()
+        return params
 
     async def _call(self, request, verb: str, name: str):
         async def attempt():
@@ -196,8 +295,10 @@ class S3Store(Store):
             if code == "NoSuchBucket" or (verb == "HEAD bucket" and status == 404):
                 return BucketNotFound(f"bucket {self.bucket!r} does not exist at {self.endpoint}")
             if code in DENIED_CODES or status == 403:
-                return AccessDenied(f"access denied by {where} ({code}): check the credentials "
-                                    "and the bucket policy")
+                permission = PERMISSIONS.get(verb, "")
+                return AccessDenied(f"access denied by {where} ({code} on {verb} {name or '/'}, "
+                                    f"which needs {permission}): check the credentials and the "
+                                    "bucket policy", permission=permission)
             if code in ("NoSuchKey", "404") or status == 404:
                 return ObjectNotFound(name)
             if code == "PreconditionFailed" or status == 412:
@@ -213,7 +314,7 @@ def _make_client(options: S3Options):
     addressing = options.addressing
     if addressing == "auto":
         addressing = "path" if options.endpoint_url else "virtual"
-    session = boto3.session.Session(profile_name=options.profile)
+    session = _session(options)
     region = options.region or session.region_name or "us-east-1"
     config = Config(
         # With a checksum header on every PUT (itself covered by the request's
@@ -238,6 +339,24 @@ def _make_client(options: S3Options):
         )
     except ValueError as error:   # e.g. a malformed endpoint URL
         raise StoreError(f"cannot use S3 endpoint {options.endpoint_url!r}: {error}") from None
+
+
+def _session(options: S3Options) -> boto3.session.Session:
+    """boto3's session; with a credentials file, only that file's profile supplies
+    credentials (a profile named explicitly outranks $AWS_ACCESS_KEY_ID)."""
+    try:
+        if options.credentials_file is None:
+            return boto3.session.Session(profile_name=options.profile)
+        core = botocore.session.Session()
+        core.set_config_variable("credentials_file", options.credentials_file)
+        return boto3.session.Session(botocore_session=core, profile_name=options.profile or "default")
+    except bce.ProfileNotFound:
+        where = options.credentials_file or "the AWS configuration"
+        raise StoreError(f"no profile {options.profile or 'default'!r} in {where}") from None
+
+
+def _version(version_id: str | None) -> dict:
+    return {"VersionId": version_id} if version_id else {}
 
 
 def _body(data):

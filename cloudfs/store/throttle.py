@@ -27,9 +27,9 @@ class ThrottledStore(StoreWrapper):
         self.rate = bytes_per_second
         self._next_start = 0.0  # time.monotonic() before which no new put may start
 
-    async def put(self, name, data, *, exclusive=False, sha256=None):
+    async def put(self, name, data, *, exclusive=False, sha256=None, retention=None):
         now = time.monotonic()
         start = max(now, self._next_start)
         self._next_start = start + len(data) / self.rate
         await trio.sleep(start - now)
-        await self.inner.put(name, data, exclusive=exclusive, sha256=sha256)
+        await self.inner.put(name, data, exclusive=exclusive, sha256=sha256, retention=retention)

@@ -14,8 +14,8 @@ class StoreWrapper(Store):
         self.inner = inner
         self.location = inner.location
 
-    async def put(self, name, data, *, exclusive=False, sha256=None):
-        await self.inner.put(name, data, exclusive=exclusive, sha256=sha256)
+    async def put(self, name, data, *, exclusive=False, sha256=None, retention=None):
+        await self.inner.put(name, data, exclusive=exclusive, sha256=sha256, retention=retention)
 
     async def get(self, name, offset=0, length=None):
         return await self.inner.get(name, offset, length)
@@ -32,8 +32,23 @@ class StoreWrapper(Store):
     async def check(self):
         await self.inner.check()
 
-    async def create_container(self):
-        await self.inner.create_container()
+    async def create_container(self, *, object_lock=False):
+        await self.inner.create_container(object_lock=object_lock)
+
+    async def check_object_lock(self):
+        await self.inner.check_object_lock()
+
+    async def retention(self, name, version_id=None):
+        return await self.inner.retention(name, version_id)
+
+    async def extend_retention(self, name, retention, version_id=None):
+        await self.inner.extend_retention(name, retention, version_id)
+
+    async def version_page(self, prefix="", after=None):
+        return await self.inner.version_page(prefix, after)
+
+    async def get_version(self, name, version_id, offset=0, length=None):
+        return await self.inner.get_version(name, version_id, offset, length)
 
     async def exists(self, name):
         return await self.inner.exists(name)
