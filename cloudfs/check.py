@@ -60,15 +60,15 @@ async def _check_key_slots(repo: Repository, report: CheckReport) -> None:
 
 
 def _check_chunks_listed(repo: Repository, stored: dict[str, int], report: CheckReport) -> None:
-    for chunk in repo.index.chunks.values():
+    for chunk in repo.index.chunks():
         name = chunk_name(chunk.chunk_id)
         if name not in stored:
             report.errors.append(f"{name}: chunk is missing from the store")
         elif stored[name] != chunk.size:
             report.errors.append(f"{name}: size {stored[name]} but the index says {chunk.size}")
-    report.chunks = len(repo.index.chunks)
+    report.chunks = repo.index.chunk_count()
     for name in stored:
-        if chunk_id_from_name(name) not in repo.index.chunks:
+        if repo.index.chunk(chunk_id_from_name(name)) is None:
             report.warnings.append(f"{name}: not in any index (left by an interrupted upload)")
 
 
@@ -87,21 +87,26 @@ async def _read_all_chunks(repo: Repository, stored: dict[str, int], report: Che
         name = chunk_name(chunk.chunk_id)
         async with limiter:
             try:
+                blobs = await repo.chunk_blobs(chunk.chunk_id)
+            except IntegrityError as error:
+                report.errors.append(str(error))
+                return
+            try:
                 data = await repo.store.get(name)
             except ObjectNotFound:
                 return  # already reported as missing
             report.bytes_read += len(data)
-            report.errors.extend(await trio.to_thread.run_sync(_verify_chunk, repo, chunk, name, data))
+            report.errors.extend(await trio.to_thread.run_sync(_verify_chunk, repo, chunk, blobs, name, data))
         if progress:
             progress(len(data))
 
     async with trio.open_nursery() as nursery:
-        for chunk in repo.index.chunks.values():
+        for chunk in repo.index.chunks():
             if chunk_name(chunk.chunk_id) in stored:
                 nursery.start_soon(verify, chunk)
 
 
-def _verify_chunk(repo: Repository, chunk, name: str, data: bytes) -> list[str]:
+def _verify_chunk(repo: Repository, chunk, blobs, name: str, data: bytes) -> list[str]:
     if hashlib.sha256(data).digest() != chunk.sha256:
         problems = [f"{name}: content does not match its SHA-256 in the index"]
     else:
@@ -111,7 +116,7 @@ def _verify_chunk(repo: Repository, chunk, name: str, data: bytes) -> list[str]:
     except CloudfsError as error:
         problems.append(str(error))
         footer = {}
-    for blob in chunk.blobs:
+    for blob in blobs:
         if footer and footer.get(blob.blob_id) != blob:
             problems.append(f"{name}: footer and index disagree about blob {blob.blob_id.hex()[:16]}")
         try:

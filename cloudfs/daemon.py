@@ -83,10 +83,11 @@ class BackupSettings:
 
     def serving_repository(self) -> Repository:
         """The opened repository with a store (connections, threads) of this process:
-        after --daemon forks, nothing of the parent's store is used."""
+        after --daemon forks, nothing of the parent's store is used, and the local
+        index opens its own connection here (the parent released its own)."""
         opened = self.repo
-        repo = Repository(self.reopen_store(), opened.master, opened.config, opened.slot, opened.cache)
-        repo.index = opened.index
+        repo = Repository(self.reopen_store(), opened.master, opened.config, opened.slot, opened.cache,
+                          index=opened.index)
         if self.compression is not None:
             repo.compression_level = parse_compression(self.compression)
         return repo
@@ -191,10 +192,12 @@ class SnapshotDaemon:
 
     def close(self) -> None:
         """After the loop ended: drop spool and graveyard (the sealed epochs stay in the
-        journal and are committed after the next mount)."""
+        journal and are committed after the next mount). The local index is closed
+        (a temporary one, with --no-cache, removed: this process ends with _exit)."""
         if self.settings is not None:
             self.sealer.release()
             self.graveyard.close()
+            self.repo.index.close()
 
     async def final_snapshot(self, timeout: float | None = None) -> dict:
         """Before unmounting: seal and commit what is pending, waiting at most `timeout`

@@ -210,7 +210,7 @@ def expected_damage(needs, damaged: set[bytes]) -> tuple[set[bytes], set[bytes],
 
 
 def blobs_in_chunk(repo: Repository, chunk_id: bytes) -> list:
-    return sorted(repo.index.chunks[chunk_id].blobs, key=lambda blob: blob.offset)
+    return sorted(trio.run(repo.chunk_blobs, chunk_id), key=lambda blob: blob.offset)
 
 
 def read_error(path: Path) -> int | None:

@@ -57,7 +57,7 @@ def test_16_scattered_64k_writes_to_a_large_file_cost_little(protected, tmp_path
     added = {name: size for name, size in protected.stored_objects().items() if name not in before}
     repo = protected.repository()
     data_bytes = sum(blob.raw_length for name in added if name.startswith("chunks/")
-                     for blob in repo.index.chunks[bytes.fromhex(name.rsplit("/", 1)[1])].blobs
+                     for blob in trio.run(repo.chunk_blobs, bytes.fromhex(name.rsplit("/", 1)[1]))
                      if blob.kind == BlobKind.DATA)
     metadata_bytes = sum(added.values()) - data_bytes
     history = protected.status()["history"][-1]

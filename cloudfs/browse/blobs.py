@@ -237,6 +237,9 @@ class BlobFetcher:
         reading the region in order fetches each byte once, in large GETs."""
         if self.background is None or not self.background.started:
             return
+        if chunk_id not in self._layouts:
+            self.background.spawn(self._prefetch_region_later, chunk_id, start, end)
+            return
         records = self._records_in(chunk_id, start, end)
         size = sum(loc.raw_length for loc in records)
         if not records or self._prefetching + size > self.prefetch_limit:
@@ -250,6 +253,15 @@ class BlobFetcher:
                 span_size = sum(loc.raw_length for loc in span.locations)
                 self._prefetching += span_size
                 self.background.spawn(self._prefetch_job, job, span_size, False)
+
+    async def _prefetch_region_later(self, chunk_id: bytes, start: int, end: int) -> None:
+        """prefetch_region once the chunk's layout is known (best effort)."""
+        try:
+            await self._load_layout(chunk_id)
+        except STORE_DOWN:
+            return
+        if chunk_id in self._layouts:
+            self.prefetch_region(chunk_id, start, end)
 
     async def fetch_all(self, blob_ids: Iterable[bytes], *, keep: bool = True, persist: bool = True
                         ) -> dict[bytes, bytes | Exception]:
@@ -358,7 +370,7 @@ class BlobFetcher:
                 results[location.blob_id] = data
             return
         self.stats.bytes_fetched += len(data)
-        whole = self._with_neighbours(span) if keep else span
+        whole = await self._with_neighbours(span) if keep else span
         if span.end - span.start >= THREAD_BYTES:
             opened = await trio.to_thread.run_sync(open_span, self.repo, whole, data)
         else:
@@ -368,26 +380,36 @@ class BlobFetcher:
         if persist:
             self._queue_for_disk(whole, data, opened)
 
-    def _with_neighbours(self, span: Span) -> Span:
+    async def _with_neighbours(self, span: Span) -> Span:
         """The span with every other record that lies inside the bytes it fetches.
         The uploader's parallel workers interleave the blocks of one file (and
         of neighbouring files) in a chunk, so these are mostly what the reader
         asks for next; opening them costs less than fetching them again."""
+        try:
+            await self._load_layout(span.chunk_id)
+        except STORE_DOWN:
+            return span
         inside = self._records_in(span.chunk_id, span.start, span.end)
         return Span(span.chunk_id, span.start, span.end, tuple(inside)) if len(inside) > len(span.locations) else span
 
+    async def _load_layout(self, chunk_id: bytes) -> None:
+        """Learn where every record of a chunk is (from the index object listing it),
+        keeping the last 64 chunks' layouts. A chunk no readable object lists gets
+        an empty layout: only what was asked for is fetched then."""
+        if chunk_id in self._layouts:
+            return
+        try:
+            blobs = sorted(await self.repo.chunk_blobs(chunk_id), key=lambda blob: blob.offset)
+        except IntegrityError:
+            blobs = []
+        self._layouts[chunk_id] = ([blob.offset for blob in blobs], blobs)
+        while len(self._layouts) > 64:
+            self._layouts.pop(next(iter(self._layouts)))
+
     def _records_in(self, chunk_id: bytes, start: int, end: int) -> list[BlobLocation]:
-        """The records lying wholly inside bytes [start, end) of a chunk."""
-        layout = self._layouts.get(chunk_id)
-        if layout is None:
-            chunk = self.repo.index.chunks.get(chunk_id)
-            if chunk is None:
-                return []
-            blobs = sorted(chunk.blobs, key=lambda blob: blob.offset)
-            layout = self._layouts[chunk_id] = ([blob.offset for blob in blobs], blobs)
-            while len(self._layouts) > 64:
-                self._layouts.pop(next(iter(self._layouts)))
-        offsets, blobs = layout
+        """The records lying wholly inside bytes [start, end) of a chunk whose layout
+        is loaded (none if it is not)."""
+        offsets, blobs = self._layouts.get(chunk_id, ([], []))
         inside = []
         for index in range(bisect.bisect_left(offsets, start), len(blobs)):
             blob = blobs[index]

@@ -202,6 +202,7 @@ def _backup_settings(args, state_dir: Path):
     store, passphrase = open_store_from(args), read_passphrase(args)
     repo, unreachable = trio.run(lambda: open_for_mount(store, passphrase, state_dir, args.repo,
                                                         cache_root=args.cache_dir, use_cache=not args.no_cache))
+    repo.index.release()   # the mount may fork (--daemon): no SQLite connection may cross it
     if unreachable:
         print(f"cloudfs: warning: {unreachable}; mounting with the repository details the last "
               "mount saved; snapshots upload once the store answers", file=sys.stderr)

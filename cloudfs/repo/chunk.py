@@ -22,7 +22,7 @@ import os
 import struct
 import tempfile
 import threading
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import zstandard
 
@@ -42,9 +42,9 @@ class BlobKind(enum.IntEnum):
     TREE = 1      # directory nodes and block lists (see cloudfs.snapshot)
 
 
-@dataclass(frozen=True)
-class BlobLocation:
-    """Where one blob is stored."""
+class BlobLocation(NamedTuple):
+    """Where one blob is stored. A named tuple rather than a frozen dataclass: one
+    is made per index lookup, and it costs a quarter as much to make."""
 
     blob_id: bytes
     kind: BlobKind

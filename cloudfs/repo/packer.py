@@ -21,9 +21,12 @@ Concurrency rules (the only ones; keep them true when changing this file):
   upload frees its slot too and fails every later call with the same error
   (until `reset_failure`), so no thread waits forever.
 - Every `index_every` stored chunks, the upload that completes the batch writes
-  an index object for them, so a long upload that is interrupted (a crash, a
-  lost store) keeps what it stored: the next attempt finds those blobs in the
-  index and does not upload them again.
+  an index object naming every chunk no index object names yet, so a long
+  upload that is interrupted (a crash, a lost store) keeps what it stored: the
+  next attempt finds those blobs in the index and does not upload them again.
+  The chunks waiting for their index object are the index's `unnamed_chunks`
+  (in memory, at most about `index_every`), not a list here: a failed index
+  write leaves them there for the next one to name.
 - A blob id is "pending" from its reservation until its chunk is in the index;
   dedup checks the index and the pending set under the lock, and the upload
   moves ids from pending to the index under the same lock, so a blob is never
@@ -64,7 +67,6 @@ class Packer:
         self._open: _OpenChunk | None = None
         self._pending: set[bytes] = set()
         self._failure: BaseException | None = None
-        self.unindexed: list[ChunkInfo] = []
 
     # -- worker threads -------------------------------------------------------------
 
@@ -129,9 +131,9 @@ class Packer:
 
     # -- the trio thread ------------------------------------------------------------
 
-    async def flush(self) -> list[ChunkInfo]:
-        """Upload the partly filled chunk; return (and forget) every chunk stored
-        since the last flush. Call with no store_sync in progress."""
+    async def flush(self) -> None:
+        """Upload the partly filled chunk (its index object is the repository's to
+        write). Call with no store_sync in progress."""
         with self._lock:
             self._raise_if_failed()
             chunk, self._open = self._open, None
@@ -139,8 +141,6 @@ class Packer:
             chunk.closed = chunk.shipped = True
             data = chunk.builder.finish()
             await self._upload(chunk, data, await trio.to_thread.run_sync(_sha256, data))
-        stored, self.unindexed = self.unindexed, []
-        return stored
 
     async def _upload(self, chunk: _OpenChunk, data: FilePayload, digest: bytes) -> None:
         builder = chunk.builder
@@ -156,18 +156,15 @@ class Packer:
             self._free_slot(data)
             raise
         info = ChunkInfo(builder.chunk_id, len(data), digest, tuple(builder.blobs))
-        batch = None
         with self._lock:
             self.repo.index.add_chunk(info)
             self._pending.difference_update(chunk.ids)
-            self.unindexed.append(info)
             self.repo.written.chunks += 1
             self.repo.written.chunk_bytes += len(data)
-            if len(self.unindexed) >= self.index_every:
-                batch, self.unindexed = self.unindexed, []
+            batch_complete = len(self.repo.index.unnamed_chunks()) >= self.index_every
         self._free_slot(data)
-        if batch:
-            await self.repo.write_index(batch)
+        if batch_complete:
+            await self.repo.write_index()
 
     def _free_slot(self, data: FilePayload) -> None:
         data.close()

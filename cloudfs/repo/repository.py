@@ -35,7 +35,16 @@ from cloudfs.repo.chunk import (
 )
 from cloudfs.repo.config import CONFIG_NAME, RepoConfig
 from cloudfs.repo.format import Kind, parse_header
-from cloudfs.repo.index import INDEX_PREFIX, BlobIndex, ChunkInfo, new_index_name, open_index, seal_index
+from cloudfs.repo.index import (
+    INDEX_PREFIX,
+    ChunkInfo,
+    new_index_name,
+    open_index,
+    open_index_listing,
+    seal_index,
+)
+from cloudfs.repo.indexload import absorb_objects, forget_unlisted
+from cloudfs.repo.localindex import INDEX_FILE, BlobIndex
 from cloudfs.repo.keys import KEYS_PREFIX, KeySlot
 from cloudfs.repo.packer import Packer
 from cloudfs.repo.pins import PINS_PREFIX, Pin, pinned_snapshot
@@ -63,13 +72,19 @@ class WriteStats:
 
 class Repository:
     def __init__(self, store: Store, master: crypto.MasterKey, config: RepoConfig,
-                 slot: KeySlot, cache: ObjectCache):
+                 slot: KeySlot, cache: ObjectCache, index: BlobIndex | None = None):
+        """`index` None: the local index beside the object cache (a temporary one
+        without a cache)."""
         self.store = _locking(store, config)
         self.master = master
         self.config = config
         self.slot = slot                  # the key slot this session was opened with
         self.cache = cache
-        self.index = BlobIndex()
+        if index is None:
+            index = BlobIndex(cache.directory and cache.directory / INDEX_FILE, config.repo_id)
+        self.index = index
+        self._naming = trio.Lock()        # one index object written at a time
+        self._listing_cache: tuple[str, dict[bytes, ChunkInfo]] | None = None
         self.damaged_objects: dict[str, str] = {}   # name -> why it could not be used
         self.written = WriteStats()
         self.packer = Packer(self)
@@ -152,14 +167,18 @@ class Repository:
                                   "cannot be reached; if the passphrase was changed since, the "
                                   "store is needed once)")
         repo = cls._with_config(store, config_data, slot, *unlocked, cache_root, use_cache)
-        for name in repo.cache.names(INDEX_PREFIX):
-            try:
-                repo.index.add_object(name, open_index(repo.master, name, repo.cache.get(name)))
-            except IntegrityError as error:
-                log.warning("skipping cached index object: %s", error)
+        await absorb_objects(repo.index, repo.cache.names(INDEX_PREFIX), repo._open_cached_index,
+                             repo.damaged_objects)
         return repo
 
+    async def _open_cached_index(self, name: str) -> list:
+        data = self.cache.get(name)
+        if data is None:
+            raise ObjectNotFound(name)
+        return open_index_listing(self.master, name, data)
+
     async def close(self) -> None:
+        self.index.close()
         await self.store.aclose()
 
     # -- keys --------------------------------------------------------------------
@@ -208,19 +227,15 @@ class Repository:
     # -- the index -----------------------------------------------------------------
 
     async def load_index(self) -> None:
-        """Read every index object not yet loaded (from the cache where possible)."""
+        """Bring the local index up to date with the store: absorb the index objects
+        it lacks (from the object cache where possible), forget those the store no
+        longer has."""
+        mark = self.index.absorbed_mark()
         listed = {info.name for info in await self.store.list(INDEX_PREFIX)}
+        await forget_unlisted(self.index, listed, mark)
+        await absorb_objects(self.index, listed, lambda name: self._load_cached(name, open_index_listing),
+                             self.damaged_objects)
         self.cache.keep_only(INDEX_PREFIX, listed)
-        for name in sorted(listed - self.index.loaded_objects):
-            try:
-                chunks = await self._load_cached(name, open_index)
-            except (IntegrityError, ObjectNotFound, RepositoryError) as error:
-                # The blobs it lists are still in their chunks; check reports it and the
-                # index can be rebuilt from the chunk footers.
-                log.warning("skipping index object: %s", error)
-                self.damaged_objects[name] = str(error)
-                continue
-            self.index.add_object(name, chunks)
 
     async def rebuild_index(self) -> tuple[int, list[str]]:
         """Index every stored chunk that no readable index object lists, from the
@@ -228,13 +243,13 @@ class Repository:
         Returns how many chunks were indexed and which objects were dropped."""
         await self.load_index()
         unindexed = [info.name for info in await self.store.list(CHUNKS_PREFIX)
-                     if chunk_id_from_name(info.name) not in self.index.chunks]
-        chunks = []
+                     if self.index.chunk(chunk_id_from_name(info.name)) is None]
         for name in unindexed:
             data = await self.store.get(name)
-            chunks.append(await trio.to_thread.run_sync(self._chunk_info_from_footer, name, data))
-            self.index.add_chunk(chunks[-1])
-        await self.write_index(chunks)
+            self.index.add_chunk(await trio.to_thread.run_sync(self._chunk_info_from_footer, name, data))
+            if len(self.index.unnamed_chunks()) >= self.packer.index_every:
+                await self.write_index()
+        await self.write_index()
         dropped = [name for name in self.damaged_objects if name.startswith(INDEX_PREFIX)]
         for name in dropped:
             await self.store.delete(name)
@@ -244,6 +259,26 @@ class Repository:
     async def index_object(self, name: str) -> list[ChunkInfo]:
         """The chunks one index object lists (from the cache where possible)."""
         return await self._load_cached(name, open_index)
+
+    async def chunk_blobs(self, chunk_id: bytes) -> tuple[BlobLocation, ...]:
+        """Every blob of a chunk, as the index object listing it says (read from the
+        object cache, or the store), or as this session stored it. Consecutive
+        chunks of one object cost one reading of it."""
+        unnamed = self.index.unnamed_chunk(chunk_id)
+        if unnamed is not None:
+            return unnamed.blobs
+        for name in self.index.objects_listing(chunk_id):
+            if self._listing_cache is None or self._listing_cache[0] != name:
+                try:
+                    chunks = await self._load_cached(name, open_index)
+                except (IntegrityError, ObjectNotFound, RepositoryError) as error:
+                    log.warning("cannot read index object %s: %s", name, error)
+                    continue
+                self._listing_cache = (name, {chunk.chunk_id: chunk for chunk in chunks})
+            chunk = self._listing_cache[1].get(chunk_id)
+            if chunk is not None:
+                return chunk.blobs
+        raise IntegrityError(chunk_name(chunk_id), "no readable index object lists this chunk")
 
     def _chunk_info_from_footer(self, name: str, data: bytes) -> ChunkInfo:
         blobs = parse_footer(self.master, name, data)
@@ -277,20 +312,25 @@ class Repository:
 
     async def flush(self) -> None:
         """Store the partly filled chunk, then one index object for every chunk
-        stored since the last flush. Afterwards every blob put so far is durable.
-        Call it when no blob is being stored."""
-        await self.write_index(await self.packer.flush())
+        stored that no index object names yet. Afterwards every blob put so far is
+        durable. Call it when no blob is being stored."""
+        await self.packer.flush()
+        await self.write_index()
 
-    async def write_index(self, chunks: list[ChunkInfo]) -> None:
-        """One index object naming these stored chunks."""
-        if not chunks:
-            return
-        name = new_index_name()
-        data = seal_index(self.master, name, chunks)
-        await self.store.put(name, data)
-        self.written.metadata_bytes += len(data)
-        self.cache.put(name, data)
-        self.index.loaded_objects.add(name)
+    async def write_index(self) -> None:
+        """One index object naming every stored chunk that none names yet (including
+        those of an earlier attempt whose index object could not be written), then
+        the same object into the local index."""
+        async with self._naming:
+            chunks = self.index.unnamed_chunks()
+            if not chunks:
+                return
+            name = new_index_name()
+            data = seal_index(self.master, name, chunks)
+            await self.store.put(name, data)
+            self.written.metadata_bytes += len(data)
+            self.cache.put(name, data)
+            await trio.to_thread.run_sync(self.index.add_object, name, chunks)
 
     async def get_blob(self, blob_id: bytes) -> bytes:
         """The verified plaintext of a stored blob (I5), or IntegrityError."""
