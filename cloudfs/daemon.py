@@ -41,10 +41,10 @@ import trio
 
 from cloudfs.control import server as control_server
 from cloudfs.errors import AccessDenied, CloudfsError, StoreUnavailable, UsageError, leaf_errors
-from cloudfs.live.capture import manifest_after
+from cloudfs.live.capture import manifest_delta
 from cloudfs.live.graveyard import Graveyard
 from cloudfs.live.journal import NullJournal
-from cloudfs.live.manifest import MANIFEST_NAME, Checkpoint, Tree, load_manifest, save_manifest
+from cloudfs.live.manifest import Checkpoint, Manifest, ManifestDelta
 from cloudfs.live.rescan import DEFAULT_INTERVAL as DEFAULT_RESCAN_INTERVAL, Rescanner
 from cloudfs.live.seal import Sealed, Sealer
 from cloudfs.live.spool import Spool, SpoolFull
@@ -128,7 +128,7 @@ class SnapshotDaemon:
         if settings is not None:
             self._prepare_snapshots(settings, source_fd, device)
         self._source_fd = source_fd
-        self._first_baseline: Tree | None = None
+        self._first_baseline: Manifest | None = None
         self.rescanner = None if isinstance(self.journal, NullJournal) else Rescanner(
             self.journal, source_fd, self._baseline, rescan_interval)
 
@@ -142,7 +142,7 @@ class SnapshotDaemon:
         self.graveyard = Graveyard(source_fd)
         self.sealer = Sealer(self.operations, self.journal, source_fd, str(self.mountpoint), device,
                              self.spool, self.graveyard, self.repo.config.block_size, self.exclude)
-        self.manifest: Tree = load_manifest(self.state_dir).index()   # before serving, not in a seal
+        self.manifest: Manifest = Manifest.open(self.state_dir)
         self._trusted = self._manifest_describes_a_snapshot()
         self._force_full = False
         self._index_complete = trio.Event()
@@ -189,6 +189,9 @@ class SnapshotDaemon:
         if self.settings is not None:
             self.sealer.release()
             self.graveyard.close()
+            self.manifest.close()
+        if self._first_baseline is not None:
+            self._first_baseline.close()
 
     async def final_snapshot(self, timeout: float = FINAL_TIMEOUT) -> dict:
         """Before unmounting: seal and commit what is pending, waiting at most `timeout`
@@ -266,7 +269,7 @@ class SnapshotDaemon:
             previous = await self._previous_for(sealed)
             self.uploader.previous = previous
             changes = sealed.capture.changes if previous is not None else None
-            manifest: list[Tree] = []
+            manifest: list[ManifestDelta] = []
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._compute_manifest, sealed, manifest)
                 progress = trio.CancelScope()
@@ -318,14 +321,14 @@ class SnapshotDaemon:
             bar.close()
 
     async def _compute_manifest(self, sealed: Sealed, out: list) -> None:
-        out.append(await trio.to_thread.run_sync(manifest_after, self.manifest, sealed.capture, None))
+        out.append(await trio.to_thread.run_sync(manifest_delta, self.manifest, sealed.capture))
 
-    async def _commit(self, sealed: Sealed, snapshot: Snapshot, manifest: Tree) -> None:
-        manifest.checkpoint = Checkpoint(snapshot.name, self.repo.config.repo_id_hex,
-                                         tuple(self.settings.exclude), snapshot.time_ns)
-        await trio.to_thread.run_sync(save_manifest, self.state_dir, manifest)
+    async def _commit(self, sealed: Sealed, snapshot: Snapshot, delta: ManifestDelta) -> None:
+        checkpoint = Checkpoint(snapshot.name, self.repo.config.repo_id_hex, tuple(self.settings.exclude),
+                                snapshot.time_ns)
+        await trio.to_thread.run_sync(self.manifest.apply, delta, checkpoint)
         self.journal.commit(sealed.epoch)
-        self.manifest, self._trusted, self._force_full = manifest, True, False
+        self._trusted, self._force_full = True, False
         frozen, kept = sealed.frozen, len(self.graveyard.kept)
         self.sealer.release(sealed)
         self._committed_epoch = sealed.epoch
@@ -480,13 +483,13 @@ class SnapshotDaemon:
         has_pending = getattr(self.journal, "has_pending", None)
         return self._inflight is not None or (has_pending is not None and has_pending())
 
-    def _baseline(self) -> Tree:
+    def _baseline(self) -> Manifest:
         """What the pending changes are relative to: the manifest of the last commit,
         or without a repository the first mount's, which never changes."""
         if self.settings is not None:
             return self.manifest
         if self._first_baseline is None:
-            self._first_baseline = load_manifest(self.state_dir) or Tree({})
+            self._first_baseline = Manifest.open(self.state_dir)
         return self._first_baseline
 
     def _manifest_describes_a_snapshot(self) -> bool:
@@ -555,10 +558,7 @@ class SnapshotDaemon:
         return None
 
     def _manifest_time_ns(self) -> int:
-        try:
-            return (self.state_dir / MANIFEST_NAME).stat().st_mtime_ns
-        except OSError:
-            return time.time_ns()
+        return self._baseline().saved_ns or time.time_ns()
 
 
 def _pending_figures(pending, current_stat: Callable[[int], os.stat_result | None]) -> tuple[int, int]:

@@ -17,12 +17,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from cloudfs.live.capture import CaptureWalker, Inconsistent, blocks_to_read, manifest_after
+from cloudfs.live.capture import CaptureWalker, Inconsistent, blocks_to_read, manifest_delta
 from cloudfs.live.changes import ChangeSet
 from cloudfs.live.frozen import FrozenState
 from cloudfs.live.graveyard import Graveyard
 from cloudfs.live.inodes import InodeTable
-from cloudfs.live.manifest import Checkpoint, Tree, scan
+from cloudfs.live.manifest import MANIFEST_NAME, Checkpoint, Manifest
+from cloudfs.live.scan import walk
 from cloudfs.live.spool import Spool
 from cloudfs.repo import RepoConfig, Repository
 from cloudfs.snapshot.reader import TreeReader
@@ -54,7 +55,8 @@ class Scenario:
         """The first snapshot, and the manifest that describes it."""
         self.previous = trio.run(lambda: snapshot_directory(self.repo, self.root))
         self.fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-        self.manifest = Tree(scan(self.fd).entries, Checkpoint(self.previous.name))
+        self.manifest = Manifest.of_listings(self.state / MANIFEST_NAME, walk(self.fd),
+                                             Checkpoint(self.previous.name))
 
     def ino(self, relative: str) -> int:
         return os.lstat(self.root / relative).st_ino
@@ -113,8 +115,10 @@ class Scenario:
         assert not diff(expected, actual), diff(expected, actual)
 
     def assert_manifest_is_a_fresh_scan(self, capture) -> None:
-        after = manifest_after(self.manifest, capture, None)
-        assert after.entries == scan(self.fd).entries
+        self.manifest.apply(manifest_delta(self.manifest, capture), Checkpoint("after"))
+        fresh = Manifest.of_listings(self.state / "fresh.db", walk(self.fd))
+        assert dict(self.manifest.packed_items()) == dict(fresh.packed_items())
+        assert len(self.manifest) == len(fresh)
 
 
 @pytest.fixture

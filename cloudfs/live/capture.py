@@ -37,7 +37,7 @@ from typing import Callable, NamedTuple
 
 from cloudfs.live.changes import ChangeSet, RangeSet
 from cloudfs.live.graveyard import is_graveyard
-from cloudfs.live.manifest import EntryStat, Tree, join, pack_stat, parent_of
+from cloudfs.live.manifest import EntryStat, Manifest, ManifestDelta, join, pack_stat, parent_of
 from cloudfs.snapshot.rules import Content, PathChanges, WalkRules, blocks_to_update
 from cloudfs.snapshot.source import DirectorySource
 
@@ -122,7 +122,7 @@ class CaptureWalker:
     the stretch between `journal.seal()` and the next request.
     """
 
-    def __init__(self, root_fd: int, manifest: Tree, *, block_size: int, has_previous: bool,
+    def __init__(self, root_fd: int, manifest: Manifest, *, block_size: int, has_previous: bool,
                  trusted: bool, exclude: Callable[[bytes], bool] | None, time_ns: int):
         self.root_fd = root_fd
         self.manifest = manifest
@@ -394,29 +394,33 @@ def _same_stat(before: EntryStat, st: FrozenStat) -> bool:
             and before.mtime_ns == st.st_mtime_ns and before.ctime_ns == st.st_ctime_ns)
 
 
-def manifest_after(manifest: Tree, capture: Capture, checkpoint) -> Tree:
-    """The manifest as of the seal: the old one with what the capture saw applied.
+def manifest_delta(manifest: Manifest, capture: Capture) -> ManifestDelta:
+    """What turns the manifest into the tree as of the seal: what the capture saw.
 
     Relisted directories get exactly their fresh entries (the subtrees of names
-    that are gone, or that changed type, are dropped; a directory replaced by
+    that are gone, or that changed type, are removed; a directory replaced by
     another is relisted itself, deeper); every captured stat replaces the old
-    one. Pure: runs in a worker thread while the snapshot uploads.
+    one. Reads only: runs in a worker thread while the snapshot uploads, and the
+    daemon applies the delta in its commit step.
     """
-    entries = dict(manifest.entries)
-    entries[b""] = pack_stat(capture.root)
-    for directory in sorted(capture.listings, key=_depth):
-        fresh = {name: capture.stats[join(directory, name)] for name in capture.listings[directory]}
-        for name in manifest.children(directory):
-            old_path = join(directory, name)
-            now = fresh.get(name)
-            if now is None or manifest.get(old_path).is_dir != stat.S_ISDIR(now.st_mode):
-                for gone in manifest.subtree(old_path):
-                    entries.pop(gone, None)
-        for name, st in fresh.items():
-            entries[join(directory, name)] = pack_stat(st)
+    delta = ManifestDelta()
+    delta.entries[b""] = pack_stat(capture.root)
+    with manifest.reading():
+        for directory in sorted(capture.listings, key=_depth):
+            fresh = {name: capture.stats[join(directory, name)] for name in capture.listings[directory]}
+            for name, packed in manifest.listing(directory).items():
+                now = fresh.get(name)
+                if now is None or stat.S_ISDIR(_mode(packed)) != stat.S_ISDIR(now.st_mode):
+                    delta.removed.append(join(directory, name))
+            for name, st in fresh.items():
+                delta.entries[join(directory, name)] = pack_stat(st)
     for path, st in capture.stats.items():
-        entries[path] = pack_stat(st)
-    return Tree(entries, checkpoint).index()
+        delta.entries[path] = pack_stat(st)
+    return delta
+
+
+def _mode(packed: bytes) -> int:
+    return int.from_bytes(packed[:4], "little")
 
 
 def _depth(path: bytes) -> int:

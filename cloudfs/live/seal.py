@@ -24,7 +24,7 @@ from cloudfs.system import mounttable
 from cloudfs.live.capture import Capture, CaptureWalker, Inconsistent
 from cloudfs.live.frozen import FrozenState
 from cloudfs.live.graveyard import Graveyard
-from cloudfs.live.manifest import Tree
+from cloudfs.live.manifest import Manifest
 from cloudfs.live.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class Sealer:
         await flush_mount(self.mountpoint, self.device)
         return time.perf_counter() - started
 
-    def seal_now(self, manifest: Tree, *, incremental: bool, trusted: bool) -> Sealed:
+    def seal_now(self, manifest: Manifest, *, incremental: bool, trusted: bool) -> Sealed:
         """Seal and capture in one synchronous stretch. `trusted`: the manifest describes
         the previous snapshot (named by its checkpoint); `incremental` needs it."""
         started = time.perf_counter()
@@ -110,7 +110,7 @@ class Sealer:
                  len(capture.reads), capture.bytes_to_read(), stall * 1000)
         return Sealed(epoch, time_ns, capture, frozen, previous, stall)
 
-    def _capture(self, manifest: Tree, time_ns: int, incremental: bool, trusted: bool) -> Capture:
+    def _capture(self, manifest: Manifest, time_ns: int, incremental: bool, trusted: bool) -> Capture:
         def walker() -> CaptureWalker:
             return CaptureWalker(self.root_fd, manifest, block_size=self.block_size, has_previous=trusted,
                                  trusted=trusted, exclude=self.exclude, time_ns=time_ns)
