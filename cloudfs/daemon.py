@@ -42,6 +42,7 @@ import trio
 from cloudfs.control import server as control_server
 from cloudfs.errors import AccessDenied, CloudfsError, StoreUnavailable, UsageError, leaf_errors
 from cloudfs.live.capture import manifest_delta
+from cloudfs.live.capturestore import remove_leftovers as remove_capture_leftovers
 from cloudfs.live.graveyard import Graveyard
 from cloudfs.live.journal import NullJournal
 from cloudfs.live.manifest import Checkpoint, Manifest, ManifestDelta
@@ -141,7 +142,9 @@ class SnapshotDaemon:
         self.spool.clear()
         self.graveyard = Graveyard(source_fd)
         self.sealer = Sealer(self.operations, self.journal, source_fd, str(self.mountpoint), device,
-                             self.spool, self.graveyard, self.repo.config.block_size, self.exclude)
+                             self.spool, self.graveyard, self.repo.config.block_size, self.exclude,
+                             self.state_dir)
+        remove_capture_leftovers(self.state_dir)
         self.manifest: Manifest = Manifest.open(self.state_dir)
         self._trusted = self._manifest_describes_a_snapshot()
         self._force_full = False
@@ -187,7 +190,7 @@ class SnapshotDaemon:
         """After the loop ended: drop spool and graveyard (the sealed epochs stay in the
         journal and are committed after the next mount)."""
         if self.settings is not None:
-            self.sealer.release()
+            self.sealer.release(self._inflight)
             self.graveyard.close()
             self.manifest.close()
         if self._first_baseline is not None:

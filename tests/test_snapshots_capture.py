@@ -99,9 +99,9 @@ class Scenario:
 
     # sealing and building -----------------------------------------------------------------
 
-    def capture(self, full: bool = False):
+    def capture(self, full: bool = False, on_disk: bool = False):
         walker = CaptureWalker(self.fd, self.manifest, block_size=BLOCK, has_previous=True, trusted=True,
-                               exclude=None, time_ns=1)
+                               exclude=None, time_ns=1, state_dir=self.state if on_disk else None)
         return walker.full() if full else walker.incremental(self.changes)
 
     def build(self, capture, tmp_path: Path):
@@ -178,18 +178,25 @@ def test_a_directory_replaced_by_another_is_captured_as_the_builder_rebuilds_it(
     scenario.assert_manifest_is_a_fresh_scan(capture)
 
 
-def test_a_change_behind_the_journals_back_is_inconsistent_and_a_full_capture_still_works(scenario, tmp_path):
+@pytest.mark.parametrize("on_disk", [False, True], ids=["in-memory", "on-disk"])
+def test_a_change_behind_the_journals_back_is_inconsistent_and_a_full_capture_still_works(
+        scenario, tmp_path, on_disk):
+    """A full capture, in memory or (as the daemon makes it) in the state directory."""
     scenario.start()
     os.rename(scenario.root / "c" / "shared", scenario.root / "c" / "renamed")  # journal not told
     scenario.changes.mark_meta(scenario.ino("c/renamed"))
+    scenario.write("c/big", 3, b"changed")
     with pytest.raises(Inconsistent):
         scenario.capture()
-    capture = scenario.capture(full=True)
-    assert capture.changes is None
-    assert b"c/big" not in capture.reads                            # unchanged by stat: not read
+    capture = scenario.capture(full=True, on_disk=on_disk)
+    assert capture.changes is None and (capture.store is not None) == on_disk
+    assert b"c/big" in capture.reads and b"a/x/deep/f" not in capture.reads  # unchanged by stat: not read
+    assert capture.obligations().get(scenario.ino("c/big")) is not None
     snapshot = scenario.build(capture, tmp_path)
     scenario.assert_snapshot_is_the_tree(snapshot)
     scenario.assert_manifest_is_a_fresh_scan(capture)
+    capture.close()
+    assert not (scenario.state / "capture.db").exists()
 
 
 def test_blocks_to_read_are_the_dirty_blocks_and_the_old_partial_last_one():

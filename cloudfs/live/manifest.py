@@ -98,10 +98,12 @@ class Checkpoint:
 
 @dataclass
 class ManifestDelta:
-    """A change to a manifest: subtrees removed (first), then entries set by path."""
+    """A change to a manifest: subtrees removed (first), then entries set, as
+    (path, packed stat) in path order. Either may be a generator, consumed once,
+    inside `Manifest.apply`'s transaction."""
 
-    removed: list[bytes] = field(default_factory=list)
-    entries: dict[bytes, bytes] = field(default_factory=dict)   # path -> packed stat
+    removed: Iterable[bytes] = ()
+    entries: Iterable[tuple[bytes, bytes]] = ()
 
 
 class Manifest:
@@ -331,24 +333,26 @@ class Manifest:
             count = len(self)
             for path in delta.removed:
                 count -= self._delete_subtree(db, path)
-            count += self._insert(db, sorted(delta.entries.items()), replace=True)
+            if isinstance(delta.entries, list):    # small: count the new ones as they go in
+                count += self._insert(db, delta.entries, replace=True)
+            else:                                  # streamed, perhaps every entry: count after
+                self._insert(db, delta.entries, replace=True, count=False)
+                count = db.execute("SELECT count(*) FROM entries").fetchone()[0]
             self._set_meta(db, "count", count)
             self._set_meta(db, "checkpoint", checkpoint.packed())
             self._set_meta(db, "saved_ns", time.time_ns())
         self._checkpoint = checkpoint
 
     def _insert(self, db: sqlite3.Connection, entries: Iterable[tuple[bytes, bytes]],
-                replace: bool = False) -> int:
-        """Insert (or replace) entries; returns how many are new."""
+                replace: bool = False, count: bool = True) -> int:
+        """Insert (or replace) entries; returns how many are new (if `count`)."""
         verb = "INSERT OR REPLACE" if replace else "INSERT"
         statement = f"{verb} INTO entries (dir, name, ino, stat) VALUES (?, ?, ?, ?)"
         dir_ids: OrderedDict[bytes, int] = OrderedDict()
         new = 0
         batch = []
         for path, packed in entries:
-            if replace and self._packed_in(db, path) is None:
-                new += 1
-            elif not replace:
+            if not replace or (count and self._packed_in(db, path) is None):
                 new += 1
             directory = self._dir_for_writing(db, parent_of(path), dir_ids) if path else ROOT_DIR
             batch.append((directory, path.rpartition(b"/")[2], PACKED.unpack_from(packed)[1], packed))

@@ -16,6 +16,7 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import trio
@@ -77,7 +78,7 @@ class Sealer:
 
     def __init__(self, operations, journal, root_fd: int, mountpoint: str, device: str | None,
                  spool: Spool, graveyard: Graveyard, block_size: int,
-                 exclude: Callable[[bytes], bool] | None):
+                 exclude: Callable[[bytes], bool] | None, state_dir: Path | None = None):
         self.operations = operations
         self.journal = journal
         self.root_fd = root_fd
@@ -87,6 +88,7 @@ class Sealer:
         self.graveyard = graveyard
         self.block_size = block_size
         self.exclude = exclude
+        self.state_dir = state_dir   # where a full capture keeps what it froze
 
     async def flush(self) -> float:
         """Write back the mount's page cache; returns how long it took (s)."""
@@ -113,7 +115,8 @@ class Sealer:
     def _capture(self, manifest: Manifest, time_ns: int, incremental: bool, trusted: bool) -> Capture:
         def walker() -> CaptureWalker:
             return CaptureWalker(self.root_fd, manifest, block_size=self.block_size, has_previous=trusted,
-                                 trusted=trusted, exclude=self.exclude, time_ns=time_ns)
+                                 trusted=trusted, exclude=self.exclude, time_ns=time_ns,
+                                 state_dir=self.state_dir)
 
         if incremental:
             try:
@@ -126,6 +129,8 @@ class Sealer:
         """The snapshot is committed or given up: stop copy-on-write, drop spool and graveyard."""
         if sealed is None or self.operations.frozen is sealed.frozen:
             self.operations.frozen = None
+        if sealed is not None:
+            sealed.capture.close()
         self.spool.clear()
         try:
             self.graveyard.clear()
