@@ -163,12 +163,14 @@ class SnapshotDaemon:
     # -- starting and stopping ------------------------------------------------------------
 
     async def start(self, nursery: trio.Nursery) -> None:
-        """Seal what is pending from before (or everything, for a first snapshot) while
-        no request is served yet, then serve the control socket and the snapshot loop."""
+        """Serve the control socket, then seal what is pending from before (or everything,
+        for a first snapshot) while no FUSE request is served yet, then run the snapshot
+        loop. The socket comes first so that a command asking the mount (`cloudfs flush`
+        right after `cloudfs mount --daemon`) finds it; it is answered after the seal."""
         self._nursery = nursery
+        await nursery.start(control_server.serve, self.state_dir, self._handlers())
         if self.settings is not None and (not self._trusted or self._has_work()):
             self._seal_before_serving()
-        await nursery.start(control_server.serve, self.state_dir, self._handlers())
         if self.settings is not None:
             nursery.start_soon(self._run)
             if not self._index_complete.is_set():

@@ -63,8 +63,7 @@ def _serve_with(plan: MountPlan, source_fd: int, on_ready: Callable[[], None],
                                 settings=backup, unmount=lambda: fuseproc.detach_now(mountpoint),
                                 rescan_interval=plan.rescan_interval)
         plan.state.announce(Holder(os.getpid(), str(plan.source), mountpoint, source_fd))
-        on_ready()
-        trio.run(_serve_requests, live, daemon)
+        trio.run(_serve_requests, live, daemon, on_ready)
         served = True
     finally:
         clean = live.unmount(served)
@@ -73,9 +72,10 @@ def _serve_with(plan: MountPlan, source_fd: int, on_ready: Callable[[], None],
         live.stop_journal(clean)
 
 
-async def _serve_requests(live: LiveMount, daemon: SnapshotDaemon) -> None:
+async def _serve_requests(live: LiveMount, daemon: SnapshotDaemon, on_ready: Callable[[], None]) -> None:
     async with trio.open_nursery() as nursery:
         await daemon.start(nursery)
+        on_ready()   # the control socket answers, and requests are served from here on
         nursery.start_soon(fuseproc.unmount_on_signal, str(live.plan.mountpoint), daemon.final_snapshot)
         await live.serve(nursery)
         nursery.cancel_scope.cancel()

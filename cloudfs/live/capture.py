@@ -103,6 +103,13 @@ class Capture:
     def full(self) -> bool:
         return self.changes is None
 
+    def plan_read(self, path: bytes, ino: int, ranges: RangeSet) -> None:
+        """The builder will read `ranges` of the file at `path` (inode `ino`)."""
+        if self.store is not None:
+            self.store.reads.plan(path, ino, ranges)
+        else:
+            self.reads[path] = ranges
+
     def finish(self) -> None:
         """The walk is done: what is buffered goes to disk."""
         if self.store is not None:
@@ -364,7 +371,7 @@ class CaptureWalker:
         else:
             needed = RangeSet([(0, st.st_size)])
         if needed:
-            self.capture.reads[path] = needed
+            self.capture.plan_read(path, st.st_ino, needed)
 
     # -- reading the live tree ------------------------------------------------------------------
 

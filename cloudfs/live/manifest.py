@@ -53,7 +53,7 @@ LEGACY_NAME = "manifest"          # version 1: one msgpack file, read once to mi
 FORMAT = "cloudfs-live-manifest"
 VERSION = 2
 ROOT_DIR = 0                      # the "directory" holding the root's own entry
-CACHE_KIB = 8 << 10               # SQLite page cache per connection
+CACHE_KIB = 2 << 10               # SQLite page cache per connection
 _DIR_IDS = 4096                   # directory ids remembered per manifest
 
 _SCHEMA = """
