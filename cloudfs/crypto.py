@@ -152,6 +152,8 @@ class MasterKey:
         self.config_key = self.derive("config")
         self.index_key = self.derive("index")
         self.snapshot_key = self.derive("snapshot")
+        self.policy_key = self.derive("policy")
+        self.pin_key = self.derive("pin")
 
     @classmethod
     def generate(cls) -> "MasterKey":

@@ -14,6 +14,9 @@ writes that bypassed the mount is `cloudfs.live.rescan`; the socket protocol is
   describes none (first mount, another repository, other exclusions, a state
   directory reset) the seal is full and the newest snapshot of this host and
   SOURCE, if any, is the parent.
+- **Tags** asked for with `cloudfs snapshot --tag` go into the next seal's
+  snapshot (the seal that serves that request); if that snapshot is given up,
+  they go to the one that retries it.
 - **Commit**: once `Uploader.commit` returns, the manifest (the tree as of the
   seal, computed while uploading) is saved with its checkpoint, then
   `journal.commit(epoch)`; spool and graveyard are dropped. A crash between the
@@ -51,13 +54,14 @@ from cloudfs.live.seal import Sealed, Sealer
 from cloudfs.live.spool import Spool, SpoolFull
 from cloudfs.repo import Repository, Snapshot
 from cloudfs.repo.config import parse_compression
+from cloudfs.repo.snapshots import checked_tags
 from cloudfs.snapshot.source import exclusion_matcher
 from cloudfs.store.base import Store
 from cloudfs.uploader import Uploader, latest_snapshot_of
 
 log = logging.getLogger(__name__)
 
-FINAL_TIMEOUT = 30.0           # seconds a signal's final snapshot may take before unmounting
+FINAL_TIMEOUT = 30.0           # default seconds a signal's final snapshot may take before unmounting
 RETRY_AFTER_FAILURE = 15.0     # seconds before a fresh seal after a snapshot was given up
 STORE_RETRY_BASE, STORE_RETRY_MAX = 1.0, 60.0
 
@@ -76,6 +80,7 @@ class BackupSettings:
     show_progress: bool = False           # a progress bar on stderr for full snapshots
     compression: str | None = None        # e.g. "zstd:3" or "none"; None: the repository's
     unreachable: str | None = None        # why the repository was opened from local copies
+    final_timeout: float = FINAL_TIMEOUT  # seconds the final snapshot on a signal may take
 
     def serving_repository(self) -> Repository:
         """The opened repository with a store (connections, threads) of this process:
@@ -117,6 +122,7 @@ class SnapshotDaemon:
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._wanted = 0
+        self._wanted_tags: dict[str, None] = {}   # for the next seal, in the order asked
         self._seals: collections.deque[_SealRecord] = collections.deque(maxlen=256)
         self._commits: collections.deque[tuple[int, str]] = collections.deque(maxlen=256)
         self._inflight: Sealed | None = None
@@ -198,11 +204,13 @@ class SnapshotDaemon:
         if self._first_baseline is not None:
             self._first_baseline.close()
 
-    async def final_snapshot(self, timeout: float = FINAL_TIMEOUT) -> dict:
+    async def final_snapshot(self, timeout: float | None = None) -> dict:
         """Before unmounting: seal and commit what is pending, waiting at most `timeout`
-        seconds and not at all while the store is unreachable."""
+        seconds (default: the settings' `final_timeout`) and not at all while the store
+        is unreachable."""
         if self.settings is None:
             return {"snapshot": None, "committed": False, "repository": None}
+        timeout = self.settings.final_timeout if timeout is None else timeout
         if not self._has_work():
             return {"snapshot": self._last_snapshot_name(), "committed": True}
         reply = {"snapshot": None, "committed": False}
@@ -261,6 +269,7 @@ class SnapshotDaemon:
             self._notify()
             raise
         sealed.flush_s = flush_s
+        sealed.tags, self._wanted_tags = tuple(self._wanted_tags), {}
         self._seals.append(_SealRecord(ticket, sealed.epoch, sealed.time_ns))
         self._next_seal_at, self._retry_at = time.time() + self.settings.interval, None
         self._notify()
@@ -280,7 +289,8 @@ class SnapshotDaemon:
                 progress = trio.CancelScope()
                 if self.settings.show_progress and sealed.full:
                     nursery.start_soon(self._show_progress, sealed, progress)
-                snapshot = await self.uploader.commit(sealed.frozen.source(), changes, sealed.time_ns)
+                snapshot = await self.uploader.commit(sealed.frozen.source(), changes, sealed.time_ns,
+                                                      sealed.tags)
                 progress.cancel()
             await self._commit(sealed, snapshot, manifest[0])
             committed = True
@@ -299,6 +309,7 @@ class SnapshotDaemon:
         finally:
             if not committed:
                 self.sealer.release(sealed)
+                self._wanted_tags = dict.fromkeys(sealed.tags) | self._wanted_tags  # for the retry
 
     async def _complete_index(self) -> None:
         """After an offline start: once the store answers, read the index objects
@@ -412,6 +423,7 @@ class SnapshotDaemon:
         if request.get("final"):
             return await self.final_snapshot(float(request.get("wait_seconds") or FINAL_TIMEOUT))
         self._require_repository()
+        self._wanted_tags.update(dict.fromkeys(checked_tags(request.get("tags") or [])))
         if request.get("queue") and not request.get("wait") and self._inflight is not None:
             # One snapshot at a time: this one is sealed when the one uploading is
             # committed. Say so at once rather than keep the caller waiting (for as

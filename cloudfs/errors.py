@@ -67,6 +67,10 @@ class RepositoryError(CloudfsError):
     """The repository is missing, already exists, or is of an unsupported format."""
 
 
+class MaintenanceOnly(CloudfsError):
+    """A delete was asked of the writer role's store: deleting is maintenance work (I9)."""
+
+
 class MountError(CloudfsError):
     """A live mount cannot be started, stopped or inspected (bad paths, busy, no FUSE)."""
 

@@ -7,6 +7,11 @@ them in one trio loop: `serve()` mounts, reconciles, serves until unmounted
 bounded time) and records a clean stop; `run()` does that in the foreground or,
 with --daemon, in a detached process that the command waits for until the
 mount is ready; `unmount()` is `cloudfs umount`.
+
+Ready means the control socket answers and the FUSE loop is about to serve: then
+the command returns (--daemon), and a service manager that started the mount
+with `Type=notify` hears READY=1 (`system.notify`). With `metrics`, Prometheus
+metrics are served from the same status the control socket gives.
 """
 
 from __future__ import annotations
@@ -25,33 +30,45 @@ from cloudfs import control
 from cloudfs.daemon import BackupSettings, SnapshotDaemon
 from cloudfs.errors import CloudfsError, MountError
 from cloudfs.live.mount import LiveMount, MountPlan
-from cloudfs.system import fuseproc, mounttable
+from cloudfs.metrics import MetricsServer
+from cloudfs.system import fuseproc, mounttable, notify
 from cloudfs.system.statedir import Holder, StateDir
 
 log = logging.getLogger(__name__)
 
 
-def serve(plan: MountPlan, on_ready: Callable[[], None], backup: BackupSettings | None = None) -> None:
+def serve(plan: MountPlan, on_ready: Callable[[], None], backup: BackupSettings | None = None,
+          metrics: tuple[str, int] | None = None) -> None:
     """Mount, serve until unmounted, stop cleanly. Returns after the mount is gone.
-    `backup` makes the mount take snapshots."""
+    `backup` makes the mount take snapshots; `metrics` (host, port) serves them."""
     plan.state.acquire(plan.source)
     try:
-        fuseproc.raise_descriptor_limit()
-        # The handlers apply each caller's umask (ctx.umask) themselves; the daemon's own
-        # would be applied on top and take away group and other bits the caller asked for.
-        # Every file the daemon makes for itself gives its mode explicitly.
-        os.umask(0)
-        source_fd = os.open(plan.source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        exporter = MetricsServer(*metrics, clock=time.time_ns) if metrics else None  # before mounting
         try:
-            _serve_with(plan, source_fd, on_ready, backup)
+            _serve_source(plan, on_ready, backup, exporter)
         finally:
-            os.close(source_fd)
+            if exporter is not None:
+                exporter.close()
     finally:
         plan.state.release()
 
 
+def _serve_source(plan: MountPlan, on_ready: Callable[[], None], backup: BackupSettings | None,
+                  exporter: MetricsServer | None) -> None:
+    fuseproc.raise_descriptor_limit()
+    # The handlers apply each caller's umask (ctx.umask) themselves; the daemon's own
+    # would be applied on top and take away group and other bits the caller asked for.
+    # Every file the daemon makes for itself gives its mode explicitly.
+    os.umask(0)
+    source_fd = os.open(plan.source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _serve_with(plan, source_fd, on_ready, backup, exporter)
+    finally:
+        os.close(source_fd)
+
+
 def _serve_with(plan: MountPlan, source_fd: int, on_ready: Callable[[], None],
-                backup: BackupSettings | None) -> None:
+                backup: BackupSettings | None, exporter: MetricsServer | None) -> None:
     live = LiveMount(plan, source_fd)
     live.mount()
     served, daemon = False, None
@@ -63,7 +80,7 @@ def _serve_with(plan: MountPlan, source_fd: int, on_ready: Callable[[], None],
                                 settings=backup, unmount=lambda: fuseproc.detach_now(mountpoint),
                                 rescan_interval=plan.rescan_interval)
         plan.state.announce(Holder(os.getpid(), str(plan.source), mountpoint, source_fd))
-        trio.run(_serve_requests, live, daemon, on_ready)
+        trio.run(_serve_requests, live, daemon, on_ready, exporter)
         served = True
     finally:
         clean = live.unmount(served)
@@ -72,11 +89,22 @@ def _serve_with(plan: MountPlan, source_fd: int, on_ready: Callable[[], None],
         live.stop_journal(clean)
 
 
-async def _serve_requests(live: LiveMount, daemon: SnapshotDaemon, on_ready: Callable[[], None]) -> None:
+async def _serve_requests(live: LiveMount, daemon: SnapshotDaemon, on_ready: Callable[[], None],
+                          exporter: MetricsServer | None) -> None:
+    mountpoint = str(live.plan.mountpoint)
+
+    async def before_unmounting() -> None:
+        notify.stopping(f"final snapshot, then unmounting {mountpoint}")
+        await daemon.final_snapshot()
+
     async with trio.open_nursery() as nursery:
-        await daemon.start(nursery)
-        on_ready()   # the control socket answers, and requests are served from here on
-        nursery.start_soon(fuseproc.unmount_on_signal, str(live.plan.mountpoint), daemon.final_snapshot)
+        await daemon.start(nursery)   # the control socket answers from here on
+        nursery.start_soon(fuseproc.unmount_on_signal, mountpoint, before_unmounting)
+        if exporter is not None:
+            token = trio.lowlevel.current_trio_token()
+            exporter.attach(lambda: trio.from_thread.run_sync(daemon.status, trio_token=token))
+        on_ready()
+        notify.ready(f"{live.plan.source} mounted on {mountpoint}")
         await live.serve(nursery)
         nursery.cancel_scope.cancel()
 
@@ -84,7 +112,8 @@ async def _serve_requests(live: LiveMount, daemon: SnapshotDaemon, on_ready: Cal
 # -- foreground and daemon ----------------------------------------------------------------
 
 
-def run(plan: MountPlan, daemon: bool, backup: BackupSettings | None = None) -> int:
+def run(plan: MountPlan, daemon: bool, backup: BackupSettings | None = None,
+        metrics: tuple[str, int] | None = None) -> int:
     """Serve `plan` here (foreground) or in a detached process once it is ready (daemon)."""
     if not daemon:
         def announce():
@@ -92,10 +121,10 @@ def run(plan: MountPlan, daemon: bool, backup: BackupSettings | None = None) -> 
                   f"(state in {plan.state.path}); stop with: cloudfs umount {plan.mountpoint}",
                   file=sys.stderr, flush=True)
 
-        serve(plan, announce, backup)
+        serve(plan, announce, backup, metrics)
         return 0
     plan.state.create()  # for the log, before detaching
-    return fuseproc.run_detached(plan.state.log_path(), lambda ready: serve(plan, ready, backup))
+    return fuseproc.run_detached(plan.state.log_path(), lambda ready: serve(plan, ready, backup, metrics))
 
 
 # -- unmounting ------------------------------------------------------------------------------

@@ -34,7 +34,8 @@ async def commit_snapshot(repo: Repository, source: Source, *, source_path: str,
                           previous: Snapshot | None = None, changes: PathChanges | None = None,
                           time_ns: int | None = None, reader: TreeReader | None = None,
                           builder_stats: BuildStats | None = None,
-                          exclude: Callable[[bytes], bool] | None = None) -> Snapshot:
+                          exclude: Callable[[bytes], bool] | None = None,
+                          tags: tuple[str, ...] = ()) -> Snapshot:
     """Build and commit one snapshot; `time_ns` is its sealing instant."""
     time_ns = time_ns or time.time_ns()
     before = (repo.written.raw_bytes, repo.written.chunk_bytes + repo.written.metadata_bytes)
@@ -47,7 +48,7 @@ async def commit_snapshot(repo: Repository, source: Source, *, source_path: str,
     stats = builder.stats
     snapshot = Snapshot(
         tree=root, time_ns=time_ns, host=socket.gethostname(), source=source_path,
-        parent=previous.name if previous else None,
+        parent=previous.name if previous else None, tags=tags,
         stats={"files": stats.files, "directories": stats.directories, "bytes": stats.bytes,
                "bytes_read": stats.bytes_read, "bytes_added": repo.written.raw_bytes - before[0],
                "bytes_stored": repo.written.chunk_bytes + repo.written.metadata_bytes - before[1]},
@@ -124,7 +125,8 @@ class Uploader:
             self.status.last_snapshot = previous.name
             self.status.last_snapshot_time_ns = previous.time_ns
 
-    async def commit(self, source: Source, changes: PathChanges | None, time_ns: int) -> Snapshot:
+    async def commit(self, source: Source, changes: PathChanges | None, time_ns: int,
+                     tags: tuple[str, ...] = ()) -> Snapshot:
         """Build and commit the snapshot of a sealed state, retrying for as long as the
         store is unreachable or refuses us; other errors are raised to the caller."""
         failures = 0
@@ -133,7 +135,7 @@ class Uploader:
             # given up mid-upload (its tasks cancelled) must not fail the next one.
             self.repo.packer.reset_failure()
             try:
-                return await self._attempt(source, changes, time_ns)
+                return await self._attempt(source, changes, time_ns, tags)
             except BaseException as raised:
                 error = _transient_store_error(raised)
                 if error is None:
@@ -143,7 +145,8 @@ class Uploader:
                 delay = min(self.RETRY_MAX, self.RETRY_BASE * 2 ** min(failures - 1, 10))
                 await trio.sleep(random.uniform(delay / 2, delay))
 
-    async def _attempt(self, source: Source, changes: PathChanges | None, time_ns: int) -> Snapshot:
+    async def _attempt(self, source: Source, changes: PathChanges | None, time_ns: int,
+                       tags: tuple[str, ...]) -> Snapshot:
         status = self.status
         status.uploading_since_ns = time.time_ns()
         status.current = BuildStats()
@@ -153,7 +156,7 @@ class Uploader:
             snapshot = await commit_snapshot(self.repo, source, source_path=self.source_path,
                                              previous=self.previous, changes=changes, time_ns=time_ns,
                                              reader=self._reader, builder_stats=status.current,
-                                             exclude=self.exclude)
+                                             exclude=self.exclude, tags=tags)
         finally:
             status.uploading_since_ns = None
         stored = self.repo.written.chunk_bytes + self.repo.written.metadata_bytes - stored_before

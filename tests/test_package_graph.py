@@ -34,8 +34,11 @@ MAY_IMPORT = {
     "browse": BASE | {"system", "repo", "snapshot"},
     "restore": BASE | {"repo", "snapshot", "browse"},
     "control": BASE | {"system"},
+    "settings": BASE | {"repo"},
+    "metrics": BASE,
+    "doctor": BASE | {"system", "store"},
     "daemon": BASE | {"system", "live", "uploader", "control", "repo", "snapshot", "store"},
-    "mountproc": BASE | {"system", "live", "daemon", "control"},
+    "mountproc": BASE | {"system", "live", "daemon", "control", "metrics"},
     "cli": None,         # the top: wires everything
     "__main__": {"cli"},
 }

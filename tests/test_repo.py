@@ -247,3 +247,41 @@ def test_index_is_rebuilt_from_chunk_footers(store):
     rebuilt = open_repo(store)
     assert all(trio.run(rebuilt.get_blob, i) == b for i, b in zip(ids, blobs))
     assert trio.run(lambda: check_repository(rebuilt, read_data=True)).ok
+
+
+def test_pins_and_policies_are_sealed_objects_that_cannot_be_moved_or_edited():
+    from cloudfs.crypto import MasterKey
+    from cloudfs.repo.pins import Pin, pinned_snapshot
+    from cloudfs.repo.policy import PolicyRecord
+
+    master = MasterKey.generate()
+    pin = Pin("snapshots/2026-11-26T054000.711247Z-50c0d921", note="why").with_name()
+    assert pinned_snapshot(pin.name) == pin.snapshot
+    data = pin.seal(master)
+    assert data[:8] == b"CLFS\x01\x07\x00\x00" and Pin.open(master, pin.name, data) == pin
+    elsewhere = "pins/2026-11-27T000000.000000Z-00000000/" + pin.name.rsplit("/", 1)[1]
+    with pytest.raises(IntegrityError):
+        Pin.open(master, elsewhere, data)
+    assert pinned_snapshot("pins/x") is None and pinned_snapshot("pins/a/b/c") is None
+
+    record = PolicyRecord({"last": 3}).with_name()
+    data = record.seal(master)
+    assert data[:8] == b"CLFS\x01\x06\x00\x00" and PolicyRecord.open(master, record.name, data) == record
+    with pytest.raises(IntegrityError):
+        PolicyRecord.open(master, record.name, data[:-1] + bytes([data[-1] ^ 1]))
+
+
+def test_a_snapshot_with_keys_this_reader_does_not_know_still_opens():
+    from cloudfs.crypto import MasterKey
+    from cloudfs.repo.format import Kind, seal_object
+
+    master = MasterKey.generate()
+    snapshot = Snapshot(tree=bytes(32), time_ns=1, host="h", source="/s", tags=("a",)).with_name()
+    assert Snapshot.open(master, snapshot.name, snapshot.seal(master)) == snapshot
+    newer = {"tree": bytes(32), "time_ns": 1, "host": "h", "source": "/s", "parent": None, "stats": {},
+             "tags": ["a"], "added_by_a_newer_writer": True}
+    assert Snapshot.open(master, snapshot.name, seal_object(Kind.SNAPSHOT, master.snapshot_key,
+                                                            snapshot.name, newer)) == snapshot
+    del newer["tree"]
+    with pytest.raises(IntegrityError):
+        Snapshot.open(master, snapshot.name, seal_object(Kind.SNAPSHOT, master.snapshot_key, snapshot.name, newer))

@@ -7,10 +7,10 @@ them together and turns errors into one line on stderr and an exit code.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from cloudfs import __version__
+from cloudfs.cli import logs
 from cloudfs.errors import CloudfsError, first_cloudfs_error
 
 # Modules that add subcommands; each has register(subparsers).
@@ -19,6 +19,10 @@ COMMAND_MODULES = (
     "cloudfs.cli.mount_commands",
     "cloudfs.cli.browse_commands",
     "cloudfs.cli.daemon_commands",
+    "cloudfs.cli.retention_commands",
+    "cloudfs.cli.config_commands",
+    "cloudfs.cli.service_commands",
+    "cloudfs.cli.doctor_commands",
 )
 
 
@@ -31,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cloudfs {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument("--log-format", choices=logs.FORMATS, default="text",
+                        help="log lines as text or as one JSON object each (default text)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
@@ -40,10 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    logs.configure(args.verbose, args.log_format)
     try:
         return args.run(args) or 0
     except (CloudfsError, BaseExceptionGroup) as raised:

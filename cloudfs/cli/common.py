@@ -14,6 +14,8 @@ import argparse
 import getpass
 import json
 import os
+import shlex
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -38,6 +40,8 @@ def repository_options() -> argparse.ArgumentParser:
                             "(default $CLOUDFS_REPO)")
     group.add_argument("--password-file", default=os.environ.get("CLOUDFS_PASSWORD_FILE"),
                        help="read the passphrase from this file (else $CLOUDFS_PASSWORD, else a prompt)")
+    group.add_argument("--password-command", metavar="COMMAND",
+                       help="run COMMAND (a keyring helper, say) and take what it prints as the passphrase")
     group.add_argument("--endpoint-url", default=os.environ.get("CLOUDFS_ENDPOINT_URL"),
                        help="S3-compatible endpoint (default $CLOUDFS_ENDPOINT_URL, $AWS_ENDPOINT_URL or AWS)")
     group.add_argument("--region", help="S3 region (default from the AWS environment or profile)")
@@ -91,6 +95,20 @@ def checked_compression(text: str) -> str:
 
 
 def open_store_from(args) -> Store:
+    """The store as the writer role uses it: get, put, head, list; a delete raises (I9)."""
+    from cloudfs.store.roles import WriterStore
+
+    return WriterStore(_store_from(args))
+
+
+def open_maintenance_store(args) -> Store:
+    """The store for maintenance (forget, unpin, policy changes, key removal, index
+    repair, init's cleanup): the only one whose delete works. The one place the
+    maintenance role's access is opened; its own credentials belong here."""
+    return _store_from(args)
+
+
+def _store_from(args) -> Store:
     from cloudfs.store import RetryPolicy, S3Options, open_store
 
     if not args.repo:
@@ -111,9 +129,17 @@ def open_store_from(args) -> Store:
 
 
 async def open_repository(args) -> Repository:
+    """The repository with the writer role's store."""
+    return await _open_repository(args, open_store_from(args))
+
+
+async def open_maintenance_repository(args) -> Repository:
+    return await _open_repository(args, open_maintenance_store(args))
+
+
+async def _open_repository(args, store: Store) -> Repository:
     from cloudfs.repo import Repository
 
-    store = open_store_from(args)
     passphrase = read_passphrase(args)
     return await Repository.open(store, passphrase, cache_root=args.cache_dir, use_cache=not args.no_cache)
 
@@ -125,11 +151,12 @@ def run_async(function: Callable[[], Awaitable[T]]) -> T:
     return trio.run(function)
 
 
-def with_repository(args, action: Callable[[Repository], Awaitable[T]]) -> T:
-    """Open the repository `args` name, return `await action(repo)`, and close it."""
+def with_repository(args, action: Callable[[Repository], Awaitable[T]], *, maintenance: bool = False) -> T:
+    """Open the repository `args` name (with the maintenance role's store if
+    `maintenance`), return `await action(repo)`, and close it."""
 
     async def run() -> T:
-        repo = await open_repository(args)
+        repo = await (open_maintenance_repository(args) if maintenance else open_repository(args))
         try:
             return await action(repo)
         finally:
@@ -147,9 +174,14 @@ def tuned_kdf(args) -> crypto.KdfParams:
 
 
 def read_passphrase(args, *, confirm: bool = False) -> bytes:
-    """From --password-file, $CLOUDFS_PASSWORD, or a prompt on a terminal."""
+    """From --password-file, --password-command, the configuration's password_env,
+    $CLOUDFS_PASSWORD, or a prompt on a terminal."""
     if args.password_file:
         return _read_password_file(args.password_file)
+    if getattr(args, "password_command", None):
+        return _run_password_command(args.password_command)
+    if getattr(args, "password_env", None):
+        return _read_password_env(args.password_env)
     if "CLOUDFS_PASSWORD" in os.environ:
         return os.environ["CLOUDFS_PASSWORD"].encode()
     return _prompt("Passphrase: ", confirm)
@@ -170,6 +202,39 @@ def _read_password_file(path: str) -> bytes:
     except OSError as error:
         raise UsageError(f"cannot read password file {path}: {error.strerror}") from None
     return data[:-1] if data.endswith(b"\n") else data
+
+
+PASSWORD_COMMAND_TIMEOUT = 60.0
+
+
+def _run_password_command(command: str | list[str]) -> bytes:
+    """What `command` prints (one trailing newline dropped); its failure is one line."""
+    argv = shlex.split(command) if isinstance(command, str) else list(command)
+    name = argv[0] if argv else "''"
+    try:
+        result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                                timeout=PASSWORD_COMMAND_TIMEOUT)
+    except FileNotFoundError:
+        raise UsageError(f"password command {name} not found") from None
+    except PermissionError:
+        raise UsageError(f"password command {name} is not executable") from None
+    except subprocess.TimeoutExpired:
+        raise UsageError(f"password command {name} did not answer within "
+                         f"{PASSWORD_COMMAND_TIMEOUT:.0f} s") from None
+    if result.returncode:
+        said = result.stderr.decode(errors="replace").strip().splitlines()
+        raise UsageError(f"password command {name} failed (exit status {result.returncode})"
+                         + (f": {said[0]}" if said else ""))
+    passphrase = result.stdout[:-1] if result.stdout.endswith(b"\n") else result.stdout
+    if not passphrase:
+        raise UsageError(f"password command {name} printed no passphrase")
+    return passphrase
+
+
+def _read_password_env(name: str) -> bytes:
+    if name not in os.environ:
+        raise UsageError(f"the passphrase's environment variable {name} (password_env) is not set")
+    return os.environ[name].encode()
 
 
 def _prompt(text: str, confirm: bool) -> bytes:

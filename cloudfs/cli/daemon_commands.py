@@ -26,6 +26,8 @@ def register(subparsers) -> None:
                                      description="Seal the current changes into a snapshot now.")
     snapshot.add_argument("mount", nargs="?", help="mount point or protected directory")
     snapshot.add_argument("--wait", action="store_true", help="return once it is committed")
+    snapshot.add_argument("--tag", action="append", default=[], metavar="TAG",
+                          help="tag the snapshot (repeatable); `forget --keep-tag` keeps tagged ones")
     snapshot.add_argument("--json", action="store_true")
     snapshot.set_defaults(run=run_snapshot)
 
@@ -51,7 +53,9 @@ def run_status(args) -> int:
 
 
 def run_snapshot(args) -> int:
-    return _ask(args, "snapshot", _said_snapshot, wait=args.wait, queue=True)
+    # The daemon checks the tags (and answers one line if one is wrong): importing the
+    # repository's code here would cost this command most of its start-up time.
+    return _ask(args, "snapshot", _said_snapshot, wait=args.wait, queue=True, tags=list(args.tag or []))
 
 
 def _said_snapshot(reply: dict) -> str:

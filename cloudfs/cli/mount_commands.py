@@ -1,27 +1,27 @@
 """`cloudfs mount`, `cloudfs umount` and `cloudfs changes`: parse, call cloudfs.live, report.
 
-With --repo (or a --config file naming a repository) the mount also takes encrypted
-snapshots into that repository; the repository is opened, and the passphrase read,
-before mounting, so that any error is one line at the prompt.
+With --repo (or a configuration file naming a repository) the mount also takes
+encrypted snapshots into that repository; the repository is opened, and the
+passphrase read, before mounting, so that any error is one line at the prompt.
+`cloudfs mount NAME` and `--all` take everything from the configuration file
+(docs/configuration.md); options on the command line win over it.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import re
+import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
+from cloudfs.cli import configured
 from cloudfs.cli.common import checked_compression, open_store_from, repository_options
+from cloudfs.cli.configured import address, duration, duration_or_off, size
 from cloudfs.errors import UsageError
 
 DEFAULT_INTERVAL = 300.0
 DEFAULT_SPOOL = 1 << 30
-CONFIG_KEYS = {"repository", "password_file", "endpoint_url", "interval", "spool_size",
-               "bandwidth_limit", "exclude", "rescan_interval", "compression"}
 
 
 def register(subparsers) -> None:
@@ -34,9 +34,15 @@ def register(subparsers) -> None:
                     "it takes encrypted, incremental snapshots into that repository: the "
                     "first one of all of SOURCE, then every --interval seconds, on "
                     "`cloudfs snapshot`, and before unmounting.")
-    mount.add_argument("source", metavar="SOURCE", help="the directory to protect")
+    mount.add_argument("source", metavar="SOURCE|NAME", nargs="?",
+                       help="the directory to protect, or the NAME of a [directories.NAME] entry "
+                            "of the configuration file")
     mount.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?",
-                       help="where to mount (default: over SOURCE itself)")
+                       help="where to mount (default: the entry's mountpoint, else over SOURCE itself)")
+    mount.add_argument("--all", action="store_true",
+                       help="mount every directory of the configuration file, each in the background "
+                            "as with --daemon, with the file's settings only")
+    configured.config_option(mount)
     _state_dir_option(mount)
     mount.add_argument("--daemon", action="store_true",
                        help="run in the background once mounted (logs to STATE_DIR/mount.log)")
@@ -45,29 +51,31 @@ def register(subparsers) -> None:
                             "the next journaled mount finds the changes by rescanning)")
     mount.add_argument("--allow-other", action="store_true", default=None,
                        help="let other users use the mount (the default when run as root)")
-    mount.add_argument("--rescan-interval", type=parse_duration_or_off, metavar="SECONDS",
+    mount.add_argument("--metrics", type=address, metavar="ADDR",
+                       help="serve Prometheus metrics at http://ADDR/metrics (HOST:PORT; :PORT "
+                            "listens on loopback, e.g. :9477)")
+    mount.add_argument("--rescan-interval", type=duration_or_off, metavar="SECONDS",
                        help="look for changes made to SOURCE behind the mount's back this often, "
                             "at low priority (default 24h; off: only on `cloudfs rescan`)")
     snapshots = mount.add_argument_group("snapshots (with --repo)")
-    snapshots.add_argument("--config", metavar="FILE",
-                           help="TOML file with any of: repository, password_file, endpoint_url, "
-                                "interval, spool_size, bandwidth_limit, exclude (a list), "
-                                "rescan_interval, compression; "
-                                "options given here override it")
-    snapshots.add_argument("--interval", type=parse_duration, metavar="SECONDS",
+    snapshots.add_argument("--interval", type=duration, metavar="SECONDS",
                            help="seal a snapshot this often if anything changed (default 300; "
                                 "suffixes s, m, h)")
-    snapshots.add_argument("--spool-size", type=parse_size, metavar="SIZE",
+    snapshots.add_argument("--spool-size", type=size, metavar="SIZE",
                            help="room for copy-on-write while a snapshot uploads (default 1G); "
                                 "if it fills, that snapshot is retried from a new seal")
     snapshots.add_argument("--compression", type=checked_compression, metavar="METHOD",
                            help="zstd, zstd:LEVEL (-7 fastest to 22 smallest) or none, for what this "
                                 "mount uploads (default: the repository's, zstd:1)")
-    snapshots.add_argument("--bandwidth-limit", type=parse_size, metavar="BYTES_PER_S",
+    snapshots.add_argument("--bandwidth-limit", type=size, metavar="BYTES_PER_S",
                            help="upload at most this many bytes per second (suffixes K, M, G)")
     snapshots.add_argument("--exclude", action="append", metavar="PATTERN",
                            help="leave out of snapshots: a name pattern (*.tmp) anywhere, or a "
                                 "path pattern relative to SOURCE (build/*); repeatable")
+    snapshots.add_argument("--snapshot-timeout", type=duration, metavar="SECONDS",
+                           help="how long the final snapshot may take when a signal (SIGTERM, "
+                                "SIGINT, SIGHUP) stops the mount, before it unmounts anyway "
+                                "(default 30); what it misses stays in the journal")
     mount.set_defaults(run=_mount)
 
     umount = subparsers.add_parser(
@@ -103,22 +111,74 @@ def _state_dir_option(parser) -> None:
 
 
 def _mount(args) -> int:
+    if args.all:
+        return _mount_all(args)
     from cloudfs import mountproc
     from cloudfs.live import mount
     from cloudfs.malloc import few_arenas
 
     few_arenas()   # before any thread starts
 
-    _apply_config(args)
+    _configure(args)
     plan = mount.plan(args.source, args.mountpoint, args.state_dir,
                       journaling=args.journaling, allow_other=args.allow_other,
                       rescan_interval=_rescan_interval(args))
     backup = _backup_settings(args, plan.state.path) if args.repo else None
-    return mountproc.run(plan, args.daemon, backup)
+    return mountproc.run(plan, args.daemon, backup, metrics=args.metrics)
+
+
+def _configure(args) -> None:
+    """Fill what the command line left unset from the configuration file: the entry
+    named by NAME, else the entry protecting SOURCE, else the file's defaults."""
+    config = configured.load_config(args, required=args.config is not None)
+    if config is None:
+        if args.source is None:
+            raise UsageError("name a SOURCE directory, an entry of the configuration file, or --all")
+        return
+    if args.source is None:
+        raise UsageError(f"name a SOURCE directory or one of {config.path}'s directories "
+                         f"({', '.join(config.directories) or 'none'}), or --all")
+    if configured.names_an_entry(config, args.source):
+        entry = config.entry(args.source)
+    else:
+        entry = config.protecting(args.source)
+    if entry is None:
+        configured.apply(args, config.defaults)
+        return
+    args.source = entry.source
+    args.mountpoint = args.mountpoint or entry.settings.get("mountpoint")
+    configured.apply(args, entry.settings)
+
+
+def _mount_all(args) -> int:
+    """Each directory of the configuration file in its own background mount process
+    (`cloudfs mount NAME --daemon`), one after the other; 1 if any failed."""
+    if args.source or args.mountpoint:
+        raise UsageError("--all mounts the directories of the configuration file: name none")
+    config = configured.load_config(args)
+    if not config.directories:
+        raise UsageError(f"{config.path} has no [directories.NAME]")
+    failed = 0
+    for name, entry in config.directories.items():
+        command = [sys.executable, "-m", "cloudfs", *_global_options(args),
+                   "mount", name, "--config", str(config.path), "--daemon"]
+        result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for line in (result.stdout + result.stderr).splitlines():
+            print(line.replace("cloudfs: ", f"cloudfs: {name}: ", 1), file=sys.stderr)
+        if result.returncode:
+            failed += 1
+        else:
+            print(f"{name}: {entry.source} mounted on {entry.mountpoint}")
+    return 1 if failed else 0
+
+
+def _global_options(args) -> list[str]:
+    return [*["-v"] * args.verbose, "--log-format", args.log_format]
 
 
 def _rescan_interval(args) -> float | None:
     from cloudfs.live.rescan import DEFAULT_INTERVAL
+    from cloudfs.settings import OFF
 
     if args.rescan_interval is None:
         return DEFAULT_INTERVAL
@@ -131,7 +191,7 @@ def _backup_settings(args, state_dir: Path):
     import trio
 
     from cloudfs.cli.common import read_passphrase
-    from cloudfs.daemon import BackupSettings
+    from cloudfs.daemon import FINAL_TIMEOUT, BackupSettings
     from cloudfs.repo.access import open_for_mount
     from cloudfs.snapshot.source import exclusion_matcher
 
@@ -158,79 +218,8 @@ def _backup_settings(args, state_dir: Path):
                           interval=args.interval or DEFAULT_INTERVAL,
                           spool_limit=args.spool_size or DEFAULT_SPOOL, exclude=exclude,
                           compression=args.compression, unreachable=unreachable,
+                          final_timeout=args.snapshot_timeout or FINAL_TIMEOUT,
                           show_progress=not args.daemon and sys.stderr.isatty())
-
-
-def _apply_config(args) -> None:
-    """Fill what the command line (or the environment) left unset from --config."""
-    if not args.config:
-        return
-    try:
-        with open(args.config, "rb") as handle:
-            config = tomllib.load(handle)
-    except OSError as error:
-        raise UsageError(f"cannot read {args.config}: {error.strerror}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise UsageError(f"{args.config} is not valid TOML: {error}") from None
-    unknown = sorted(set(config) - CONFIG_KEYS)
-    if unknown:
-        raise UsageError(f"{args.config}: unknown setting {unknown[0]!r} "
-                         f"(known: {', '.join(sorted(CONFIG_KEYS))})")
-    simple = {"repository": "repo", "password_file": "password_file", "endpoint_url": "endpoint_url"}
-    for key, attribute in simple.items():
-        if key in config and getattr(args, attribute) is None:
-            setattr(args, attribute, str(config[key]))
-    parsers = {"interval": parse_duration, "spool_size": parse_size, "bandwidth_limit": parse_size,
-               "rescan_interval": parse_duration_or_off, "compression": checked_compression}
-    for key, parse in parsers.items():
-        if key in config and getattr(args, key) is None:
-            setattr(args, key, _parse_setting(args.config, key, config[key], parse))
-    if "exclude" in config and not args.exclude:
-        patterns = config["exclude"]
-        if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
-            raise UsageError(f"{args.config}: exclude must be a list of patterns")
-        args.exclude = patterns
-
-
-def _parse_setting(path: str, key: str, value, parse):
-    try:
-        return parse(str(value))
-    except argparse.ArgumentTypeError as error:
-        raise UsageError(f"{path}: {key}: {error}") from None
-
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?(?:/s)?\s*$", re.IGNORECASE)
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h)?\s*$", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """"1G", "512MiB", "10M/s", "65536" -> bytes (K, M, G, T are powers of 1024)."""
-    match = _SIZE.match(text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512M, 1G)")
-    value = float(match.group(1)) * 1024 ** " kmgt".index(match.group(2).lower() or " ")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return int(value)
-
-
-OFF = "off"
-
-
-def parse_duration_or_off(text: str) -> float | str:
-    return OFF if str(text).strip().lower() == OFF else parse_duration(text)
-
-
-def parse_duration(text: str) -> float:
-    """"300", "30s", "5m", "1h" -> seconds."""
-    match = _DURATION.match(text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 300, 5m, 1h)")
-    unit = (match.group(2) or "s").lower()
-    seconds = float(match.group(1)) * {"s": 1, "m": 60, "min": 60, "h": 3600}[unit]
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return seconds
 
 
 def _umount(args) -> int:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+from datetime import datetime, timezone
 
 from cloudfs.cli.common import (
     checked_compression,
     human_size,
     kdf_options,
+    open_maintenance_store,
     open_store_from,
     print_json,
     read_new_passphrase,
@@ -89,7 +91,7 @@ def run_init(args) -> int:
                             compression_level=level or 1)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    store = open_store_from(args)
+    store = open_maintenance_store(args)     # removes the key slots of an interrupted init
     passphrase = read_passphrase(args, confirm=True)
     kdf = tuned_kdf(args)
 
@@ -137,7 +139,7 @@ def run_key_list(args) -> int:
 
 
 def run_key_remove(args) -> int:
-    slot = with_repository(args, lambda repo: repo.remove_key(args.slot_id))
+    slot = with_repository(args, lambda repo: repo.remove_key(args.slot_id), maintenance=True)
     print(f"removed key slot {slot.slot_id[:16]}")
     return 0
 
@@ -146,7 +148,7 @@ def run_key_passwd(args) -> int:
     async def passwd(repo):
         return await repo.change_passphrase(read_new_passphrase(args), kdf=tuned_kdf(args))
 
-    slot = with_repository(args, passwd)
+    slot = with_repository(args, passwd, maintenance=True)
     print(f"passphrase changed; the slot is now {slot.slot_id[:16]}")
     return 0
 
@@ -173,7 +175,7 @@ def run_check(args) -> int:
 
 
 def run_repair_index(args) -> int:
-    indexed, dropped = with_repository(args, lambda repo: repo.rebuild_index())
+    indexed, dropped = with_repository(args, lambda repo: repo.rebuild_index(), maintenance=True)
     for name in dropped:
         print(f"removed damaged {name}")
     print(f"indexed {indexed} chunks from their footers")
@@ -181,16 +183,31 @@ def run_repair_index(args) -> int:
 
 
 def run_snapshots(args) -> int:
-    snapshots = snapshot_filter(args).apply(with_repository(args, lambda repo: repo.snapshots()))
+    async def listing(repo):
+        snapshots = snapshot_filter(args).apply(await repo.snapshots())
+        pinned = await repo.pinned()
+        return snapshots, {s.name: await repo.open_pins(pinned[s.name]) for s in snapshots
+                           if s.name in pinned}
+
+    snapshots, pins = with_repository(args, listing)
     rows = [{"name": s.name, "id": s.name.rsplit("-", 1)[-1], "time": s.time.isoformat(),
-             "host": s.host, "source": s.source, "parent": s.parent, **s.stats} for s in snapshots]
+             "host": s.host, "source": s.source, "parent": s.parent, "tags": list(s.tags),
+             "pinned": s.name in pins, "pins": [_pin_row(pin) for pin in pins.get(s.name, ())],
+             **s.stats} for s in snapshots]
     if args.json:
         print_json(rows)
         return 0
     if not rows:
         print("no snapshots")
     for row in rows:
+        marks = "".join([f"  [{','.join(row['tags'])}]" if row["tags"] else "",
+                         "  pinned" if row["pinned"] else ""])
         print(f"{row['time'][:19].replace('T', ' ')}  {row['id']}  {row.get('files', 0):>8} files  "
               f"{human_size(row.get('bytes', 0)):>10}  +{human_size(row.get('bytes_added', 0))}  "
-              f"{row['host']}:{row['source']}")
+              f"{row['host']}:{row['source']}{marks}")
     return 0
+
+
+def _pin_row(pin) -> dict:
+    return {"name": pin.name, "note": pin.note, "host": pin.host, "user": pin.user,
+            "time": datetime.fromtimestamp(pin.time_ns / 1e9, timezone.utc).isoformat()}

@@ -67,6 +67,8 @@ class Sealed:
     previous_name: str | None
     stall_s: float
     flush_s: float = 0.0
+    #: Tags for the snapshot of this seal (`cloudfs snapshot --tag`), set by the daemon.
+    tags: tuple[str, ...] = ()
 
     @property
     def full(self) -> bool:

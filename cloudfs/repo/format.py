@@ -7,7 +7,7 @@ Every object begins with an 8-byte header, in the clear and authenticated:
     offset 5  1 byte   object kind (Kind)
     offset 6  2 bytes  flags, little-endian (bit 0: payload is zstd-compressed)
 
-Config, index and snapshot objects are a header followed by one sealed message
+Config, index, snapshot, policy and pin objects are a header followed by one sealed message
 whose associated data is the header and the object's name, so an object cannot
 be altered, swapped for another, or renamed without detection. Their plaintext
 is msgpack. See docs/format.md.
@@ -15,8 +15,11 @@ is msgpack. See docs/format.md.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import os
 import struct
+from datetime import datetime, timezone
 
 import msgpack
 import zstandard
@@ -37,6 +40,8 @@ class Kind(enum.IntEnum):
     CHUNK = 3
     INDEX = 4
     SNAPSHOT = 5
+    POLICY = 6
+    PIN = 7
 
 
 def make_header(kind: Kind, flags: int = 0) -> bytes:
@@ -57,6 +62,31 @@ def parse_header(data: bytes, name: str, expected: Kind) -> int:
     if kind != expected:
         raise IntegrityError(name, f"expected a {expected.name.lower()} object, found kind {kind}")
     return flags
+
+
+def time_stamped_name(prefix: str, time_ns: int) -> str:
+    """`prefix` + the UTC time as YYYY-MM-DDTHHMMSS.ffffffZ + `-` + 4 random bytes in hex:
+    unique, sorted by time, and free of colons."""
+    stamp = datetime.fromtimestamp(time_ns // 1_000_000_000, timezone.utc)
+    micros = (time_ns // 1000) % 1_000_000
+    return f"{prefix}{stamp:%Y-%m-%dT%H%M%S}.{micros:06d}Z-{os.urandom(4).hex()}"
+
+
+def seal_dataclass(kind: Kind, key: bytes, record) -> bytes:
+    """A dataclass with a `name` field, sealed under that name as the map of its other fields."""
+    value = {field: item for field, item in dataclasses.asdict(record).items() if field != "name"}
+    return seal_object(kind, key, record.name, value)
+
+
+def open_dataclass(cls, kind: Kind, key: bytes, name: str, data: bytes):
+    """The inverse of seal_dataclass: keys the dataclass does not know are ignored (a newer
+    writer may add some); a missing one is an IntegrityError."""
+    value = open_object(kind, key, name, data)
+    known = {field.name for field in dataclasses.fields(cls)} - {"name"}
+    try:
+        return cls(**{field: item for field, item in value.items() if field in known}, name=name)
+    except (TypeError, AttributeError) as error:
+        raise IntegrityError(name, f"unusable {kind.name.lower()} object ({error})") from None
 
 
 def pack(value) -> bytes:

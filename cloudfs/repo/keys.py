@@ -58,7 +58,7 @@ class KeySlot:
     def create(cls, master: crypto.MasterKey, repo_id: bytes, passphrase: bytes,
                kdf: crypto.KdfParams, label: str = "") -> "KeySlot":
         public = {"kdf": kdf.to_dict(), "created": datetime.now(timezone.utc).isoformat(),
-                  "host": socket.gethostname(), "user": _user_name(), "label": label}
+                  "host": socket.gethostname(), "user": user_name(), "label": label}
         kek = crypto.derive_key_encryption_key(passphrase, kdf)
         secret = pack({"master": master.secret, "repo_id": repo_id})
         wrapped = crypto.seal(kek, secret, _associated_data(public))
@@ -91,7 +91,7 @@ def _associated_data(public: dict) -> bytes:
     return make_header(Kind.KEY) + pack(public)
 
 
-def _user_name() -> str:
+def user_name() -> str:
     try:
         return getpass.getuser()
     except Exception:

@@ -2,7 +2,8 @@
 
 Writes follow the commit-last rule (I4): chunks are stored and verified, then
 the index object naming them, and only then may a snapshot refer to them.
-Nothing here deletes an object except key management and failed-init cleanup.
+Nothing here deletes an object except key management, failed-init cleanup, index
+repair and forget: maintenance work, which fails with the writer role's store (I9).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from cloudfs.repo.format import Kind, parse_header
 from cloudfs.repo.index import INDEX_PREFIX, BlobIndex, ChunkInfo, new_index_name, open_index, seal_index
 from cloudfs.repo.keys import KEYS_PREFIX, KeySlot
 from cloudfs.repo.packer import Packer
+from cloudfs.repo.pins import PINS_PREFIX, Pin, pinned_snapshot
+from cloudfs.repo.policy import POLICY_PREFIX, PolicyRecord
 from cloudfs.repo.snapshots import SNAPSHOTS_PREFIX, Snapshot
 from cloudfs.store.base import Store
 
@@ -325,6 +328,63 @@ class Repository:
                 log.warning("skipping snapshot: %s", error)
                 self.damaged_objects[name] = str(error)
         return found
+
+    async def forget_snapshot(self, snapshot: Snapshot) -> None:
+        """Delete a snapshot object (maintenance). Its data stays until a prune."""
+        await self.store.delete(snapshot.name)
+
+    # -- pins ------------------------------------------------------------------------
+
+    async def pinned(self) -> dict[str, list[str]]:
+        """Snapshot name -> the names of its pin objects, from one listing."""
+        pins: dict[str, list[str]] = {}
+        for info in await self.store.list(PINS_PREFIX):
+            snapshot = pinned_snapshot(info.name)
+            if snapshot is not None:
+                pins.setdefault(snapshot, []).append(info.name)
+        return pins
+
+    async def open_pins(self, names: list[str]) -> list[Pin]:
+        """The readable pins among `names` (a damaged one still pins by its name)."""
+        pins = []
+        for name in names:
+            try:
+                pins.append(await self._load_cached(name, Pin.open))
+            except (IntegrityError, ObjectNotFound, RepositoryError) as error:
+                log.warning("unreadable pin: %s", error)
+        return pins
+
+    async def save_pin(self, pin: Pin) -> Pin:
+        """Write a pin (a put, which the writer role may do), then make sure its
+        snapshot is still there: a forget running meanwhile may have deleted it."""
+        pin = pin.with_name()
+        data = pin.seal(self.master)
+        await self.store.put(pin.name, data, exclusive=True)
+        self.cache.put(pin.name, data)
+        if not await self.store.exists(pin.snapshot):
+            raise ObjectNotFound(pin.snapshot, f"{pin.snapshot} was forgotten while it was being pinned")
+        return pin
+
+    async def remove_pin(self, name: str) -> None:
+        """Delete one pin object (maintenance)."""
+        if pinned_snapshot(name) is None:
+            raise ValueError(f"{name} is not a pin")
+        await self.store.delete(name)
+
+    # -- the retention policy --------------------------------------------------------
+
+    async def current_policy(self) -> PolicyRecord | None:
+        """The newest policy object, or None if none was ever written. A newest one
+        that cannot be read is an error, never a reason to fall back on an older one."""
+        listed = [info.name for info in await self.store.list(POLICY_PREFIX)]
+        return await self._load_cached(max(listed), PolicyRecord.open) if listed else None
+
+    async def save_policy(self, record: PolicyRecord) -> PolicyRecord:
+        record = record.with_name()
+        data = record.seal(self.master)
+        await self.store.put(record.name, data, exclusive=True)
+        self.cache.put(record.name, data)
+        return record
 
 
 def _cache_for(config: RepoConfig, cache_root: Path | None, use_cache: bool) -> ObjectCache:

@@ -6,15 +6,14 @@ says where and when it was taken. It is the last object an upload writes (I4).
 
 from __future__ import annotations
 
-import os
 import socket
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from cloudfs.crypto import MasterKey
-from cloudfs.errors import IntegrityError
-from cloudfs.repo.format import Kind, open_object, seal_object
+from cloudfs.errors import IntegrityError, UsageError
+from cloudfs.repo.format import Kind, open_dataclass, seal_dataclass, time_stamped_name
 
 SNAPSHOTS_PREFIX = "snapshots/"
 
@@ -35,23 +34,30 @@ class Snapshot:
         return datetime.fromtimestamp(self.time_ns / 1e9, timezone.utc)
 
     def with_name(self) -> "Snapshot":
-        stamp = datetime.fromtimestamp(self.time_ns // 1_000_000_000, timezone.utc)
-        micros = (self.time_ns // 1000) % 1_000_000
-        name = f"{SNAPSHOTS_PREFIX}{stamp:%Y-%m-%dT%H%M%S}.{micros:06d}Z-{os.urandom(4).hex()}"
-        return Snapshot(**{**asdict(self), "name": name})
+        return replace(self, name=time_stamped_name(SNAPSHOTS_PREFIX, self.time_ns))
 
     def seal(self, master: MasterKey) -> bytes:
-        value = asdict(self)
-        del value["name"]
-        value["tags"] = list(self.tags)
-        return seal_object(Kind.SNAPSHOT, master.snapshot_key, self.name, value)
+        return seal_dataclass(Kind.SNAPSHOT, master.snapshot_key, self)
 
     @classmethod
     def open(cls, master: MasterKey, name: str, data: bytes) -> "Snapshot":
-        value = open_object(Kind.SNAPSHOT, master.snapshot_key, name, data)
-        try:
-            value["tree"] = bytes(value["tree"])
-            value["tags"] = tuple(value.get("tags", ()))
-            return cls(**value, name=name)
-        except (TypeError, KeyError) as error:
-            raise IntegrityError(name, f"unusable snapshot ({error})") from None
+        snapshot = open_dataclass(cls, Kind.SNAPSHOT, master.snapshot_key, name, data)
+        if not isinstance(snapshot.tree, bytes) or not isinstance(snapshot.tags, (list, tuple)):
+            raise IntegrityError(name, "unusable snapshot (tree or tags of the wrong type)")
+        return replace(snapshot, tags=tuple(snapshot.tags))
+
+
+MAX_TAG = 100
+
+
+def checked_tags(tags) -> tuple[str, ...]:
+    """Tags as given, once each, in order; UsageError for an empty one, one longer than
+    MAX_TAG characters, or one with a comma, white space or a control character (a
+    tag must survive a command line and a comma-separated list)."""
+    if not isinstance(tags, (list, tuple)):
+        raise UsageError("tags must be given as a list")
+    for tag in tags:
+        if not isinstance(tag, str) or not tag or len(tag) > MAX_TAG or not tag.isprintable() \
+                or "," in tag or any(c.isspace() for c in tag):
+            raise UsageError(f"{tag!r} is not a tag: 1-{MAX_TAG} printable characters, no spaces or commas")
+    return tuple(dict.fromkeys(tags))
