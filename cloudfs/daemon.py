@@ -111,7 +111,11 @@ class SnapshotDaemon:
     def __init__(self, *, source: Path, mountpoint: Path, state_dir: Path, operations, source_fd: int,
                  device: str | None, settings: BackupSettings | None,
                  unmount: Callable[[], Awaitable[None]],
-                 rescan_interval: float | None = DEFAULT_RESCAN_INTERVAL):
+                 rescan_interval: float | None = DEFAULT_RESCAN_INTERVAL,
+                 reconciled: trio.Event | None = None):
+        #: Set once the startup walk has journaled what changed while unmounted: no
+        #: seal before it (None: nothing to wait for, a first mount).
+        self._reconciled = reconciled
         self.source = source
         self.mountpoint = mountpoint
         self.state_dir = state_dir
@@ -175,14 +179,32 @@ class SnapshotDaemon:
         right after `cloudfs mount --daemon`) finds it; it is answered after the seal."""
         self._nursery = nursery
         await nursery.start(control_server.serve, self.state_dir, self._handlers())
-        if self.settings is not None and (not self._trusted or self._has_work()):
-            self._seal_before_serving()
         if self.settings is not None:
+            if self._reconciled is None and (not self._trusted or self._has_work()):
+                self._seal_before_serving()
+            elif self._reconciled is not None:
+                nursery.start_soon(self._seal_once_reconciled)
             nursery.start_soon(self._run)
             if not self._index_complete.is_set():
                 nursery.start_soon(self._complete_index)
         if self.rescanner is not None:
-            nursery.start_soon(self.rescanner.run)
+            nursery.start_soon(self._rescan_once_reconciled)
+
+    async def _until_reconciled(self) -> None:
+        if self._reconciled is not None:
+            await self._reconciled.wait()
+
+    async def _seal_once_reconciled(self) -> None:
+        """What is pending from before, or what the startup walk found, is sealed at
+        once; and everything, if no snapshot describes the manifest."""
+        await self._until_reconciled()
+        if not self._trusted or self._has_work():
+            self._wanted += 1
+            self._notify()
+
+    async def _rescan_once_reconciled(self) -> None:
+        await self._until_reconciled()
+        await self.rescanner.run()
 
     def _seal_before_serving(self) -> None:
         """No request has been served, so nothing is in the kernel's cache: no flush."""
@@ -259,6 +281,7 @@ class SnapshotDaemon:
                 await self._changed.wait()
 
     async def _seal(self) -> Sealed:
+        await self._until_reconciled()
         flush_s = await self.sealer.flush()
         ticket = self._wanted
         try:
@@ -445,6 +468,7 @@ class SnapshotDaemon:
         if self.rescanner is None:
             raise UsageError(f"{self.mountpoint} was mounted with --no-journal: there is no "
                              "journal to record what a rescan finds")
+        await self._until_reconciled()
         return await self.rescanner.rescan()
 
     async def _handle_stop(self, request: dict) -> dict:
@@ -531,6 +555,7 @@ class SnapshotDaemon:
             "sealed_epochs": getattr(self.journal, "sealed_epochs", list)(),
             "pending_files": files, "pending_bytes": size,
             "oldest_change_ns": oldest(self._manifest_time_ns()) if oldest else None,
+            "reconciled": self._reconciled is None or self._reconciled.is_set(),
             "rescan": None if self.rescanner is None else {
                 "interval": self.rescanner.interval, "last": self.rescanner.last},
         }

@@ -43,7 +43,8 @@ class Findings:
 
 
 def reconcile(listings: Iterable[Listing], baseline: Manifest, pending: ChangeSet, *,
-              clean_stop: bool, finals: dict[int, FinalStat], stats_of: set[int] = frozenset()) -> Findings:
+              clean_stop: bool, finals: dict[int, FinalStat], stats_of: set[int] = frozenset(),
+              since_ns: int | None = None) -> Findings:
     """Changes in the walked tree that neither `baseline` nor `pending` explains.
 
     - A name that is new, gone, or now another inode or type: its parent directory
@@ -56,6 +57,9 @@ def reconcile(listings: Iterable[Listing], baseline: Manifest, pending: ChangeSe
       every journaled file is re-read and every journaled directory relisted.
 
     `stats_of`: inodes whose current stat to return (besides every inode found).
+    `since_ns`: the walk runs while the mount serves, and began then; an entry
+    whose ctime is not older was changed during it (by the mount or anyone else)
+    and is re-read whatever the rules above say (startup.py has why).
     """
     def journaled(found: ChangeSet, before: EntryStat, now: EntryStat) -> None:
         if not clean_stop:
@@ -66,7 +70,7 @@ def reconcile(listings: Iterable[Listing], baseline: Manifest, pending: ChangeSe
         else:
             _compare(found, before, now)
 
-    return _Comparison(baseline, pending, journaled, stats_of=stats_of).run(listings)
+    return _Comparison(baseline, pending, journaled, stats_of=stats_of, since_ns=since_ns).run(listings)
 
 
 def reconcile_mounted(listings: Iterable[Listing], baseline: Manifest, pending: ChangeSet, *,
@@ -98,13 +102,15 @@ class _Comparison:
     mention compared with the baseline; inodes it does mention judged by `journaled`."""
 
     def __init__(self, baseline: Manifest, pending: ChangeSet, journaled: Judge, *,
-                 new_names_whole: bool = False, stats_of: set[int] = frozenset()):
+                 new_names_whole: bool = False, stats_of: set[int] = frozenset(),
+                 since_ns: int | None = None):
         self.baseline = baseline
         self.pending = pending
         self.mentioned = pending.inodes()
         self.journaled = journaled
         self.new_names_whole = new_names_whole
         self.stats_of = stats_of
+        self.since_ns = since_ns
         self.findings = Findings()
 
     def run(self, listings: Iterable[Listing]) -> Findings:
@@ -139,6 +145,8 @@ class _Comparison:
             _mark_name_changed(found, directory, now)
             if self.new_names_whole and path and not self.pending.touches(now.ino):
                 found.mark_whole(now.ino)     # not created or moved through the mount
+        elif self.since_ns is not None and now.ctime_ns >= self.since_ns:
+            _distrust(found, now)             # changed while this walk ran
         elif ino not in self.mentioned:
             _compare(found, before, now)
         else:
