@@ -44,10 +44,11 @@ import trio
 
 from cloudfs.control import server as control_server
 from cloudfs.errors import AccessDenied, CloudfsError, StoreUnavailable, UsageError, leaf_errors
-from cloudfs.live.capture import manifest_after
+from cloudfs.live.capture import manifest_delta
+from cloudfs.live.capturestore import remove_leftovers as remove_capture_leftovers
 from cloudfs.live.graveyard import Graveyard
 from cloudfs.live.journal import NullJournal
-from cloudfs.live.manifest import MANIFEST_NAME, Checkpoint, Tree, load_manifest, save_manifest
+from cloudfs.live.manifest import Checkpoint, Manifest, ManifestDelta
 from cloudfs.live.rescan import DEFAULT_INTERVAL as DEFAULT_RESCAN_INTERVAL, Rescanner
 from cloudfs.live.seal import Sealed, Sealer
 from cloudfs.live.spool import Spool, SpoolFull
@@ -111,7 +112,11 @@ class SnapshotDaemon:
     def __init__(self, *, source: Path, mountpoint: Path, state_dir: Path, operations, source_fd: int,
                  device: str | None, settings: BackupSettings | None,
                  unmount: Callable[[], Awaitable[None]],
-                 rescan_interval: float | None = DEFAULT_RESCAN_INTERVAL):
+                 rescan_interval: float | None = DEFAULT_RESCAN_INTERVAL,
+                 reconciled: trio.Event | None = None):
+        #: Set once the startup walk has journaled what changed while unmounted: no
+        #: seal before it (None: nothing to wait for, a first mount).
+        self._reconciled = reconciled
         self.source = source
         self.mountpoint = mountpoint
         self.state_dir = state_dir
@@ -135,7 +140,7 @@ class SnapshotDaemon:
         if settings is not None:
             self._prepare_snapshots(settings, source_fd, device)
         self._source_fd = source_fd
-        self._first_baseline: Tree | None = None
+        self._first_baseline: Manifest | None = None
         self.rescanner = None if isinstance(self.journal, NullJournal) else Rescanner(
             self.journal, source_fd, self._baseline, rescan_interval)
 
@@ -148,8 +153,10 @@ class SnapshotDaemon:
         self.spool.clear()
         self.graveyard = Graveyard(source_fd)
         self.sealer = Sealer(self.operations, self.journal, source_fd, str(self.mountpoint), device,
-                             self.spool, self.graveyard, self.repo.config.block_size, self.exclude)
-        self.manifest: Tree = load_manifest(self.state_dir).index()   # before serving, not in a seal
+                             self.spool, self.graveyard, self.repo.config.block_size, self.exclude,
+                             self.state_dir)
+        remove_capture_leftovers(self.state_dir)
+        self.manifest: Manifest = Manifest.open(self.state_dir)
         self._trusted = self._manifest_describes_a_snapshot()
         self._force_full = False
         self._index_complete = trio.Event()
@@ -167,18 +174,38 @@ class SnapshotDaemon:
     # -- starting and stopping ------------------------------------------------------------
 
     async def start(self, nursery: trio.Nursery) -> None:
-        """Seal what is pending from before (or everything, for a first snapshot) while
-        no request is served yet, then serve the control socket and the snapshot loop."""
+        """Serve the control socket, then seal what is pending from before (or everything,
+        for a first snapshot) while no FUSE request is served yet, then run the snapshot
+        loop. The socket comes first so that a command asking the mount (`cloudfs flush`
+        right after `cloudfs mount --daemon`) finds it; it is answered after the seal."""
         self._nursery = nursery
-        if self.settings is not None and (not self._trusted or self._has_work()):
-            self._seal_before_serving()
         await nursery.start(control_server.serve, self.state_dir, self._handlers())
         if self.settings is not None:
+            if self._reconciled is None and (not self._trusted or self._has_work()):
+                self._seal_before_serving()
+            elif self._reconciled is not None:
+                nursery.start_soon(self._seal_once_reconciled)
             nursery.start_soon(self._run)
             if not self._index_complete.is_set():
                 nursery.start_soon(self._complete_index)
         if self.rescanner is not None:
-            nursery.start_soon(self.rescanner.run)
+            nursery.start_soon(self._rescan_once_reconciled)
+
+    async def _until_reconciled(self) -> None:
+        if self._reconciled is not None:
+            await self._reconciled.wait()
+
+    async def _seal_once_reconciled(self) -> None:
+        """What is pending from before, or what the startup walk found, is sealed at
+        once; and everything, if no snapshot describes the manifest."""
+        await self._until_reconciled()
+        if not self._trusted or self._has_work():
+            self._wanted += 1
+            self._notify()
+
+    async def _rescan_once_reconciled(self) -> None:
+        await self._until_reconciled()
+        await self.rescanner.run()
 
     def _seal_before_serving(self) -> None:
         """No request has been served, so nothing is in the kernel's cache: no flush."""
@@ -195,9 +222,12 @@ class SnapshotDaemon:
         journal and are committed after the next mount). The local index is closed
         (a temporary one, with --no-cache, removed: this process ends with _exit)."""
         if self.settings is not None:
-            self.sealer.release()
+            self.sealer.release(self._inflight)
             self.graveyard.close()
             self.repo.index.close()
+            self.manifest.close()
+        if self._first_baseline is not None:
+            self._first_baseline.close()
 
     async def final_snapshot(self, timeout: float | None = None) -> dict:
         """Before unmounting: seal and commit what is pending, waiting at most `timeout`
@@ -254,6 +284,7 @@ class SnapshotDaemon:
                 await self._changed.wait()
 
     async def _seal(self) -> Sealed:
+        await self._until_reconciled()
         flush_s = await self.sealer.flush()
         ticket = self._wanted
         try:
@@ -278,7 +309,7 @@ class SnapshotDaemon:
             previous = await self._previous_for(sealed)
             self.uploader.previous = previous
             changes = sealed.capture.changes if previous is not None else None
-            manifest: list[Tree] = []
+            manifest: list[ManifestDelta] = []
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._compute_manifest, sealed, manifest)
                 progress = trio.CancelScope()
@@ -332,14 +363,14 @@ class SnapshotDaemon:
             bar.close()
 
     async def _compute_manifest(self, sealed: Sealed, out: list) -> None:
-        out.append(await trio.to_thread.run_sync(manifest_after, self.manifest, sealed.capture, None))
+        out.append(await trio.to_thread.run_sync(manifest_delta, self.manifest, sealed.capture))
 
-    async def _commit(self, sealed: Sealed, snapshot: Snapshot, manifest: Tree) -> None:
-        manifest.checkpoint = Checkpoint(snapshot.name, self.repo.config.repo_id_hex,
-                                         tuple(self.settings.exclude), snapshot.time_ns)
-        await trio.to_thread.run_sync(save_manifest, self.state_dir, manifest)
+    async def _commit(self, sealed: Sealed, snapshot: Snapshot, delta: ManifestDelta) -> None:
+        checkpoint = Checkpoint(snapshot.name, self.repo.config.repo_id_hex, tuple(self.settings.exclude),
+                                snapshot.time_ns)
+        await trio.to_thread.run_sync(self.manifest.apply, delta, checkpoint)
         self.journal.commit(sealed.epoch)
-        self.manifest, self._trusted, self._force_full = manifest, True, False
+        self._trusted, self._force_full = True, False
         frozen, kept = sealed.frozen, len(self.graveyard.kept)
         self.sealer.release(sealed)
         self._committed_epoch = sealed.epoch
@@ -440,6 +471,7 @@ class SnapshotDaemon:
         if self.rescanner is None:
             raise UsageError(f"{self.mountpoint} was mounted with --no-journal: there is no "
                              "journal to record what a rescan finds")
+        await self._until_reconciled()
         return await self.rescanner.rescan()
 
     async def _handle_stop(self, request: dict) -> dict:
@@ -495,13 +527,13 @@ class SnapshotDaemon:
         has_pending = getattr(self.journal, "has_pending", None)
         return self._inflight is not None or (has_pending is not None and has_pending())
 
-    def _baseline(self) -> Tree:
+    def _baseline(self) -> Manifest:
         """What the pending changes are relative to: the manifest of the last commit,
         or without a repository the first mount's, which never changes."""
         if self.settings is not None:
             return self.manifest
         if self._first_baseline is None:
-            self._first_baseline = load_manifest(self.state_dir) or Tree({})
+            self._first_baseline = Manifest.open(self.state_dir)
         return self._first_baseline
 
     def _manifest_describes_a_snapshot(self) -> bool:
@@ -526,6 +558,7 @@ class SnapshotDaemon:
             "sealed_epochs": getattr(self.journal, "sealed_epochs", list)(),
             "pending_files": files, "pending_bytes": size,
             "oldest_change_ns": oldest(self._manifest_time_ns()) if oldest else None,
+            "reconciled": self._reconciled is None or self._reconciled.is_set(),
             "rescan": None if self.rescanner is None else {
                 "interval": self.rescanner.interval, "last": self.rescanner.last},
         }
@@ -570,10 +603,7 @@ class SnapshotDaemon:
         return None
 
     def _manifest_time_ns(self) -> int:
-        try:
-            return (self.state_dir / MANIFEST_NAME).stat().st_mtime_ns
-        except OSError:
-            return time.time_ns()
+        return self._baseline().saved_ns or time.time_ns()
 
 
 def _pending_figures(pending, current_stat: Callable[[int], os.stat_result | None]) -> tuple[int, int]:

@@ -3,18 +3,22 @@ changes made behind the journal's back, and how inodes become paths."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 
 import pytest
 
 from cloudfs.live.changes import ChangeSet
-from cloudfs.live.manifest import load_manifest, save_manifest, scan_path
+from cloudfs.live.manifest import MANIFEST_NAME, Manifest
 from cloudfs.live.reconcile import reconcile, reconcile_mounted
 from cloudfs.live.records import FinalStat
+from cloudfs.live.scan import walk_path
 from cloudfs.live.view import resolve
 
 pytestmark = pytest.mark.timeout(60)
+
+_numbers = itertools.count()
 
 
 def ino(path) -> int:
@@ -22,8 +26,17 @@ def ino(path) -> int:
 
 
 def found(source, baseline, pending=None, clean_stop=True, finals=None) -> ChangeSet:
-    return reconcile(scan_path(source), baseline, pending or ChangeSet(),
-                     clean_stop=clean_stop, finals=finals or {})
+    return reconcile(walk_path(source), baseline, pending or ChangeSet(),
+                     clean_stop=clean_stop, finals=finals or {}).changes
+
+
+def mounted_news(source, baseline, pending, **times) -> ChangeSet:
+    return reconcile_mounted(walk_path(source), baseline, pending, **times).changes
+
+
+def scan_path(source) -> Manifest:
+    """The tree as it is now, as a manifest (beside it, one file per call)."""
+    return Manifest.of_listings(source.parent / f"scan-{next(_numbers)}.db", walk_path(source))
 
 
 @pytest.fixture
@@ -39,12 +52,13 @@ def test_the_manifest_round_trips_and_skips_nothing(tree, tmp_path):
     odd = b"odd \n name \xff"  # not UTF-8: names are bytes all the way
     os.close(os.open(os.path.join(os.fsencode(tree), odd), os.O_CREAT | os.O_WRONLY))
     os.symlink("a", tree / "link")
-    baseline = scan_path(tree)
-    save_manifest(tmp_path, baseline)
-    loaded = load_manifest(tmp_path)
-    assert loaded.entries == baseline.entries
-    assert set(loaded.entries) == {b"", b"a", b"b", b"c", b"dir", b"dir/x", b"link",
-                                   odd}
+    saved = Manifest.of_listings(tmp_path / MANIFEST_NAME, walk_path(tree))
+    loaded = Manifest.open(tmp_path)
+    assert dict(loaded.items()) == dict(saved.items())
+    assert set(dict(loaded.items())) == {b"", b"a", b"b", b"c", b"dir", b"dir/x", b"link", odd}
+    assert len(loaded) == 8
+    assert loaded.paths_of(ino(tree / "dir" / "x")) == [b"dir/x"]
+    assert sorted(loaded.subtree(b"dir")) == [b"dir", b"dir/x"]
 
 
 def test_an_unchanged_tree_reconciles_to_nothing(tree):
@@ -142,14 +156,13 @@ def test_while_mounted_only_what_bypassed_the_mount_is_news(tree):
     (tree / "new-behind-its-back").write_text("n")
     (tree / "dir" / "also-behind-its-back").write_text("n")   # dir is relisted anyway
 
-    result = reconcile_mounted(scan_path(tree), baseline, pending,
-                               last_change_ns=changed_at.get, since_ns=since)
+    result = mounted_news(tree, baseline, pending, last_change_ns=changed_at.get, since_ns=since)
     assert result.whole == {ino(tree / "b"), ino(tree / "c"), ino(tree / "new-behind-its-back"),
                             ino(tree / "dir" / "also-behind-its-back")}   # new names, as the mount does
     assert result.dirs == {ino(tree)} and not result.data   # "dir" is relisted anyway
     assert result.meta == {ino(tree), ino(tree / "dir")}     # their times moved
-    assert not reconcile_mounted(scan_path(tree), baseline, _union(pending, result),
-                                 last_change_ns=lambda _: time.time_ns(), since_ns=since)
+    assert not mounted_news(tree, baseline, _union(pending, result),
+                            last_change_ns=lambda _: time.time_ns(), since_ns=since)
 
 
 def test_while_mounted_inodes_journaled_before_this_session_count_from_its_start(tree):
@@ -159,13 +172,11 @@ def test_while_mounted_inodes_journaled_before_this_session_count_from_its_start
     with open(tree / "a", "r+b") as handle:
         handle.write(b"earlier")
     since = time.time_ns()
-    assert not reconcile_mounted(scan_path(tree), baseline, pending,
-                                 last_change_ns=lambda _: None, since_ns=since)
+    assert not mounted_news(tree, baseline, pending, last_change_ns=lambda _: None, since_ns=since)
     time.sleep(0.05)
     with open(tree / "a", "r+b") as handle:
         handle.write(b"bypass")
-    result = reconcile_mounted(scan_path(tree), baseline, pending,
-                               last_change_ns=lambda _: None, since_ns=since)
+    result = mounted_news(tree, baseline, pending, last_change_ns=lambda _: None, since_ns=since)
     assert result.whole == {ino(tree / "a")}
 
 

@@ -17,12 +17,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from cloudfs.live.capture import CaptureWalker, Inconsistent, blocks_to_read, manifest_after
+from cloudfs.live.capture import CaptureWalker, Inconsistent, blocks_to_read, manifest_delta
 from cloudfs.live.changes import ChangeSet
 from cloudfs.live.frozen import FrozenState
 from cloudfs.live.graveyard import Graveyard
 from cloudfs.live.inodes import InodeTable
-from cloudfs.live.manifest import Checkpoint, Tree, scan
+from cloudfs.live.manifest import MANIFEST_NAME, Checkpoint, Manifest
+from cloudfs.live.scan import walk
 from cloudfs.live.spool import Spool
 from cloudfs.repo import RepoConfig, Repository
 from cloudfs.snapshot.reader import TreeReader
@@ -54,7 +55,8 @@ class Scenario:
         """The first snapshot, and the manifest that describes it."""
         self.previous = trio.run(lambda: snapshot_directory(self.repo, self.root))
         self.fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-        self.manifest = Tree(scan(self.fd).entries, Checkpoint(self.previous.name))
+        self.manifest = Manifest.of_listings(self.state / MANIFEST_NAME, walk(self.fd),
+                                             Checkpoint(self.previous.name))
 
     def ino(self, relative: str) -> int:
         return os.lstat(self.root / relative).st_ino
@@ -97,9 +99,9 @@ class Scenario:
 
     # sealing and building -----------------------------------------------------------------
 
-    def capture(self, full: bool = False):
+    def capture(self, full: bool = False, on_disk: bool = False):
         walker = CaptureWalker(self.fd, self.manifest, block_size=BLOCK, has_previous=True, trusted=True,
-                               exclude=None, time_ns=1)
+                               exclude=None, time_ns=1, state_dir=self.state if on_disk else None)
         return walker.full() if full else walker.incremental(self.changes)
 
     def build(self, capture, tmp_path: Path):
@@ -113,8 +115,10 @@ class Scenario:
         assert not diff(expected, actual), diff(expected, actual)
 
     def assert_manifest_is_a_fresh_scan(self, capture) -> None:
-        after = manifest_after(self.manifest, capture, None)
-        assert after.entries == scan(self.fd).entries
+        self.manifest.apply(manifest_delta(self.manifest, capture), Checkpoint("after"))
+        fresh = Manifest.of_listings(self.state / "fresh.db", walk(self.fd))
+        assert dict(self.manifest.packed_items()) == dict(fresh.packed_items())
+        assert len(self.manifest) == len(fresh)
 
 
 @pytest.fixture
@@ -174,18 +178,25 @@ def test_a_directory_replaced_by_another_is_captured_as_the_builder_rebuilds_it(
     scenario.assert_manifest_is_a_fresh_scan(capture)
 
 
-def test_a_change_behind_the_journals_back_is_inconsistent_and_a_full_capture_still_works(scenario, tmp_path):
+@pytest.mark.parametrize("on_disk", [False, True], ids=["in-memory", "on-disk"])
+def test_a_change_behind_the_journals_back_is_inconsistent_and_a_full_capture_still_works(
+        scenario, tmp_path, on_disk):
+    """A full capture, in memory or (as the daemon makes it) in the state directory."""
     scenario.start()
     os.rename(scenario.root / "c" / "shared", scenario.root / "c" / "renamed")  # journal not told
     scenario.changes.mark_meta(scenario.ino("c/renamed"))
+    scenario.write("c/big", 3, b"changed")
     with pytest.raises(Inconsistent):
         scenario.capture()
-    capture = scenario.capture(full=True)
-    assert capture.changes is None
-    assert b"c/big" not in capture.reads                            # unchanged by stat: not read
+    capture = scenario.capture(full=True, on_disk=on_disk)
+    assert capture.changes is None and (capture.store is not None) == on_disk
+    assert b"c/big" in capture.reads and b"a/x/deep/f" not in capture.reads  # unchanged by stat: not read
+    assert capture.obligations().get(scenario.ino("c/big")) is not None
     snapshot = scenario.build(capture, tmp_path)
     scenario.assert_snapshot_is_the_tree(snapshot)
     scenario.assert_manifest_is_a_fresh_scan(capture)
+    capture.close()
+    assert not (scenario.state / "capture.db").exists()
 
 
 def test_blocks_to_read_are_the_dirty_blocks_and_the_old_partial_last_one():

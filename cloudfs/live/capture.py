@@ -32,12 +32,15 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, NamedTuple
 
+from cloudfs.live.capturestore import CaptureStore, LazyObligations
 from cloudfs.live.changes import ChangeSet, RangeSet
 from cloudfs.live.graveyard import is_graveyard
-from cloudfs.live.manifest import EntryStat, Tree, join, pack_stat, parent_of
+from cloudfs.live.manifest import EntryStat, Manifest, ManifestDelta, join, pack_stat, parent_of
 from cloudfs.snapshot.rules import Content, PathChanges, WalkRules, blocks_to_update
 from cloudfs.snapshot.source import DirectorySource
 
@@ -75,7 +78,9 @@ class Capture:
 
     `changes` is None for a full capture (the builder then compares everything).
     `reads` maps each file path the builder will open to the byte ranges it will
-    read, a RangeSet clipped to the file's size at the seal.
+    read, a RangeSet clipped to the file's size at the seal. A full capture made
+    with a state directory keeps its maps on disk (`store`, capturestore.py);
+    they behave as the dicts of an incremental one.
     """
 
     time_ns: int
@@ -86,13 +91,40 @@ class Capture:
     xattrs: dict[bytes, dict[bytes, bytes]] = field(default_factory=dict)
     targets: dict[bytes, bytes] = field(default_factory=dict)
     reads: dict[bytes, RangeSet] = field(default_factory=dict)
+    store: CaptureStore | None = None
+
+    @classmethod
+    def on_disk(cls, time_ns: int, root: FrozenStat, state_dir: Path) -> Capture:
+        store = CaptureStore(state_dir)
+        return cls(time_ns, None, root, store.stats, store.listings, store.xattrs, store.targets,
+                   store.reads, store)
 
     @property
     def full(self) -> bool:
         return self.changes is None
 
-    def obligations(self) -> dict[int, RangeSet]:
-        """By inode: the bytes the builder will read (hard links merged)."""
+    def plan_read(self, path: bytes, ino: int, ranges: RangeSet) -> None:
+        """The builder will read `ranges` of the file at `path` (inode `ino`)."""
+        if self.store is not None:
+            self.store.reads.plan(path, ino, ranges)
+        else:
+            self.reads[path] = ranges
+
+    def finish(self) -> None:
+        """The walk is done: what is buffered goes to disk."""
+        if self.store is not None:
+            self.store.finish()
+
+    def close(self) -> None:
+        """Its snapshot is committed or given up: free what it holds."""
+        if self.store is not None:
+            self.store.close()
+
+    def obligations(self):
+        """By inode: the bytes the builder will read (hard links merged); a mapping
+        with get/pop/clear and `in` for what the builder will open."""
+        if self.store is not None:
+            return LazyObligations(self.store.reads)
         needed: dict[int, RangeSet] = {}
         for path, ranges in self.reads.items():
             ino = self.stats[path].st_ino
@@ -103,6 +135,8 @@ class Capture:
         return needed
 
     def bytes_to_read(self) -> int:
+        if self.store is not None:
+            return self.store.read_bytes
         return sum(ranges.total() for ranges in self.reads.values())
 
 
@@ -122,8 +156,9 @@ class CaptureWalker:
     the stretch between `journal.seal()` and the next request.
     """
 
-    def __init__(self, root_fd: int, manifest: Tree, *, block_size: int, has_previous: bool,
-                 trusted: bool, exclude: Callable[[bytes], bool] | None, time_ns: int):
+    def __init__(self, root_fd: int, manifest: Manifest, *, block_size: int, has_previous: bool,
+                 trusted: bool, exclude: Callable[[bytes], bool] | None, time_ns: int,
+                 state_dir: Path | None = None):
         self.root_fd = root_fd
         self.manifest = manifest
         self.block_size = block_size
@@ -134,6 +169,7 @@ class CaptureWalker:
         self.device = root.st_dev
         self.root_ino = root.st_ino
         self.capture = Capture(time_ns, None, FrozenStat.of(root))
+        self.state_dir = state_dir
         self._live = DirectorySource(root_fd)
         self._rules = WalkRules(None)
         # Resolution of inodes to paths (incremental captures).
@@ -144,8 +180,16 @@ class CaptureWalker:
     # -- the two kinds of capture ----------------------------------------------------
 
     def full(self) -> Capture:
-        """Everything: the builder lists every directory and compares every entry."""
-        self._walk_directory(b"", self.has_previous)
+        """Everything: the builder lists every directory and compares every entry.
+        With a state directory, on disk (memory does not grow with the tree)."""
+        if self.state_dir is not None:
+            self.capture = Capture.on_disk(self.capture.time_ns, self.capture.root, self.state_dir)
+        try:
+            self._walk_directory(b"", self.has_previous)
+        except BaseException:
+            self.capture.close()
+            raise
+        self.capture.finish()
         return self.capture
 
     def incremental(self, pending: ChangeSet) -> Capture:
@@ -327,7 +371,7 @@ class CaptureWalker:
         else:
             needed = RangeSet([(0, st.st_size)])
         if needed:
-            self.capture.reads[path] = needed
+            self.capture.plan_read(path, st.st_ino, needed)
 
     # -- reading the live tree ------------------------------------------------------------------
 
@@ -394,30 +438,41 @@ def _same_stat(before: EntryStat, st: FrozenStat) -> bool:
             and before.mtime_ns == st.st_mtime_ns and before.ctime_ns == st.st_ctime_ns)
 
 
-def manifest_after(manifest: Tree, capture: Capture, checkpoint) -> Tree:
-    """The manifest as of the seal: the old one with what the capture saw applied.
+def manifest_delta(manifest: Manifest, capture: Capture) -> ManifestDelta:
+    """What turns the manifest into the tree as of the seal: what the capture saw.
 
     Relisted directories get exactly their fresh entries (the subtrees of names
-    that are gone, or that changed type, are dropped; a directory replaced by
+    that are gone, or that changed type, are removed; a directory replaced by
     another is relisted itself, deeper); every captured stat replaces the old
-    one. Pure: runs in a worker thread while the snapshot uploads.
+    one. An incremental capture's delta is computed here, in a worker thread
+    while the snapshot uploads; a full capture's is streamed from its store
+    when the daemon applies it in the commit step (a list of every entry would
+    be the memory the store saves).
     """
-    entries = dict(manifest.entries)
-    entries[b""] = pack_stat(capture.root)
-    for directory in sorted(capture.listings, key=_depth):
-        fresh = {name: capture.stats[join(directory, name)] for name in capture.listings[directory]}
-        for name in manifest.children(directory):
-            old_path = join(directory, name)
-            now = fresh.get(name)
-            if now is None or manifest.get(old_path).is_dir != stat.S_ISDIR(now.st_mode):
-                for gone in manifest.subtree(old_path):
-                    entries.pop(gone, None)
-        for name, st in fresh.items():
-            entries[join(directory, name)] = pack_stat(st)
+    if capture.store is not None:
+        return ManifestDelta(_removed(manifest, capture), _entries(capture))
+    with manifest.reading():
+        removed = list(_removed(manifest, capture))
+    entries = dict(_entries(capture))
+    return ManifestDelta(removed, sorted(entries.items()))
+
+
+def _removed(manifest: Manifest, capture: Capture) -> Iterator[bytes]:
+    """Names of relisted directories that are gone, or of another type now (parents first)."""
+    listings = capture.listings.items()   # on disk: in path order already, and streamed
+    for directory, names in (listings if capture.store is not None else sorted(listings)):
+        fresh = set(names)
+        for name, packed in manifest.listing(directory).items():
+            if name not in fresh or stat.S_ISDIR(_mode(packed)) != stat.S_ISDIR(
+                    capture.stats[join(directory, name)].st_mode):
+                yield join(directory, name)
+
+
+def _entries(capture: Capture) -> Iterator[tuple[bytes, bytes]]:
+    yield b"", pack_stat(capture.root)
     for path, st in capture.stats.items():
-        entries[path] = pack_stat(st)
-    return Tree(entries, checkpoint).index()
+        yield path, pack_stat(st)
 
 
-def _depth(path: bytes) -> int:
-    return path.count(b"/") + 1 if path else 0
+def _mode(packed: bytes) -> int:
+    return int.from_bytes(packed[:4], "little")

@@ -92,10 +92,11 @@ class FrozenState:
         self.graveyard = graveyard
         self.table = table
         self.root_fd = root_fd
-        #: Trio thread only: bytes still to preserve, by inode.
-        self.obligations: dict[int, RangeSet] = capture.obligations()
+        #: Trio thread only: bytes still to preserve, by inode (for a full capture, looked
+        #: up on disk as handlers ask: capturestore.LazyObligations).
+        self.obligations = capture.obligations()
         #: Trio thread only: inodes the builder will open (kept alive if their last name goes).
-        self.readable: set[int] = set(self.obligations)
+        self.readable = set(self.obligations) if isinstance(self.obligations, dict) else self.obligations
         self._lock = threading.Lock()
         self._preserved: dict[int, _Pieces] = {}
         self.failure: str | None = None

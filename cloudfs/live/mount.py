@@ -2,8 +2,9 @@
 
 `plan()` turns the command line into checked absolute paths (each problem a
 one-line MountError). `LiveMount` mounts the passthrough handlers over SOURCE's
-descriptor, reconciles before the first request is served (I7), serves until
-the kernel ends the session, and records a clean stop. It knows nothing of
+descriptor, replays the journal before the first request is served, reconciles
+while it serves (I7, startup.py), serves until the kernel ends the session, and
+records a clean stop. It knows nothing of
 snapshots: `cloudfs.mountproc` composes it with the snapshot daemon into the
 mount's process. pyfuse3 allows one FUSE session per process.
 """
@@ -24,7 +25,7 @@ from cloudfs.live.fs import LiveOperations
 from cloudfs.live.inodes import InodeTable
 from cloudfs.live.journal import NullJournal
 from cloudfs.live.rescan import DEFAULT_INTERVAL as DEFAULT_RESCAN_INTERVAL
-from cloudfs.live.startup import open_journal
+from cloudfs.live.startup import StartupReconcile, open_journal
 from cloudfs.system import fuseproc, mounttable
 from cloudfs.system.statedir import StateDir, default_state_dir
 
@@ -85,6 +86,7 @@ class LiveMount:
         self.plan = plan
         self.source_fd = source_fd
         self.operations = LiveOperations(InodeTable(source_fd), NullJournal())
+        self.reconcile: StartupReconcile | None = None
 
     def mount(self) -> None:
         """Mount the handlers. Requests wait until `serve()`; when the mount covers
@@ -99,11 +101,16 @@ class LiveMount:
             raise MountError(f"cannot mount on {self.plan.mountpoint}: {error}") from None
 
     def start_journal(self) -> None:
-        """Replay the journal and reconcile (I7), before the first request is served."""
+        """Replay the journal, before the first request is served; the reconcile it
+        needs (I7) is `self.reconcile`, run while serving (startup.py)."""
         if self.plan.journaling:
             graveyard.clear_leftovers(self.source_fd)
-            self.operations.journal, self.operations.last_seen = open_journal(self.plan.state.path,
-                                                                              self.source_fd)
+            self.operations.journal, self.reconcile = open_journal(self.plan.state.path, self.source_fd)
+
+    @property
+    def reconciled(self) -> bool:
+        """Whether every change made while unmounted is journaled (the walk is done)."""
+        return self.reconcile is None or self.reconcile.done.is_set()
 
     @property
     def device(self) -> str | None:
@@ -114,6 +121,8 @@ class LiveMount:
     async def serve(self, nursery: trio.Nursery) -> None:
         """Serve requests until the kernel ends the session (an unmount)."""
         nursery.start_soon(self.operations.journal.run)
+        if self.reconcile is not None:
+            nursery.start_soon(self.reconcile.run, self.operations.last_seen)
         nursery.start_soon(self._tune_after_init)
         await pyfuse3.main()
 
@@ -131,9 +140,11 @@ class LiveMount:
         return not still_mounted
 
     def stop_journal(self, clean: bool) -> None:
-        """Record a clean stop (compacted, final stats) or just close the journal."""
+        """Record a clean stop (compacted, final stats) or just close the journal. A
+        stop before the startup walk was journaled is never clean: the next mount's
+        reconcile must not trust final stats that skipped what the walk would find."""
         journal = self.operations.journal
-        if clean and not isinstance(journal, NullJournal):
+        if clean and self.reconciled and not isinstance(journal, NullJournal):
             try:
                 journal.close_clean(self.operations.final_stats())
             except OSError as error:

@@ -8,17 +8,19 @@ seconds (and on `cloudfs rescan`) it scans SOURCE through the mount's own
 descriptor, at the lowest CPU priority, and journals what `reconcile_mounted`
 finds, so the next snapshot contains it.
 
-Concurrency: the scan runs in a thread of its own; then, on the trio thread, the
-journal's pending changes and change times are copied (an inode the mount changed
-during the scan is known to the journal by then), the comparison runs in a worker
-thread against those copies (200,000 entries take ~0.6 s: in a thread the FUSE
-loop keeps getting the interpreter every few ms instead of stopping for that
-long), and what it found is journaled back on the trio thread.
+Concurrency: on the trio thread the journal's pending changes and change times
+are copied; then a thread of its own, at the lowest CPU priority, walks SOURCE
+and compares each directory with the manifest as it goes (streaming: memory does
+not grow with the tree; 200,000 entries take about a second, so the FUSE loop
+must not be stopped for it); back on the trio thread, what the journal has
+recorded meanwhile is taken out of the findings (`reconcile.news`), and the rest
+is journaled. A change the mount made during the walk can only be over-reported
+by the copies being older than the walk (a re-read), never hide a change that
+bypassed the mount.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
@@ -27,9 +29,9 @@ from collections.abc import Callable
 
 import trio
 
-from cloudfs.live.changes import ChangeSet
-from cloudfs.live.manifest import Tree, scan
-from cloudfs.live.reconcile import reconcile_mounted
+from cloudfs.live.manifest import Manifest
+from cloudfs.live.reconcile import Findings, news, reconcile_mounted
+from cloudfs.live.scan import walk
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ LOWEST_PRIORITY = 19
 class Rescanner:
     """Rescans of one live mount; `run()` is the periodic loop, `rescan()` one scan now."""
 
-    def __init__(self, journal, source_fd: int, baseline: Callable[[], Tree], interval: float | None):
+    def __init__(self, journal, source_fd: int, baseline: Callable[[], Manifest], interval: float | None):
         self.journal = journal
         self.source_fd = source_fd
         self.baseline = baseline
@@ -64,10 +66,21 @@ class Rescanner:
         """Scan now, journal what bypassed the mount, and say what was found."""
         async with self._lock:
             started_ns = time.time_ns()
-            current = await trio.to_thread.run_sync(_scan_gently, self.source_fd, abandon_on_cancel=True)
-            compare = functools.partial(_compare, current, self.baseline(), self.journal.pending(),
-                                        self.journal.change_times(), self.journal.session_start_ns)
-            found, self.found_paths = await trio.to_thread.run_sync(compare, abandon_on_cancel=True)
+            pending = self.journal.pending()
+            change_times = self.journal.change_times()
+            since_ns = self.journal.session_start_ns
+
+            def compare(fd: int) -> Findings:
+                baseline = self.baseline()
+                try:
+                    return reconcile_mounted(walk(fd), baseline, pending,
+                                             last_change_ns=change_times.get, since_ns=since_ns)
+                finally:
+                    baseline.forget_thread()   # the thread ends with this walk
+
+            findings = await trio.to_thread.run_sync(_gently, compare, self.source_fd, abandon_on_cancel=True)
+            found = news(findings.changes, self.journal.pending())
+            self.found_paths = {ino: path for ino, path in findings.paths.items() if ino in found.whole}
             if found:
                 log.warning("rescan: %d inodes were changed outside the mount; "
                             "the next snapshot includes them", len(found.inodes()))
@@ -75,38 +88,30 @@ class Rescanner:
                 self.journal.record_changes(found)
             self._looked_ns = started_ns
             self.last = {"time_ns": started_ns, "seconds": (time.time_ns() - started_ns) / 1e9,
-                         "entries": len(current), "changed_inodes": len(found.inodes())}
+                         "entries": findings.entries, "changed_inodes": len(found.inodes())}
             return dict(self.last)
 
 
-def _compare(current: Tree, baseline: Tree, pending, change_times: dict[int, int],
-             since_ns: int) -> tuple[ChangeSet, dict[int, bytes]]:
-    """reconcile_mounted, and a path of each inode to re-read (a worker thread)."""
-    found = reconcile_mounted(current, baseline, pending, last_change_ns=change_times.get, since_ns=since_ns)
-    paths = {ino: where[0] for ino in found.whole if (where := current.paths_of(ino))}
-    return found, paths
-
-
-def _scan_gently(source_fd: int) -> Tree:
-    """scan() in a thread of its own at the lowest CPU priority (Linux applies nice
+def _gently(work: Callable[[int], Findings], source_fd: int) -> Findings:
+    """work(fd) in a thread of its own at the lowest CPU priority (Linux applies nice
     values per thread; an unprivileged thread could not return to normal, so none
-    of trio's reused worker threads is lowered). It scans a duplicate of the
-    descriptor, so a scan abandoned at unmount never touches a reused number."""
+    of trio's reused worker threads is lowered), on a duplicate of the descriptor,
+    so a walk abandoned at unmount never touches a reused number."""
     result: dict = {}
     fd = os.dup(source_fd)
 
-    def work() -> None:
+    def run() -> None:
         try:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOWEST_PRIORITY)
-            result["tree"] = scan(fd)
+            result["findings"] = work(fd)
         except BaseException as error:  # noqa: BLE001 - handed to the waiting caller
             result["error"] = error
         finally:
             os.close(fd)
 
-    thread = threading.Thread(target=work, name="cloudfs-rescan", daemon=True)
+    thread = threading.Thread(target=run, name="cloudfs-rescan", daemon=True)
     thread.start()
     thread.join()
     if "error" in result:
         raise result["error"]
-    return result["tree"]
+    return result["findings"]

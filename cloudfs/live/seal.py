@@ -16,6 +16,7 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import trio
@@ -24,7 +25,7 @@ from cloudfs.system import mounttable
 from cloudfs.live.capture import Capture, CaptureWalker, Inconsistent
 from cloudfs.live.frozen import FrozenState
 from cloudfs.live.graveyard import Graveyard
-from cloudfs.live.manifest import Tree
+from cloudfs.live.manifest import Manifest
 from cloudfs.live.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class Sealer:
 
     def __init__(self, operations, journal, root_fd: int, mountpoint: str, device: str | None,
                  spool: Spool, graveyard: Graveyard, block_size: int,
-                 exclude: Callable[[bytes], bool] | None):
+                 exclude: Callable[[bytes], bool] | None, state_dir: Path | None = None):
         self.operations = operations
         self.journal = journal
         self.root_fd = root_fd
@@ -89,6 +90,7 @@ class Sealer:
         self.graveyard = graveyard
         self.block_size = block_size
         self.exclude = exclude
+        self.state_dir = state_dir   # where a full capture keeps what it froze
 
     async def flush(self) -> float:
         """Write back the mount's page cache; returns how long it took (s)."""
@@ -96,7 +98,7 @@ class Sealer:
         await flush_mount(self.mountpoint, self.device)
         return time.perf_counter() - started
 
-    def seal_now(self, manifest: Tree, *, incremental: bool, trusted: bool) -> Sealed:
+    def seal_now(self, manifest: Manifest, *, incremental: bool, trusted: bool) -> Sealed:
         """Seal and capture in one synchronous stretch. `trusted`: the manifest describes
         the previous snapshot (named by its checkpoint); `incremental` needs it."""
         started = time.perf_counter()
@@ -112,10 +114,11 @@ class Sealer:
                  len(capture.reads), capture.bytes_to_read(), stall * 1000)
         return Sealed(epoch, time_ns, capture, frozen, previous, stall)
 
-    def _capture(self, manifest: Tree, time_ns: int, incremental: bool, trusted: bool) -> Capture:
+    def _capture(self, manifest: Manifest, time_ns: int, incremental: bool, trusted: bool) -> Capture:
         def walker() -> CaptureWalker:
             return CaptureWalker(self.root_fd, manifest, block_size=self.block_size, has_previous=trusted,
-                                 trusted=trusted, exclude=self.exclude, time_ns=time_ns)
+                                 trusted=trusted, exclude=self.exclude, time_ns=time_ns,
+                                 state_dir=self.state_dir)
 
         if incremental:
             try:
@@ -128,6 +131,8 @@ class Sealer:
         """The snapshot is committed or given up: stop copy-on-write, drop spool and graveyard."""
         if sealed is None or self.operations.frozen is sealed.frozen:
             self.operations.frozen = None
+        if sealed is not None:
+            sealed.capture.close()
         self.spool.clear()
         try:
             self.graveyard.clear()

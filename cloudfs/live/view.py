@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from cloudfs.live.changes import ChangeSet
-from cloudfs.live.manifest import Tree, join
+from cloudfs.live.manifest import Manifest, join
 
 ADDED, REMOVED, DATA, WHOLE, META = "added", "removed", "data", "whole", "meta"
 _ORDER = {REMOVED: 0, ADDED: 1, WHOLE: 2, DATA: 3, META: 4}
@@ -26,7 +26,7 @@ class Change(NamedTuple):
     ranges: tuple[tuple[int, int], ...] = ()
 
 
-def resolve(changes: ChangeSet, baseline: Tree, current: Tree) -> list[Change]:
+def resolve(changes: ChangeSet, baseline: Manifest, current: Manifest) -> list[Change]:
     """The paths `changes` touches, sorted by path.
 
     A path that names another inode (or type) than in the baseline is reported as
@@ -55,13 +55,13 @@ def resolve(changes: ChangeSet, baseline: Tree, current: Tree) -> list[Change]:
     return result
 
 
-def _directory_paths(ino: int, baseline: Tree, current: Tree) -> set[bytes]:
+def _directory_paths(ino: int, baseline: Manifest, current: Manifest) -> set[bytes]:
     paths = {path for path in current.paths_of(ino) if current.get(path).is_dir}
     paths |= {path for path in baseline.paths_of(ino) if baseline.get(path).is_dir}
     return paths
 
 
-def _compare_name(path: bytes, baseline: Tree, current: Tree,
+def _compare_name(path: bytes, baseline: Manifest, current: Manifest,
                   added: set[bytes], removed: set[bytes]) -> None:
     before, now = baseline.get(path), current.get(path)
     if before is not None and now is not None and before.ino == now.ino and before.kind == now.kind:
