@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "cloudfs.cli.config_commands",
     "cloudfs.cli.service_commands",
     "cloudfs.cli.doctor_commands",
+    "cloudfs.cli.completion_commands",
 )
 
 
