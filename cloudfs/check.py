@@ -36,7 +36,10 @@ class CheckReport:
 
 
 async def check_repository(repo: Repository, *, read_data: bool = False,
-                           progress: Callable[[int], None] | None = None) -> CheckReport:
+                           progress: Callable[[int], None] | None = None,
+                           expect: Callable[[int], None] | None = None) -> CheckReport:
+    """`progress(n)` after each chunk read (n bytes); `expect(total)` once, before
+    the first, with the bytes --read-data will read (a progress bar's total)."""
     report = CheckReport()
     await _check_key_slots(repo, report)
     await repo.load_index()
@@ -47,7 +50,7 @@ async def check_repository(repo: Repository, *, read_data: bool = False,
     _check_snapshots(repo, snapshots, report)
     report.blobs = len(repo.index)
     if read_data:
-        await _read_all_chunks(repo, stored, report, progress)
+        await _read_all_chunks(repo, stored, report, progress, expect)
     return report
 
 
@@ -80,7 +83,8 @@ def _check_snapshots(repo: Repository, snapshots: list, report: CheckReport) -> 
 
 
 async def _read_all_chunks(repo: Repository, stored: dict[str, int], report: CheckReport,
-                           progress: Callable[[int], None] | None) -> None:
+                           progress: Callable[[int], None] | None,
+                           expect: Callable[[int], None] | None) -> None:
     limiter = trio.CapacityLimiter(4)
 
     async def verify(chunk) -> None:
@@ -100,10 +104,13 @@ async def _read_all_chunks(repo: Repository, stored: dict[str, int], report: Che
         if progress:
             progress(len(data))
 
+    # One entry per 64 MiB chunk: 16,000 for a terabyte.
+    chunks = [chunk for chunk in repo.index.chunks() if chunk_name(chunk.chunk_id) in stored]
+    if expect:
+        expect(sum(chunk.size for chunk in chunks))
     async with trio.open_nursery() as nursery:
-        for chunk in repo.index.chunks():
-            if chunk_name(chunk.chunk_id) in stored:
-                nursery.start_soon(verify, chunk)
+        for chunk in chunks:
+            nursery.start_soon(verify, chunk)
 
 
 def _verify_chunk(repo: Repository, chunk, blobs, name: str, data: bytes) -> list[str]:

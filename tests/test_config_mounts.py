@@ -72,5 +72,7 @@ def test_a_failing_passphrase_command_is_one_line_then_a_working_one_mounts(conf
     assert configured.holder("documents") is not None          # its state_dir, from the entry
     status = configured.cloudfs("status", "--json", source).stdout
     assert f's3://{configured.bucket}/documents' in status
+    by_name = configured.cloudfs("status", "--json", "documents").stdout
+    assert f's3://{configured.bucket}/documents' in by_name      # NAME: the entry's mount
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         assert "cloudfs_mount_ready 1.0" in response.read().decode()

@@ -11,12 +11,9 @@ the signals.
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,12 +22,12 @@ import pytest
 from cloudfs.snapshot.reader import TreeReader
 from cloudfs.system import units
 from tests.config_fixtures import configured  # noqa: F401 - fixture
+from tests.service_manager import INSTALLED, ServiceManager
 from tests.tree_helpers import capture_snapshot
 
 pytestmark = pytest.mark.timeout(180)
 
 ROOT = Path(__file__).parent.parent
-INSTALLED = Path(sys.executable).parent / "cloudfs"
 
 
 def test_the_templates_in_tools_are_the_ones_cloudfs_writes():
@@ -72,31 +69,6 @@ def test_maintenance_checks_the_entry_s_repository(configured, monkeypatch):
     configured.add("documents", password_env="DOCS_PASS")
     monkeypatch.setenv("DOCS_PASS", "correct horse battery staple")
     assert "no errors found" in configured.cloudfs("maintenance", "documents").stdout
-
-
-class ServiceManager:
-    """The part of systemd a Type=notify service talks to: $NOTIFY_SOCKET."""
-
-    def __init__(self, directory: Path):
-        self.path = directory / "notify.sock"
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(self.path))
-
-    def next_message(self, timeout: float) -> dict[str, str]:
-        self.sock.settimeout(timeout)
-        data = self.sock.recv(4096).decode()
-        return dict(line.split("=", 1) for line in data.splitlines())
-
-    def start(self, setup, name: str, log: Path) -> subprocess.Popen:
-        """Run the unit's ExecStart for instance `name`, as systemd would."""
-        settings = units.UnitSettings(cloudfs=str(INSTALLED), config=str(setup.path))
-        exec_start = next(line for line in units.templates(settings)[units.MOUNT].splitlines()
-                          if line.startswith("ExecStart="))
-        command = shlex.split(exec_start.removeprefix("ExecStart=").replace("%i", name))
-        process = subprocess.Popen(command, env=dict(setup.env, NOTIFY_SOCKET=str(self.path)),
-                                   stdin=subprocess.DEVNULL, stdout=log.open("w"), stderr=subprocess.STDOUT)
-        setup.processes.append(process)
-        return process
 
 
 def test_the_unit_s_command_notifies_ready_and_sigterm_snapshots_then_unmounts(configured, tmp_path):

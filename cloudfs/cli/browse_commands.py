@@ -11,6 +11,7 @@ import sys
 from cloudfs.cli.common import (
     as_of_options,
     open_store_from,
+    print_json,
     read_passphrase,
     repository_options,
     snapshot_filter,
@@ -72,6 +73,8 @@ def register(subparsers) -> None:
                          help="ranged reads fetched and written at once (default 4)")
     restore.add_argument("--no-progress", dest="progress", action="store_false",
                          help="no progress bar (there is none either when stderr is not a terminal)")
+    restore.add_argument("--json", action="store_true",
+                         help="what was restored (or with --dry-run, would be) as JSON")
     restore.set_defaults(run=run_restore)
 
 
@@ -137,17 +140,40 @@ def run_restore(args) -> int:
         snapshot, report = with_repository(args, run)
     finally:
         bar.close()
+    if args.json:
+        print_json(_report_json(snapshot, path, args, report))
     if args.dry_run:
-        _print_plan(snapshot, path, args.target, report)
+        if not args.json:
+            _print_plan(snapshot, path, args.target, report)
         if report.damaged:
             raise DamagedFiles(f"{len(report.damaged)} of the directories cannot be read (listed above); "
                                "a restore would leave out what is in them")
         return 0
-    _print_report(snapshot, path, args.target, report)
+    if not args.json:
+        _print_report(snapshot, path, args.target, report)
     if report.damaged:
         raise DamagedFiles(f"{len(report.damaged)} of the paths could not be restored (damaged data, "
                            "listed above); everything else was restored")
     return 0
+
+
+def _report_json(snapshot, path: bytes, args, report) -> dict:
+    document = {"snapshot": snapshot.name, "path": "/" + os.fsdecode(path), "target": args.target,
+                "dry_run": args.dry_run, "files": report.files, "directories": report.directories,
+                "symlinks": report.symlinks, "hard_links": report.hard_links, "other": report.other,
+                "bytes": report.bytes_written, "warnings": report.warnings,
+                "damaged": [{"path": shown, "error": why} for shown, why in report.damaged]}
+    if args.dry_run:
+        estimate = None
+        if report.sample:
+            sampled, seconds = report.sample
+            rate = sampled / max(seconds, 1e-6)
+            estimate = {"sampled_bytes": sampled, "sample_seconds": seconds, "bytes_per_second": rate,
+                        "seconds": report.bytes_written / rate}
+        document["estimate"] = estimate
+    else:
+        document.update(bytes_kept=report.bytes_kept, seconds=report.seconds)
+    return document
 
 
 def _print_plan(snapshot, path: bytes, target: str, report) -> None:

@@ -48,7 +48,9 @@ def repository_options() -> argparse.ArgumentParser:
     group.add_argument("--region", help="S3 region (default from the AWS environment or profile)")
     group.add_argument("--profile", help="AWS profile for credentials and settings")
     group.add_argument("--ca-bundle", help="PEM file of CAs to trust for TLS (TLS is always verified)")
-    group.add_argument("--s3-addressing", choices=("auto", "path", "virtual"), default="auto")
+    group.add_argument("--s3-addressing", choices=("auto", "path", "virtual"), default="auto",
+                       help="path: HOST/BUCKET (most S3-compatible servers), virtual: BUCKET.HOST (AWS); "
+                            "auto: path with --endpoint-url, else virtual (default auto)")
     group.add_argument("--s3-checksum", choices=("sha256", "md5", "none"), default="sha256",
                        help="checksum header each upload carries (default sha256)")
     group.add_argument("--s3-connections", type=int, default=8, metavar="N",

@@ -1,30 +1,37 @@
 """`cloudfs status|snapshot|flush|rescan`: ask a running mount's daemon over its control socket.
 
-Each takes an optional MOUNT (the mount point or the protected directory);
-without it, the mount containing the current directory, or the only one.
+Each takes an optional MOUNT (the mount point, the protected directory, or the
+NAME of a [directories.NAME] of the configuration file); without it, the mount
+containing the current directory, or the only one.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 
 from cloudfs import control
+from cloudfs.cli import configured
 from cloudfs.cli.common import human_size, print_json
+
+MOUNT_HELP = "mount point, protected directory, or NAME of the configuration file"
 
 
 def register(subparsers) -> None:
     status = subparsers.add_parser("status", help="what a running mount is doing",
                                    description="Pending changes, the age of the oldest change not yet "
                                                "in a snapshot (the live RPO), uploads, store health.")
-    status.add_argument("mount", nargs="?", help="mount point or protected directory")
+    status.add_argument("mount", nargs="?", metavar="MOUNT", help=MOUNT_HELP)
+    configured.config_option(status)
     status.add_argument("--json", action="store_true")
     status.set_defaults(run=run_status)
 
     snapshot = subparsers.add_parser("snapshot", help="take a snapshot now",
                                      description="Seal the current changes into a snapshot now.")
-    snapshot.add_argument("mount", nargs="?", help="mount point or protected directory")
+    snapshot.add_argument("mount", nargs="?", metavar="MOUNT", help=MOUNT_HELP)
+    configured.config_option(snapshot)
     snapshot.add_argument("--wait", action="store_true", help="return once it is committed")
     snapshot.add_argument("--tag", action="append", default=[], metavar="TAG",
                           help="tag the snapshot (repeatable); `forget --keep-tag` keeps tagged ones")
@@ -33,7 +40,8 @@ def register(subparsers) -> None:
 
     flush = subparsers.add_parser("flush", help="wait until everything sealed is committed",
                                   description="Return once every sealed change is in a committed snapshot.")
-    flush.add_argument("mount", nargs="?", help="mount point or protected directory")
+    flush.add_argument("mount", nargs="?", metavar="MOUNT", help=MOUNT_HELP)
+    configured.config_option(flush)
     flush.add_argument("--json", action="store_true")
     flush.set_defaults(run=run_flush)
 
@@ -43,7 +51,8 @@ def register(subparsers) -> None:
                     "mount (made to SOURCE directly while it is mounted elsewhere) and journal "
                     "them, so the next snapshot has them. The mount does this by itself every "
                     "--rescan-interval.")
-    rescan.add_argument("mount", nargs="?", help="mount point or protected directory")
+    rescan.add_argument("mount", nargs="?", metavar="MOUNT", help=MOUNT_HELP)
+    configured.config_option(rescan)
     rescan.add_argument("--json", action="store_true")
     rescan.set_defaults(run=run_rescan)
 
@@ -78,12 +87,23 @@ def run_rescan(args) -> int:
 
 def _ask(args, op: str, said: Callable[[dict], str], timeout: float | None = None, **arguments) -> int:
     """Send `op` to the mount's daemon and print its answer (as JSON with --json)."""
-    reply = control.request(control.find_state_dir(args.mount), op, timeout=timeout, **arguments)
+    reply = control.request(control.find_state_dir(_target(args)), op, timeout=timeout, **arguments)
     if args.json:
         print_json(reply)
     else:
         print(said(reply))
     return 0
+
+
+def _target(args) -> str | None:
+    """MOUNT as given, or, if it is the NAME of a [directories.NAME] (a name without
+    a `/`, as for `cloudfs mount NAME`), that entry's mount point."""
+    if args.mount is None or os.sep in args.mount:
+        return args.mount
+    config = configured.load_config(args, required=args.config is not None)
+    if configured.names_an_entry(config, args.mount):
+        return config.entry(args.mount).mountpoint
+    return args.mount
 
 
 def format_status(status: dict, now_ns: int) -> str:

@@ -75,6 +75,7 @@ def register(subparsers) -> None:
                                               "there and intact.")
     check.add_argument("--read-data", action="store_true",
                        help="also download and verify every chunk and every blob in it")
+    check.add_argument("--json", action="store_true", help="the findings and counts as JSON")
     check.set_defaults(run=run_check)
 
     repair = subparsers.add_parser("repair", help="repair repository metadata")
@@ -83,6 +84,7 @@ def register(subparsers) -> None:
         "index", parents=[repo], help="rebuild the index from the chunks",
         description="Index every chunk that no readable index object lists, from the chunk's "
                     "own footer, and drop damaged index objects.")
+    repair_index.add_argument("--json", action="store_true")
     repair_index.set_defaults(run=run_repair_index)
 
 
@@ -171,11 +173,21 @@ def run_check(args) -> int:
     from cloudfs.check import check_repository
 
     async def check(repo):
-        with tqdm(unit="B", unit_scale=True, desc="reading chunks", file=sys.stderr,
+        with tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="reading chunks", file=sys.stderr,
                   disable=not (args.read_data and sys.stderr.isatty())) as bar:
-            return await check_repository(repo, read_data=args.read_data, progress=bar.update)
+
+            def expect(total: int) -> None:
+                bar.total = total
+                bar.refresh()
+
+            return await check_repository(repo, read_data=args.read_data, progress=bar.update, expect=expect)
 
     report = with_repository(args, check)
+    if args.json:
+        print_json({"ok": report.ok, "read_data": args.read_data, "snapshots": report.snapshots,
+                    "chunks": report.chunks, "blobs": report.blobs, "bytes_read": report.bytes_read,
+                    "errors": report.errors, "warnings": report.warnings})
+        return 0 if report.ok else 1
     for warning in report.warnings:
         print(f"warning: {warning}")
     for error in report.errors:
@@ -188,6 +200,9 @@ def run_check(args) -> int:
 
 def run_repair_index(args) -> int:
     indexed, dropped = with_repository(args, lambda repo: repo.rebuild_index(), maintenance=True)
+    if args.json:
+        print_json({"indexed_chunks": indexed, "removed": dropped})
+        return 0
     for name in dropped:
         print(f"removed damaged {name}")
     print(f"indexed {indexed} chunks from their footers")

@@ -44,6 +44,7 @@ def register(subparsers) -> None:
     configured.config_option(maintenance)
     maintenance.add_argument("--read-data", action="store_true",
                              help="also download and verify every chunk and every blob in it")
+    maintenance.add_argument("--json", action="store_true", help="as `cloudfs check --json`")
     maintenance.set_defaults(run=run_maintenance)
 
 
