@@ -113,3 +113,23 @@ def test_an_interrupted_upload_keeps_what_it_stored(tmp_path):
     ids = store_from_threads(reopened, [blobs])[0]
     assert reopened.written.blobs == len(blobs) - known
     assert trio.run(reopened.get_blob, ids[0]) == blobs[0]
+
+
+def test_a_chunk_of_tiny_blobs_closes_at_the_blob_limit_and_index_objects_follow(tmp_path, monkeypatch):
+    """Tiny files would put a hundred thousand blobs in one chunk: its footer, index
+    entries and pending locations would all be in memory at once."""
+    from cloudfs.repo import packer as packer_module
+    from cloudfs.repo.index import INDEX_PREFIX
+
+    monkeypatch.setattr(packer_module, "MAX_BLOBS", 100)
+    monkeypatch.setattr(packer_module, "INDEX_BLOBS", 250)
+    repo = make_repo(tmp_path)
+    blobs = [[b"tiny %d %d" % (thread, i) for i in range(300)] for thread in range(3)]
+    ids = store_from_threads(repo, blobs)
+    chunks = trio.run(repo.store.list, CHUNKS_PREFIX)
+    assert len(chunks) >= 9
+    counts = [record.blobs for record in repo.index.chunks()]
+    assert len(counts) == len(chunks) and max(counts) <= 100 and sum(counts) == 900
+    assert len(trio.run(repo.store.list, INDEX_PREFIX)) >= 3     # one per 250 blobs, not one at the end
+    for blob_id, plaintext in zip(sum(ids, []), sum(blobs, [])):
+        assert trio.run(repo.get_blob, blob_id) == plaintext

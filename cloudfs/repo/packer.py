@@ -20,8 +20,13 @@ Concurrency rules (the only ones; keep them true when changing this file):
   new chunk while every slot is taken waits until an upload ends. A failed
   upload frees its slot too and fails every later call with the same error
   (until `reset_failure`), so no thread waits forever.
-- Every `index_every` stored chunks, the upload that completes the batch writes
-  an index object naming every chunk no index object names yet, so a long
+- A chunk is closed when it reaches the chunk size or `MAX_BLOBS` blobs: a chunk
+  of tiny files would otherwise hold a hundred thousand of them, and its footer,
+  its index entries and the locations waiting for an index object all grow with
+  that number, in memory (I8).
+- Every `index_every` stored chunks, or once they hold `INDEX_BLOBS` blobs, the
+  upload that completes the batch writes an index object naming every chunk no
+  index object names yet, so a long
   upload that is interrupted (a crash, a lost store) keeps what it stored: the
   next attempt finds those blobs in the index and does not upload them again.
   The chunks waiting for their index object are the index's `unnamed_chunks`
@@ -45,6 +50,10 @@ from cloudfs.errors import IntegrityError
 from cloudfs.repo.chunk import BlobKind, ChunkBuilder, encode_payload
 from cloudfs.repo.index import ChunkInfo
 from cloudfs.store.base import FilePayload
+
+
+MAX_BLOBS = 16384         # blobs per chunk: ~10 MB chunks of 600-byte files
+INDEX_BLOBS = 32768       # blobs per index object during long uploads
 
 
 @dataclass
@@ -105,7 +114,7 @@ class Packer:
             location = chunk.builder.reserve(blob_id, kind, payload_length, raw_length)
             chunk.ids.append(blob_id)
             chunk.writers += 1
-            if chunk.builder.size >= self.repo.config.chunk_size:
+            if chunk.builder.size >= self.repo.config.chunk_size or len(chunk.ids) >= MAX_BLOBS:
                 self._open = None
                 chunk.closed = True
             self.repo.written.blobs += 1
@@ -161,7 +170,9 @@ class Packer:
             self._pending.difference_update(chunk.ids)
             self.repo.written.chunks += 1
             self.repo.written.chunk_bytes += len(data)
-            batch_complete = len(self.repo.index.unnamed_chunks()) >= self.index_every
+            unnamed = self.repo.index.unnamed_chunks()
+            batch_complete = (len(unnamed) >= self.index_every
+                              or sum(len(info.blobs) for info in unnamed) >= INDEX_BLOBS)
         self._free_slot(data)
         if batch_complete:
             await self.repo.write_index()
