@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.sqlite"
 FORMAT = 1                    # raise when the schema changes: older files are rebuilt
-CACHE_KIB = 16 * 1024         # SQLite's page cache per connection
+CACHE_KIB = 8 * 1024          # SQLite's page cache per connection
 BUSY_TIMEOUT_MS = 60_000      # how long a writer waits for another process's write
 LOOKUP_BATCH = 500            # ids per `IN (...)` query
 DAMAGE_CODES = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
