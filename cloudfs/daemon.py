@@ -53,6 +53,7 @@ from cloudfs.live.rescan import DEFAULT_INTERVAL as DEFAULT_RESCAN_INTERVAL, Res
 from cloudfs.live.seal import Sealed, Sealer
 from cloudfs.live.spool import Spool, SpoolFull
 from cloudfs.repo import Repository, Snapshot
+from cloudfs.repo.snapshots import SNAPSHOTS_PREFIX
 from cloudfs.repo.config import parse_compression
 from cloudfs.repo.snapshots import checked_tags
 from cloudfs.snapshot.source import exclusion_matcher
@@ -188,6 +189,7 @@ class SnapshotDaemon:
             nursery.start_soon(self._run)
             if not self._index_complete.is_set():
                 nursery.start_soon(self._complete_index)
+            nursery.start_soon(self._count_snapshots)
         if self.rescanner is not None:
             nursery.start_soon(self._rescan_once_reconciled)
 
@@ -332,17 +334,45 @@ class SnapshotDaemon:
                           sealed.epoch, exc_info=error)
                 self._force_full = True
                 self._given_up(_one_line(error))
+                self._reload_index_first()
         finally:
             if not committed:
                 self.sealer.release(sealed)
                 self._wanted_tags = dict.fromkeys(sealed.tags) | self._wanted_tags  # for the retry
 
     async def _complete_index(self) -> None:
-        """After an offline start: once the store answers, read the index objects
-        other writers added meanwhile, so their blobs are not stored again."""
-        await self._until_store_answers(self.repo.load_index)
-        log.info("the store answers again; the index is complete")
+        """Read the index objects the local index lacks (other writers', or all of them
+        after it was rebuilt), retrying until it works; then uploads may go on. After
+        an offline start it waits for the store; after a failure (a full disk under the
+        index) it retries every RETRY_AFTER_FAILURE seconds."""
+        while True:
+            try:
+                await self._until_store_answers(self.repo.load_index)
+                break
+            except Exception as error:  # noqa: BLE001 - the mount serves whatever happens here
+                log.error("cannot bring the local index up to date: %s", _one_line(error))
+                self._last_error = _one_line(error)
+                await trio.sleep(RETRY_AFTER_FAILURE)
+        log.info("the index is complete")
         self._index_complete.set()
+
+    async def _count_snapshots(self) -> None:
+        """How many snapshot objects the repository holds (every host and directory):
+        one LIST, at start and after each commit, for status and the metrics."""
+        try:
+            listed = await self.repo.store.list(SNAPSHOTS_PREFIX)
+        except Exception as error:  # noqa: BLE001 - a figure for display only
+            log.info("cannot count the snapshots: %s", _one_line(error))
+            return
+        self.uploader.status.repository_snapshots = len(listed)
+
+    def _reload_index_first(self) -> None:
+        """After a failed snapshot the local index may lack what the store holds (a
+        file rebuilt after damage, a write lost to a full disk): the next upload
+        waits until the index objects were read again (cheap when nothing is missing)."""
+        if self._index_complete.is_set():
+            self._index_complete = trio.Event()
+            self._nursery.start_soon(self._complete_index)
 
     async def _show_progress(self, sealed: Sealed, scope: trio.CancelScope) -> None:
         """A bar of the bytes the full snapshot reads (`cloudfs status` shows the same),
@@ -370,6 +400,7 @@ class SnapshotDaemon:
                                 snapshot.time_ns)
         await trio.to_thread.run_sync(self.manifest.apply, delta, checkpoint)
         self.journal.commit(sealed.epoch)
+        self._nursery.start_soon(self._count_snapshots)
         self._trusted, self._force_full = True, False
         frozen, kept = sealed.frozen, len(self.graveyard.kept)
         self.sealer.release(sealed)

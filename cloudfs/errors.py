@@ -75,6 +75,11 @@ class MaintenanceOnly(CloudfsError):
     """A delete was asked of the writer role's store: deleting is maintenance work (I9)."""
 
 
+class LocalStateError(CloudfsError):
+    """A file cloudfs keeps on this machine (the local blob index, a cache) cannot be
+    written or read: a full disk, an I/O error. Nothing in the repository is wrong."""
+
+
 class MountError(CloudfsError):
     """A live mount cannot be started, stopped or inspected (bad paths, busy, no FUSE)."""
 

@@ -65,6 +65,9 @@ def _snapshot_families(status: dict, now_ns: int) -> Iterator[Metric]:
                    upload.get("bytes_stored", 0))
     yield _counter("snapshots_committed", "Snapshots this process committed",
                    upload.get("snapshots_committed", 0))
+    if upload.get("repository_snapshots") is not None:
+        yield _gauge("repository_snapshots", "Snapshot objects in the repository (every host and "
+                     "directory), as last listed", upload["repository_snapshots"])
     yield _counter("snapshot_failures", "Snapshots given up (retried from a new seal)",
                    status.get("failures", 0))
     yield _gauge("store_up", "1 if the store answers, 0 while it is unreachable or refuses us",

@@ -69,7 +69,7 @@ def _serve_source(plan: MountPlan, on_ready: Callable[[], None], backup: BackupS
 
 def _serve_with(plan: MountPlan, source_fd: int, on_ready: Callable[[], None],
                 backup: BackupSettings | None, exporter: MetricsServer | None) -> None:
-    live = LiveMount(plan, source_fd)
+    live = LiveMount(plan, source_fd, baseline_from_first_snapshot=backup is not None)
     live.mount()
     served, daemon = False, None
     try:

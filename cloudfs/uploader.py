@@ -81,6 +81,7 @@ class UploadStatus:
     last_snapshot: str | None = None
     last_snapshot_time_ns: int | None = None
     snapshots_committed: int = 0
+    repository_snapshots: int | None = None   # snapshot objects in the repository, as last listed
     uploading_since_ns: int | None = None
     current: BuildStats | None = None
     store_error: str | None = None
@@ -95,6 +96,7 @@ class UploadStatus:
             "last_snapshot": self.last_snapshot,
             "last_snapshot_time_ns": self.last_snapshot_time_ns,
             "snapshots_committed": self.snapshots_committed,
+            "repository_snapshots": self.repository_snapshots,
             "uploading": self.uploading_since_ns is not None,
             "uploading_since_ns": self.uploading_since_ns,
             "current_bytes_read": current.bytes_read if current else 0,

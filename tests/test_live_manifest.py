@@ -88,18 +88,20 @@ def write_legacy_manifest(state_dir) -> None:
     (state_dir / LEGACY_NAME).write_bytes(msgpack.packb(document, use_bin_type=True))
 
 
-def test_a_full_state_disk_fails_the_commit_clearly_and_the_next_one_completes(protected, tmp_path):
-    """The manifest's disk fills: the snapshot's commit step fails with one clear
-    line in status, writes through the mount go on, and once there is room the next
-    snapshot commits everything."""
+@pytest.mark.parametrize("where", ["state", "cache"])
+def test_a_full_disk_under_the_manifest_or_the_index_fails_clearly_and_nothing_is_lost(protected, tmp_path, where):
+    """The disk holding the manifest (the state directory) or the blob index (the
+    cache) fills: the snapshot fails with one clear line in status, writes through
+    the mount go on, and once there is room the next snapshot commits everything."""
     first_snapshot(protected)
-    state_copy = tmp_path / "state-copy"
-    subprocess.run(["cp", "-a", str(protected.state_dir), str(state_copy)], check=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(protected.state_dir)], check=True)
+    full = protected.state_dir if where == "state" else protected.base / "cache"
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-a", str(full), str(copy)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(full)], check=True)
     try:
-        subprocess.run(["cp", "-a", f"{state_copy}/.", str(protected.state_dir)], check=True)
+        subprocess.run(["cp", "-a", f"{copy}/.", str(full)], check=True)
         root = protected.mount()
-        filler = protected.state_dir / "filler"
+        filler = full / "filler"
         with open(filler, "wb") as handle:
             try:
                 while True:
@@ -111,8 +113,9 @@ def test_a_full_state_disk_fails_the_commit_clearly_and_the_next_one_completes(p
         protected.request("snapshot")
         status = wait_until(lambda: (current := protected.status())["failures"] and current,
                             timeout=60, what="the snapshot to fail")
-        assert "space" in status["last_error"] or "full" in status["last_error"], status["last_error"]
-        assert len(status["last_error"].splitlines()) == 1
+        error = status["last_error"]
+        assert "space" in error or "full" in error, error
+        assert len(error.splitlines()) == 1
         (root / "docs" / "still-writable.txt").write_text("writes go on")
         filler.unlink()
         protected.request("snapshot", wait=True)
@@ -121,7 +124,7 @@ def test_a_full_state_disk_fails_the_commit_clearly_and_the_next_one_completes(p
         protected.umount()
     finally:
         protected.cleanup()
-        subprocess.run(["umount", "-l", str(protected.state_dir)], capture_output=True)
+        subprocess.run(["umount", "-l", str(full)], capture_output=True)
 
 
 def test_the_manifest_holds_no_entry_in_memory_between_calls(tmp_path):

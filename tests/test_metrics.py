@@ -23,7 +23,7 @@ from cloudfs.metrics import families
 from cloudfs.system import mounttable
 from tests.cli_helpers import one_line_error
 from tests.live_fixtures import run_cloudfs
-from tests.snapshot_fixtures import protected  # noqa: F401 - fixture
+from tests.snapshot_fixtures import protected, wait_until  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -81,6 +81,10 @@ def test_the_metrics_agree_with_status(protected):
     assert metrics["cloudfs_backlog_files"] == status["pending_files"] == 0
     assert metrics["cloudfs_rpo_seconds"] == 0 and status["oldest_change_ns"] is None
     assert metrics["cloudfs_snapshots_committed_total"] == status["upload"]["snapshots_committed"]
+    stored = len(protected.snapshots())
+    wait_until(lambda: status_json(protected)["upload"]["repository_snapshots"] == stored,
+               what="the snapshot count to follow the commit")
+    assert scrape(port)["cloudfs_repository_snapshots"] == stored
 
 
 def test_a_metrics_port_in_use_is_one_line_and_nothing_is_mounted(protected):

@@ -82,9 +82,13 @@ class LiveMount:
     `start_journal()` and `serve()`, then (once mounted, always) `unmount()` and
     `stop_journal()`."""
 
-    def __init__(self, plan: MountPlan, source_fd: int):
+    def __init__(self, plan: MountPlan, source_fd: int, *, baseline_from_first_snapshot: bool = False):
+        """`baseline_from_first_snapshot`: a snapshot daemon will capture the whole tree
+        before the first request is served, and its commit fills the manifest, so a
+        first mount need not walk the tree a second time for the baseline."""
         self.plan = plan
         self.source_fd = source_fd
+        self.baseline_from_first_snapshot = baseline_from_first_snapshot
         self.operations = LiveOperations(InodeTable(source_fd), NullJournal())
         self.reconcile: StartupReconcile | None = None
 
@@ -105,7 +109,8 @@ class LiveMount:
         needs (I7) is `self.reconcile`, run while serving (startup.py)."""
         if self.plan.journaling:
             graveyard.clear_leftovers(self.source_fd)
-            self.operations.journal, self.reconcile = open_journal(self.plan.state.path, self.source_fd)
+            self.operations.journal, self.reconcile = open_journal(
+                self.plan.state.path, self.source_fd, empty_baseline=self.baseline_from_first_snapshot)
 
     @property
     def reconciled(self) -> bool:

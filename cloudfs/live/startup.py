@@ -46,13 +46,22 @@ log = logging.getLogger(__name__)
 CLOCK_MARGIN_NS = 50_000_000
 
 
-def open_journal(state_dir: Path, source_fd: int) -> tuple[Journal, StartupReconcile | None]:
+def open_journal(state_dir: Path, source_fd: int, *,
+                 empty_baseline: bool = False) -> tuple[Journal, StartupReconcile | None]:
     """The session's journal, replayed; and, unless this is the first mount, the
-    reconcile still to run (`StartupReconcile.run`, once serving)."""
+    reconcile still to run (`StartupReconcile.run`, once serving).
+
+    A first mount's baseline is the tree as it is now; with `empty_baseline` it
+    starts empty, because the first (full) snapshot's commit fills it: a second
+    walk of a large tree saved. Until that commit the manifest describes no
+    snapshot, so every seal is full, and a reconcile after a crash before it
+    finds every name new, which relists every directory: nothing is missed."""
     baseline = _baseline(state_dir, source_fd)
     if baseline is None:
-        Manifest.of_listings(state_dir / MANIFEST_NAME, walk(source_fd)).close()
-        log.info("first mount: the tree as it is now is the baseline")
+        entries = () if empty_baseline else walk(source_fd)
+        Manifest.of_listings(state_dir / MANIFEST_NAME, entries).close()
+        log.info("first mount: the tree as it is now is the baseline%s",
+                 " (written by the first snapshot's commit)" if empty_baseline else "")
         return _open(state_dir), None
     journal = _open(state_dir)
     return journal, StartupReconcile(journal, baseline, source_fd)

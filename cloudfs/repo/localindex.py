@@ -43,7 +43,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloudfs.errors import IntegrityError
+from cloudfs.errors import IntegrityError, LocalStateError
 from cloudfs.repo.chunk import BlobKind, BlobLocation
 from cloudfs.repo.index import ChunkInfo
 
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.sqlite"
 FORMAT = 1                    # raise when the schema changes: older files are rebuilt
-CACHE_KIB = 16 * 1024         # SQLite's page cache per connection
+CACHE_KIB = 8 * 1024          # SQLite's page cache per connection
 BUSY_TIMEOUT_MS = 60_000      # how long a writer waits for another process's write
 LOOKUP_BATCH = 500            # ids per `IN (...)` query
 DAMAGE_CODES = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
@@ -151,6 +151,8 @@ class BlobIndex:
         try:
             return self._open()
         except sqlite3.DatabaseError as error:
+            if getattr(error, "sqlite_errorname", "") not in DAMAGE_CODES:
+                raise self._unwritable(error) from None     # a full disk is no damage
             log.warning("the local index %s is damaged (%s); rebuilding it from the index objects",
                         self.path, error)
         except _Unusable as reason:
@@ -209,10 +211,14 @@ class BlobIndex:
                 return work(self._connection(), *arguments)
             except sqlite3.DatabaseError as error:
                 if getattr(error, "sqlite_errorname", "") not in DAMAGE_CODES:
-                    raise
+                    raise self._unwritable(error) from None
                 self._discard_damaged(error)
                 raise IntegrityError(str(self.path), f"the local index is damaged ({error}); it is "
                                                      "being rebuilt from the index objects") from None
+
+    def _unwritable(self, error: sqlite3.DatabaseError) -> LocalStateError:
+        return LocalStateError(f"cannot use the local index {self.path}: {error} (free space "
+                               "there, or set XDG_CACHE_HOME / --cache-dir elsewhere)")
 
     def _discard_damaged(self, error: Exception) -> None:
         log.warning("the local index %s is damaged (%s); rebuilding it from the index objects",

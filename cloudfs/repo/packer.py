@@ -52,8 +52,8 @@ from cloudfs.repo.index import ChunkInfo
 from cloudfs.store.base import FilePayload
 
 
-MAX_BLOBS = 16384         # blobs per chunk: ~10 MB chunks of 600-byte files
-INDEX_BLOBS = 32768       # blobs per index object during long uploads
+MAX_BLOBS = 8192          # blobs per chunk: ~5 MB chunks of 600-byte files
+INDEX_BLOBS = 16384       # blobs per index object during long uploads
 
 
 @dataclass
