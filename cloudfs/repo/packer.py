@@ -31,6 +31,11 @@ Concurrency rules (the only ones; keep them true when changing this file):
   dedup checks the index and the pending set under the lock, and the upload
   moves ids from pending to the index under the same lock, so a blob is never
   stored twice by one packer.
+- A blob found in the index (a dedup hit) is noted in `hits`, under the lock:
+  the blobs a snapshot counts on without having stored them, which the writer
+  checks against prune's doom lists before it commits (docs/prune.md).
+  `force=True` stores a blob although the index has it (prune's repack, and a
+  writer rescuing a blob whose only copy is doomed).
 """
 
 from __future__ import annotations
@@ -67,17 +72,22 @@ class Packer:
         self._open: _OpenChunk | None = None
         self._pending: set[bytes] = set()
         self._failure: BaseException | None = None
+        self.hits = DedupHits()
 
     # -- worker threads -------------------------------------------------------------
 
     def store_sync(self, kind: BlobKind, plaintext, *, blob_id: bytes | None = None,
-                   compress: bool = True, payload=None) -> bytes:
-        """Store one blob unless the repository has it; return its id. Worker threads only.
-        `payload`, if given, is the already encoded (maybe compressed) plaintext."""
+                   compress: bool = True, payload=None, force: bool = False) -> bytes:
+        """Store one blob unless the repository has it (`force`: unless this packer
+        is storing it already); return its id. Worker threads only. `payload`, if
+        given, is the already encoded (maybe compressed) plaintext."""
         blob_id = blob_id or self.repo.master.blob_id(plaintext)
         with self._lock:
             self._raise_if_failed()
-            if blob_id in self._pending or blob_id in self.repo.index:
+            if blob_id in self._pending:
+                return blob_id
+            if not force and blob_id in self.repo.index:
+                self.hits.add(blob_id)
                 return blob_id
             self._pending.add(blob_id)
         if payload is None:
@@ -176,6 +186,29 @@ class Packer:
         """Allow new work after a failed upload (the failed chunk's blobs are not stored)."""
         with self._lock:
             self._failure = None
+
+
+class DedupHits:
+    """The ids of the blobs found in the index since `clear()`, up to `limit` of
+    them (about 100 bytes each in RAM); past it only the fact is kept
+    (`overflowed`), and whoever checks them walks the snapshot instead."""
+
+    LIMIT = 100_000
+
+    def __init__(self, limit: int = LIMIT):
+        self.limit = limit
+        self.ids: set[bytes] = set()
+        self.overflowed = False
+
+    def add(self, blob_id: bytes) -> None:
+        if len(self.ids) < self.limit:
+            self.ids.add(blob_id)
+        elif blob_id not in self.ids:
+            self.overflowed = True
+
+    def clear(self) -> None:
+        self.ids = set()
+        self.overflowed = False
 
 
 def _sha256(data: FilePayload) -> bytes:
