@@ -14,7 +14,8 @@ is this module's to protect, right before its object is put:
    still exists during the grace period), so the snapshot no longer needs
    the doomed chunk; a blob no longer stored anywhere fails the attempt
    (`PrunedMeanwhile`), and the retry reads it from the source again.
-3. "Counts on" is the dedup hits of this attempt, when the parent is safe:
+3. "Counts on" is the chunks this attempt stored (doomed, or gone, they fail
+   it), and the dedup hits of this attempt, when the parent is safe:
    it is still listed and was either walked by each doom list's mark or
    committed by this guard after checking that doom list. Otherwise (or too
    many hits to remember) the whole new tree is walked.
@@ -80,7 +81,7 @@ class DoomGuard:
 
     def start_attempt(self) -> None:
         """A new attempt at building a snapshot: forget the hits of the last one."""
-        self.repo.packer.hits.clear()
+        self.repo.packer.relied_on.clear()
 
     async def before_put(self, root: bytes, parent: Snapshot | None) -> None:
         """Make the snapshot of `root` independent of every doomed chunk (see above)."""
@@ -112,10 +113,11 @@ class DoomGuard:
     async def _protect(self, root: bytes, parent: Snapshot | None, dooms: list[DoomList]) -> None:
         doomed = {chunk for doom in dooms for chunk in doom.chunks}
         check = _Check(self.repo, doomed)
-        hits = self.repo.packer.hits
+        relied_on = self.repo.packer.relied_on
+        check.own_chunks(relied_on.chunks)
         parent_safe = parent is None or await self._parent_safe(parent, dooms)
-        if parent_safe and not hits.overflowed:
-            await check.blobs(hits.ids)
+        if parent_safe and not relied_on.overflowed:
+            await check.blobs(relied_on.hits)
         else:
             log.info("checking every blob of the new snapshot against prune's doom lists")
             await self._walk(root, check, parent_listed=parent_safe or await self._listed(parent))
@@ -150,9 +152,17 @@ class _Check:
         self.repo = repo
         self.doomed = doomed
         self.missing = 0
+        self.missing_own = False
         self.restored = 0
         self._chunks: set[bytes] = set()          # copies outside `doomed` counted on: still stored?
         self._endangered: list[BlobLocation] = []
+
+    def own_chunks(self, chunk_ids: list[bytes]) -> None:
+        """The chunks this attempt stored: doomed already (a grace period shorter than
+        the upload), or deleted since, they fail the attempt."""
+        if any(chunk_id in self.doomed for chunk_id in chunk_ids):
+            self.missing_own = True
+        self._chunks.update(chunk_ids)
 
     async def blobs(self, blob_ids: Iterable[bytes]) -> None:
         ids = list(blob_ids)
@@ -164,12 +174,15 @@ class _Check:
             outside = [copy for copy in copies if copy.chunk_id not in self.doomed]
             if not outside:
                 self._endangered.append(copies[0])
-            elif self.repo.index.unnamed_chunk(outside[0].chunk_id) is None:
+            else:
                 self._chunks.add(outside[0].chunk_id)
 
     async def finish(self) -> None:
         if self.missing:
             await self._gone(f"{self.missing} blobs it found in the index are no longer there")
+        if self.missing_own:
+            await self._gone("chunks it stored were marked for deletion (the grace period is shorter "
+                             "than this upload)")
         await self._still_stored()
         for location in self._endangered:
             await self._store_again(location)
