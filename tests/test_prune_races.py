@@ -17,6 +17,7 @@ import pytest
 import trio
 
 from cloudfs.check import check_repository
+from cloudfs.errors import IntegrityError
 from cloudfs.repo import RepoConfig, Repository
 from cloudfs.snapshot.prune.guard import DoomGuard, ParentPruned, PrunedMeanwhile
 from cloudfs.snapshot.prune.lease import PruneBusy, holding_lease
@@ -308,5 +309,21 @@ def test_r8_a_check_older_than_its_validity_is_made_again_before_the_put(world):
         store.listed.clear()
         await commit(writer, source, None, guard)
         assert store.listed.count("doomed/") == 2
+
+    trio.run(run)
+
+
+def test_an_unreadable_doom_list_stops_commits_until_a_prune_voids_it(world):
+    store, source = world
+
+    async def run():
+        writer, maintainer = await open_roles(store)
+        (source / "x").write_bytes(b"x")
+        await maintainer.store.put("doomed/2026-01-01T000000.000000Z-00000000", b"CLFS\x01\x08\x01\x00garbage")
+        with pytest.raises(IntegrityError, match="doomed/"):
+            await commit(writer, source)
+        await prune_once(maintainer)
+        assert not await maintainer.store.list("doomed/")
+        await commit(writer, source)
 
     trio.run(run)

@@ -17,10 +17,12 @@ ages by this machine's clock.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+from cloudfs.errors import IntegrityError
 from cloudfs.repo import Repository
 from cloudfs.repo.doomlist import DOOMED_PREFIX, DoomList
 from cloudfs.snapshot.prune.lease import DURATION, holding_lease
@@ -28,6 +30,8 @@ from cloudfs.snapshot.prune.mark import MarkPlan, mark, plan_mark, stored_chunks
 from cloudfs.snapshot.prune.reach import needed_blobs, refuse_damaged_index
 from cloudfs.snapshot.prune.repack import Repacked
 from cloudfs.snapshot.prune.sweep import SweepPlan, carry_out, plan_sweep
+
+log = logging.getLogger(__name__)
 
 GRACE = timedelta(days=7)
 MAX_UNUSED = 0.10
@@ -84,9 +88,19 @@ async def prune(repo: Repository, options: PruneOptions, progress: Progress = Pr
     return report
 
 
-async def _doom_lists(repo: Repository) -> list[tuple[DoomList, datetime]]:
-    return [(await repo.doom_list(info.name), info.modified)
-            for info in await repo.store.list(DOOMED_PREFIX)]
+async def _doom_lists(repo: Repository, *, void_unreadable: bool = True) -> list[tuple[DoomList, datetime]]:
+    """The doom lists with their store times. One that cannot be read is removed
+    (`void_unreadable`): that cancels its mark, deleting nothing it named, and
+    writers, which refuse to commit beside a doom list they cannot read, go on."""
+    found = []
+    for info in await repo.store.list(DOOMED_PREFIX):
+        try:
+            found.append((await repo.doom_list(info.name), info.modified))
+        except IntegrityError as error:
+            log.warning("%s; removing it: its mark is void and nothing it named is deleted", error)
+            if void_unreadable:
+                await repo.store.delete(info.name)
+    return found
 
 
 async def _sweep(repo: Repository, doom: DoomList, now: datetime, still_held, progress: Progress) -> SweepPlan:
@@ -111,7 +125,7 @@ async def _mark(repo: Repository, now: datetime, options: PruneOptions, progress
 async def _plan_only(repo: Repository, options: PruneOptions) -> PruneReport:
     report = PruneReport(dry_run=True)
     now = datetime.now(timezone.utc)
-    pending = await _doom_lists(repo)
+    pending = await _doom_lists(repo, void_unreadable=False)
     for doom, stored_at in pending:
         ripe_at = stored_at + timedelta(microseconds=doom.grace_ns / 1000)
         if ripe_at > now:
