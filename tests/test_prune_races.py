@@ -76,19 +76,27 @@ async def assert_intact(store, expected: dict) -> None:
     assert report.ok, report.errors
 
 
+async def garbage_brought_back(store, writer, maintainer, source):
+    """x's content goes out of every kept snapshot (forgotten, old by the store's
+    clock), then comes back into the source: building it again is all dedup hits.
+    Returns the snapshot that is kept (x's other content)."""
+    content = os.urandom(200_000)
+    (source / "x").write_bytes(content)
+    first = await commit(writer, source)
+    (source / "x").write_bytes(b"other")
+    kept = await commit(writer, source, first)
+    await maintainer.forget_snapshot(first)
+    store.age()
+    (source / "x").write_bytes(content)
+    return kept
+
+
 def test_r1_a_dedup_hit_on_a_doomed_chunk_is_stored_again_before_the_commit(world):
     store, source = world
-    content = os.urandom(200_000)
 
     async def run():
         writer, maintainer = await open_roles(store)
-        (source / "x").write_bytes(content)
-        first = await commit(writer, source)
-        (source / "x").write_bytes(b"other")
-        second = await commit(writer, source, first)
-        await maintainer.forget_snapshot(first)           # x's first content: in no kept snapshot
-        store.age()
-        (source / "x").write_bytes(content)                # back: every block a dedup hit
+        second = await garbage_brought_back(store, writer, maintainer, source)
 
         async def mark():
             report = await prune_once(maintainer)
@@ -107,17 +115,10 @@ def test_r1_a_dedup_hit_on_a_doomed_chunk_is_stored_again_before_the_commit(worl
 
 def test_r1_r2_a_snapshot_committed_during_the_mark_is_rescued_by_the_sweep(world):
     store, source = world
-    content = os.urandom(200_000)
 
     async def run():
         writer, maintainer = await open_roles(store)
-        (source / "x").write_bytes(content)
-        first = await commit(writer, source)
-        (source / "x").write_bytes(b"other")
-        await commit(writer, source, first)
-        await maintainer.forget_snapshot(first)
-        store.age()
-        (source / "x").write_bytes(content)
+        await garbage_brought_back(store, writer, maintainer, source)
 
         async def mark():            # the writer checked before the doom list existed
             assert (await prune_once(maintainer)).doom is not None
@@ -134,17 +135,10 @@ def test_r1_r2_a_snapshot_committed_during_the_mark_is_rescued_by_the_sweep(worl
 
 def test_r1_a_chunk_swept_before_the_commit_makes_the_attempt_read_again(world):
     store, source = world
-    content = os.urandom(200_000)
 
     async def run():
         writer, maintainer = await open_roles(store)
-        (source / "x").write_bytes(content)
-        first = await commit(writer, source)
-        (source / "x").write_bytes(b"other")
-        await commit(writer, source, first)
-        await maintainer.forget_snapshot(first)
-        store.age()
-        (source / "x").write_bytes(content)
+        await garbage_brought_back(store, writer, maintainer, source)
 
         async def mark_and_sweep():
             await prune_once(maintainer)
