@@ -22,6 +22,7 @@ import trio
 from cloudfs.errors import AccessDenied, StoreUnavailable, leaf_errors
 from cloudfs.repo import Repository, Snapshot
 from cloudfs.snapshot.builder import BuildStats, TreeBuilder
+from cloudfs.snapshot.prune.guard import DoomGuard, PrunedMeanwhile
 from cloudfs.snapshot.rules import PathChanges
 from cloudfs.snapshot.reader import TreeReader
 from cloudfs.snapshot.sink import RepositorySink
@@ -35,9 +36,13 @@ async def commit_snapshot(repo: Repository, source: Source, *, source_path: str,
                           time_ns: int | None = None, reader: TreeReader | None = None,
                           builder_stats: BuildStats | None = None,
                           exclude: Callable[[bytes], bool] | None = None,
-                          tags: tuple[str, ...] = ()) -> Snapshot:
-    """Build and commit one snapshot; `time_ns` is its sealing instant."""
+                          tags: tuple[str, ...] = (), guard: DoomGuard | None = None) -> Snapshot:
+    """Build and commit one snapshot; `time_ns` is its sealing instant. `guard`
+    keeps it off the chunks a prune is deleting (one per writer: it remembers
+    what its last snapshot was checked against)."""
     time_ns = time_ns or time.time_ns()
+    guard = guard or DoomGuard(repo)
+    guard.start_attempt()
     before = (repo.written.raw_bytes, repo.written.chunk_bytes + repo.written.metadata_bytes)
     builder = TreeBuilder(source, RepositorySink(repo), reader or TreeReader(repo), repo.config.block_size,
                           exclude)
@@ -53,7 +58,9 @@ async def commit_snapshot(repo: Repository, source: Source, *, source_path: str,
                "bytes_read": stats.bytes_read, "bytes_added": repo.written.raw_bytes - before[0],
                "bytes_stored": repo.written.chunk_bytes + repo.written.metadata_bytes - before[1]},
     )
-    return await repo.save_snapshot(snapshot)
+    snapshot = await repo.save_snapshot(snapshot, before_put=lambda: guard.before_put(root, previous))
+    guard.committed(snapshot)
+    return snapshot
 
 
 async def snapshot_directory(repo: Repository, path: str | os.PathLike, *,
@@ -114,6 +121,7 @@ class Uploader:
 
     RETRY_BASE = 1.0
     RETRY_MAX = 60.0
+    PRUNED_RETRIES = 3      # attempts repeated because a prune deleted what they counted on
 
     def __init__(self, repo: Repository, source_path: str, previous: Snapshot | None,
                  exclude: Callable[[bytes], bool] | None = None):
@@ -123,6 +131,7 @@ class Uploader:
         self.exclude = exclude
         self.status = UploadStatus()
         self._reader = TreeReader(repo)
+        self.guard = DoomGuard(repo)
         if previous is not None:
             self.status.last_snapshot = previous.name
             self.status.last_snapshot_time_ns = previous.time_ns
@@ -131,13 +140,19 @@ class Uploader:
                      tags: tuple[str, ...] = ()) -> Snapshot:
         """Build and commit the snapshot of a sealed state, retrying for as long as the
         store is unreachable or refuses us; other errors are raised to the caller."""
-        failures = 0
+        failures = pruned = 0
         while True:
             # A failure the packer kept belongs to the attempt that hit it: a snapshot
             # given up mid-upload (its tasks cancelled) must not fail the next one.
             self.repo.packer.reset_failure()
             try:
                 return await self._attempt(source, changes, time_ns, tags)
+            except PrunedMeanwhile as error:
+                pruned += 1
+                if pruned > self.PRUNED_RETRIES:
+                    raise
+                log.warning("%s", error)
+                continue
             except BaseException as raised:
                 error = _transient_store_error(raised)
                 if error is None:
@@ -158,7 +173,7 @@ class Uploader:
             snapshot = await commit_snapshot(self.repo, source, source_path=self.source_path,
                                              previous=self.previous, changes=changes, time_ns=time_ns,
                                              reader=self._reader, builder_stats=status.current,
-                                             exclude=self.exclude, tags=tags)
+                                             exclude=self.exclude, tags=tags, guard=self.guard)
         finally:
             status.uploading_since_ns = None
         stored = self.repo.written.chunk_bytes + self.repo.written.metadata_bytes - stored_before

@@ -91,6 +91,7 @@ def test_what_each_command_prints_is_what_docs_json_md_says(protected, tmp_path)
     assert run("restore", "latest", str(tmp_path / "out"), "--dry-run")["estimate"]["seconds"] >= 0
     assert run("restore", "latest", str(tmp_path / "out"))["files"] >= 1
     run("forget", "--dry-run")
+    assert run("prune", "--dry-run")["dry_run"] is True
     run("policy", "show")
     run_cloudfs("policy", "set", "--keep-last", "10", env=env)
     run("policy", "show")          # now with who stored it, and when

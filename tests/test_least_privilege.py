@@ -8,8 +8,10 @@ server in its IAM mode, on repositories made with --object-lock.
 - A repository vandalised with the maintenance keys (every object overwritten, most
   hidden behind delete markers) restores bit-exact, checks clean and browses with
   `--as-of` a moment before.
-- Maintenance commands without the maintenance role's rights stop with one line
-  naming the permission; given its credentials (a file or a profile), they work.
+- Maintenance commands (forget, prune) without the maintenance role's rights stop
+  with one line naming the permission; given its credentials (a file or a
+  profile), they work.
+- A prune that would delete compliance-locked chunks skips them and says so.
 """
 
 from __future__ import annotations
@@ -214,6 +216,8 @@ def test_maintenance_without_its_rights_is_one_line_and_its_credentials_work(loc
     line = one_line_error(run_cloudfs("forget", "--keep-last", "1", check=False, env=locked.env))
     assert "the maintenance role cannot delete (s3:DeleteObject): use --maintenance-profile" in line
     assert len(locked.snapshots()) == 3      # the mount's first, and two; nothing was deleted
+    line = one_line_error(run_cloudfs("prune", check=False, env=locked.env))
+    assert "the maintenance role cannot write (s3:PutObject): use --maintenance-profile" in line
 
     credentials = iam.credentials_file(tmp_path / "maintenance-credentials", "maintenance")
     run_cloudfs("forget", "--keep-last", "1", "--maintenance-credentials", credentials, env=locked.env)
@@ -262,3 +266,11 @@ def test_a_compliance_locked_snapshot_that_forget_deletes_stays_stored_and_resto
         target = tmp_path / "restored"
         run_cloudfs("restore", "--as-of", moment, first.removeprefix("snapshots/"), target, env=tree.env)
         assert not diff(expected, capture_directory(target))
+
+        pruned = run_cloudfs("prune", "--grace", "0", "--maintenance-credentials", credentials, env=tree.env)
+        assert "locked (S3 Object Lock)" in pruned.stdout and "delete 0 chunks" in pruned.stdout
+        assert admin.head_object(Bucket=tree.bucket, Key=f"{PREFIX}/{pruned.stdout.split('skipped ')[1].split(':')[0]}")
+        assert run_cloudfs("check", env=tree.env, check=False).returncode == 0
+        latest = tmp_path / "latest"
+        run_cloudfs("restore", "latest", latest, env=tree.env)
+        assert (latest / "big.bin").read_bytes() == b"replaced"

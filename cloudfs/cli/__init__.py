@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "cloudfs.cli.browse_commands",
     "cloudfs.cli.daemon_commands",
     "cloudfs.cli.retention_commands",
+    "cloudfs.cli.prune_commands",
     "cloudfs.cli.config_commands",
     "cloudfs.cli.service_commands",
     "cloudfs.cli.doctor_commands",

@@ -168,6 +168,15 @@ def run_key_passwd(args) -> int:
 
 
 def run_check(args) -> int:
+    report = check_report(args)
+    if args.json:
+        print_json(check_json(args, report))
+        return 0 if report.ok else 1
+    print_check(args, report)
+    return 0 if report.ok else 1
+
+
+def check_report(args):
     from tqdm import tqdm
 
     from cloudfs.check import check_repository
@@ -182,12 +191,16 @@ def run_check(args) -> int:
 
             return await check_repository(repo, read_data=args.read_data, progress=bar.update, expect=expect)
 
-    report = with_repository(args, check)
-    if args.json:
-        print_json({"ok": report.ok, "read_data": args.read_data, "snapshots": report.snapshots,
-                    "chunks": report.chunks, "blobs": report.blobs, "bytes_read": report.bytes_read,
-                    "errors": report.errors, "warnings": report.warnings})
-        return 0 if report.ok else 1
+    return with_repository(args, check)
+
+
+def check_json(args, report) -> dict:
+    return {"ok": report.ok, "read_data": args.read_data, "snapshots": report.snapshots,
+            "chunks": report.chunks, "blobs": report.blobs, "bytes_read": report.bytes_read,
+            "errors": report.errors, "warnings": report.warnings}
+
+
+def print_check(args, report) -> None:
     for warning in report.warnings:
         print(f"warning: {warning}")
     for error in report.errors:
@@ -195,7 +208,6 @@ def run_check(args) -> int:
     read = f", read {report.bytes_read / 2**20:.1f} MiB" if args.read_data else ""
     print(f"checked {report.snapshots} snapshots, {report.chunks} chunks, {report.blobs} blobs{read}: "
           + ("no errors found" if report.ok else f"{len(report.errors)} errors"))
-    return 0 if report.ok else 1
 
 
 def run_repair_index(args) -> int:

@@ -150,6 +150,20 @@ def run_forget(args) -> int:
     return 0
 
 
+def forget_by_policy(args):
+    """Apply the repository's policy to every group (what `cloudfs maintenance` runs);
+    returns the snapshots removed."""
+    from cloudfs.snapshot.forget import forget, plan_forget, refuse_empty_groups, repository_policy
+
+    async def run(repo):
+        policy, _ = await repository_policy(repo)
+        plans = plan_forget(policy, await repo.snapshots(), time.time_ns(), frozenset(await repo.pinned()))
+        refuse_empty_groups(plans)
+        return (await forget(repo, plans)).removed
+
+    return with_repository(args, run, maintenance=True)
+
+
 def _report_forget(args, policy: Policy, origin: str, plans, result) -> None:
     if args.json:
         print_json({"policy": policy.describe(), "rules": policy.to_record(), "policy_from": origin,
@@ -170,7 +184,7 @@ def _report_forget(args, policy: Policy, origin: str, plans, result) -> None:
         return
     for snapshot in result.spared:
         print(f"spared {snapshot.name}: it was pinned while forget ran")
-    print(f"removed {len(result.removed)} snapshots (their data stays until a prune)")
+    print(f"removed {len(result.removed)} snapshots (their data goes at the next prunes)")
 
 
 def _group_json(plan) -> dict:

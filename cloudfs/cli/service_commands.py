@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 
 from cloudfs.cli import configured
-from cloudfs.cli.common import repository_options
+from cloudfs.cli.common import print_json, repository_options
+from cloudfs.cli.prune_commands import grace_period, print_report, prune_repository, report_json, unused_share
+from cloudfs.cli.repo_commands import check_json, check_report, print_check
+from cloudfs.cli.retention_commands import forget_by_policy
 
 
 def register(subparsers) -> None:
@@ -37,14 +40,18 @@ def register(subparsers) -> None:
     maintenance = subparsers.add_parser(
         "maintenance", parents=[repository_options()],
         help="the upkeep of a configured directory's repository (what the timer runs)",
-        description="Check the repository of [directories.NAME] (forget and prune join this "
-                    "as they land). Run by cloudfs-maintenance@NAME.timer, with the maintenance "
-                    "role's credentials.")
+        description="The upkeep of the repository of [directories.NAME]: forget the snapshots "
+                    "its policy does not keep (cloudfs policy show), prune, then check. Run by "
+                    "cloudfs-maintenance@NAME.timer, with the maintenance role's credentials.")
     maintenance.add_argument("name", metavar="NAME", help="a [directories.NAME] of the configuration file")
     configured.config_option(maintenance)
     maintenance.add_argument("--read-data", action="store_true",
                              help="also download and verify every chunk and every blob in it")
-    maintenance.add_argument("--json", action="store_true", help="as `cloudfs check --json`")
+    maintenance.add_argument("--grace", type=grace_period, default=7 * 86400.0, metavar="DURATION",
+                             help="prune's grace period (default 7d)")
+    maintenance.add_argument("--max-unused", type=unused_share, default=0.10, metavar="PERCENT",
+                             help="prune's repacking threshold (default 10%%)")
+    maintenance.add_argument("--json", action="store_true")
     maintenance.set_defaults(run=run_maintenance)
 
 
@@ -93,8 +100,18 @@ def _needs_mounted(source: str, mountpoint: str) -> list[str]:
 
 
 def run_maintenance(args) -> int:
-    from cloudfs.cli.repo_commands import run_check
-
+    """forget (the repository's policy), prune, check: in that order, so that
+    what forget let go is marked by this prune and deleted by the next."""
     config = configured.load_config(args)
     configured.apply(args, config.entry(args.name).settings)
-    return run_check(args)
+    removed = forget_by_policy(args)
+    pruned = prune_repository(args, False, args.grace, args.max_unused)
+    checked = check_report(args)
+    if args.json:
+        print_json({"forgot": [snapshot.name for snapshot in removed], "prune": report_json(pruned),
+                    "check": check_json(args, checked)})
+        return 0 if checked.ok else 1
+    print(f"forgot {len(removed)} snapshots (the repository's policy)")
+    print_report(pruned)
+    print_check(args, checked)
+    return 0 if checked.ok else 1

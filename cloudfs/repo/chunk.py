@@ -112,6 +112,13 @@ def blob_associated_data(blob_id: bytes, kind: BlobKind) -> bytes:
 
 def open_record(master: crypto.MasterKey, location: BlobLocation, record: bytes, name: str) -> bytes:
     """Decrypt, authenticate, decompress and hash-check one blob (I5)."""
+    return open_record_payload(master, location, record, name)[1]
+
+
+def open_record_payload(master: crypto.MasterKey, location: BlobLocation, record: bytes,
+                        name: str) -> tuple[bytes, bytes]:
+    """open_record, also giving the payload as sealed (maybe compressed): what a
+    repack seals again under another chunk's key without compressing it again."""
     if len(record) != location.length:
         raise IntegrityError(name, f"blob {location.blob_id.hex()[:16]} is truncated")
     try:
@@ -124,7 +131,7 @@ def open_record(master: crypto.MasterKey, location: BlobLocation, record: bytes,
         raise IntegrityError(name, f"blob {location.blob_id.hex()[:16]} is unreadable ({error})") from None
     if len(plaintext) != location.raw_length or master.blob_id(plaintext) != location.blob_id:
         raise IntegrityError(name, f"blob {location.blob_id.hex()[:16]} does not match its hash")
-    return plaintext
+    return payload, plaintext
 
 
 class ChunkBuilder:

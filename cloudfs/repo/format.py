@@ -7,7 +7,7 @@ Every object begins with an 8-byte header, in the clear and authenticated:
     offset 5  1 byte   object kind (Kind)
     offset 6  2 bytes  flags, little-endian (bit 0: payload is zstd-compressed)
 
-Config, index, snapshot, policy and pin objects are a header followed by one sealed message
+Config, index, snapshot, policy, pin, doom-list and lease objects are a header followed by one sealed message
 whose associated data is the header and the object's name, so an object cannot
 be altered, swapped for another, or renamed without detection. Their plaintext
 is msgpack. See docs/format.md.
@@ -42,6 +42,8 @@ class Kind(enum.IntEnum):
     SNAPSHOT = 5
     POLICY = 6
     PIN = 7
+    DOOM_LIST = 8
+    LEASE = 9
 
 
 def make_header(kind: Kind, flags: int = 0) -> bytes:
@@ -72,10 +74,10 @@ def time_stamped_name(prefix: str, time_ns: int) -> str:
     return f"{prefix}{stamp:%Y-%m-%dT%H%M%S}.{micros:06d}Z-{os.urandom(4).hex()}"
 
 
-def seal_dataclass(kind: Kind, key: bytes, record) -> bytes:
+def seal_dataclass(kind: Kind, key: bytes, record, compress: bool = False) -> bytes:
     """A dataclass with a `name` field, sealed under that name as the map of its other fields."""
     value = {field: item for field, item in dataclasses.asdict(record).items() if field != "name"}
-    return seal_object(kind, key, record.name, value)
+    return seal_object(kind, key, record.name, value, compress=compress)
 
 
 def open_dataclass(cls, kind: Kind, key: bytes, name: str, data: bytes):

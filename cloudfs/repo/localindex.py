@@ -84,6 +84,9 @@ _LOCATE = ("SELECT b.kind, c.id, b.offset, b.length, b.raw_length FROM blobs b "
 _LOCATE_MANY = ("SELECT b.id, b.kind, c.id, b.offset, b.length, b.raw_length FROM blobs b "
                 "JOIN chunks c ON c.number = b.chunk WHERE b.id IN ({})")
 
+_COPIES_OF = ("SELECT k.id, k.kind, c.id, k.offset, k.length, k.raw_length FROM copies k "
+              "JOIN chunks c ON c.number = k.chunk WHERE k.id IN ({})")
+
 _abandoned: list[sqlite3.Connection] = []   # connections inherited across a fork: never touched
 
 
@@ -265,6 +268,21 @@ class BlobIndex:
             query = _LOCATE_MANY.format(",".join("?" * len(batch)))
             for blob_id, *rest in self._all(query, batch):
                 found[blob_id] = _location(blob_id, *rest)
+        return found
+
+    def locations_many(self, blob_ids: Iterable[bytes]) -> dict[bytes, list[BlobLocation]]:
+        """Every known copy of each of these blobs, the one `get` gives first; blobs
+        the index does not know are absent. For deciding whether a blob outlives
+        the chunks prune deletes."""
+        found = {blob_id: [location] for blob_id, location in self.get_many(blob_ids).items()}
+        wanted = list(found)
+        for start in range(0, len(wanted), LOOKUP_BATCH):
+            batch = wanted[start:start + LOOKUP_BATCH]
+            query = _COPIES_OF.format(",".join("?" * len(batch)))
+            for blob_id, *rest in self._all(query, batch):
+                location = _location(blob_id, *rest)
+                if location not in found[blob_id]:
+                    found[blob_id].append(location)
         return found
 
     # -- chunks ------------------------------------------------------------------------------

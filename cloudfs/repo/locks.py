@@ -80,3 +80,18 @@ async def _keep_locked(store: Store, name: str, version_id: str, target: Retenti
     await store.extend_retention(name, Retention(mode, target.until), version_id)
     report.extended += 1
     return target.until
+
+
+async def relock(store: Store, lock: ObjectLock, names: Iterable[str], *, now: datetime) -> int:
+    """Lock the current version of each named object until `now + lock.days`, unless
+    it is locked that long already (prune's rescued chunks: needed again, I10).
+    Returns how many locks were extended."""
+    until = now + timedelta(days=lock.days)
+    extended = 0
+    for name in names:
+        current = await store.retention(name)
+        if current is None or current.until < until:
+            mode = "compliance" if current is not None and current.mode == "compliance" else lock.mode
+            await store.extend_retention(name, Retention(mode, until))
+            extended += 1
+    return extended

@@ -36,6 +36,11 @@ Concurrency rules (the only ones; keep them true when changing this file):
   dedup checks the index and the pending set under the lock, and the upload
   moves ids from pending to the index under the same lock, so a blob is never
   stored twice by one packer.
+- A blob found in the index (a dedup hit) is noted in `relied_on`, under the
+  lock, and so is every chunk stored: what a snapshot counts on, which the
+  writer checks against prune's doom lists before it commits (docs/prune.md).
+  `force=True` stores a blob although the index has it (prune's repack, and a
+  writer rescuing a blob whose only copy is doomed).
 """
 
 from __future__ import annotations
@@ -76,17 +81,22 @@ class Packer:
         self._open: _OpenChunk | None = None
         self._pending: set[bytes] = set()
         self._failure: BaseException | None = None
+        self.relied_on = ReliedOn()
 
     # -- worker threads -------------------------------------------------------------
 
     def store_sync(self, kind: BlobKind, plaintext, *, blob_id: bytes | None = None,
-                   compress: bool = True, payload=None) -> bytes:
-        """Store one blob unless the repository has it; return its id. Worker threads only.
-        `payload`, if given, is the already encoded (maybe compressed) plaintext."""
+                   compress: bool = True, payload=None, force: bool = False) -> bytes:
+        """Store one blob unless the repository has it (`force`: unless this packer
+        is storing it already); return its id. Worker threads only. `payload`, if
+        given, is the already encoded (maybe compressed) plaintext."""
         blob_id = blob_id or self.repo.master.blob_id(plaintext)
         with self._lock:
             self._raise_if_failed()
-            if blob_id in self._pending or blob_id in self.repo.index:
+            if blob_id in self._pending:
+                return blob_id
+            if not force and blob_id in self.repo.index:
+                self.relied_on.hit(blob_id)
                 return blob_id
             self._pending.add(blob_id)
         if payload is None:
@@ -167,6 +177,7 @@ class Packer:
         info = ChunkInfo(builder.chunk_id, len(data), digest, tuple(builder.blobs))
         with self._lock:
             self.repo.index.add_chunk(info)
+            self.relied_on.chunks.append(builder.chunk_id)
             self._pending.difference_update(chunk.ids)
             self.repo.written.chunks += 1
             self.repo.written.chunk_bytes += len(data)
@@ -187,6 +198,30 @@ class Packer:
         """Allow new work after a failed upload (the failed chunk's blobs are not stored)."""
         with self._lock:
             self._failure = None
+
+
+class ReliedOn:
+    """What the blobs stored since `clear()` rely on: the chunks stored, and the
+    blobs found in the index (dedup hits), up to `limit` of them (about 100 bytes
+    each in RAM); past it only the fact is kept (`overflowed`), and whoever checks
+    them walks the snapshot instead."""
+
+    LIMIT = 100_000
+
+    def __init__(self, limit: int = LIMIT):
+        self.limit = limit
+        self.clear()
+
+    def hit(self, blob_id: bytes) -> None:
+        if len(self.hits) < self.limit:
+            self.hits.add(blob_id)
+        elif blob_id not in self.hits:
+            self.overflowed = True
+
+    def clear(self) -> None:
+        self.hits: set[bytes] = set()
+        self.chunks: list[bytes] = []
+        self.overflowed = False
 
 
 def _sha256(data: FilePayload) -> bytes:

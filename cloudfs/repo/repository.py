@@ -3,13 +3,15 @@
 Writes follow the commit-last rule (I4): chunks are stored and verified, then
 the index object naming them, and only then may a snapshot refer to them.
 Nothing here deletes an object except key management, failed-init cleanup, index
-repair and forget: maintenance work, which fails with the writer role's store (I9).
+repair and forget: maintenance work, which fails with the writer role's store (I9);
+prune deletes through cloudfs/snapshot/prune/.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,9 +45,11 @@ from cloudfs.repo.index import (
     open_index_listing,
     seal_index,
 )
+from cloudfs.repo.doomlist import DoomList
 from cloudfs.repo.indexload import absorb_objects, forget_unlisted
 from cloudfs.repo.localindex import INDEX_FILE, BlobIndex
 from cloudfs.repo.keys import KEYS_PREFIX, KeySlot
+from cloudfs.repo.lease import Lease
 from cloudfs.repo.packer import Packer
 from cloudfs.repo.pins import PINS_PREFIX, Pin, pinned_snapshot
 from cloudfs.repo.policy import POLICY_PREFIX, PolicyRecord
@@ -84,6 +88,7 @@ class Repository:
             index = BlobIndex(cache.directory and cache.directory / INDEX_FILE, config.repo_id)
         self.index = index
         self._naming = trio.Lock()        # one index object written at a time
+        self._reloading = trio.Lock()     # one reload of the index at a time (get_blob)
         self._listing_cache: tuple[str, dict[bytes, ChunkInfo]] | None = None
         self.damaged_objects: dict[str, str] = {}   # name -> why it could not be used
         self.written = WriteStats()
@@ -333,28 +338,46 @@ class Repository:
             await trio.to_thread.run_sync(self.index.add_object, name, chunks)
 
     async def get_blob(self, blob_id: bytes) -> bytes:
-        """The verified plaintext of a stored blob (I5), or IntegrityError."""
+        """The verified plaintext of a stored blob (I5), or IntegrityError. A chunk
+        that is gone makes the index be read again once: a prune may have moved the
+        blob to another chunk since this process loaded it (docs/prune.md, R4)."""
         location = self.index.get(blob_id)
         if location is None:
             raise IntegrityError(f"blob {blob_id.hex()[:16]}", "not in the index")
-        return await self.read_blob(location)
+        try:
+            return await self._read_record(location)
+        except ObjectNotFound:
+            async with self._reloading:
+                await self.load_index()
+            moved = self.index.get(blob_id)
+            if moved is None or moved.chunk_id == location.chunk_id:
+                raise IntegrityError(chunk_name(location.chunk_id), "chunk is missing from the store") from None
+            return await self.read_blob(moved)
 
     async def read_blob(self, location: BlobLocation) -> bytes:
-        name = chunk_name(location.chunk_id)
         try:
-            record = await self.store.get(name, location.offset, location.length)
+            return await self._read_record(location)
         except ObjectNotFound:
-            raise IntegrityError(name, "chunk is missing from the store") from None
+            raise IntegrityError(chunk_name(location.chunk_id), "chunk is missing from the store") from None
+
+    async def _read_record(self, location: BlobLocation) -> bytes:
+        name = chunk_name(location.chunk_id)
+        record = await self.store.get(name, location.offset, location.length)
         if location.raw_length >= THREAD_THRESHOLD:
             return await trio.to_thread.run_sync(open_record, self.master, location, record, name)
         return open_record(self.master, location, record, name)
 
     # -- snapshots -------------------------------------------------------------------
 
-    async def save_snapshot(self, snapshot: Snapshot) -> Snapshot:
+    async def save_snapshot(self, snapshot: Snapshot,
+                            before_put: Callable[[], Awaitable[None]] | None = None) -> Snapshot:
         """Write the snapshot object last (I4): flush first, and refuse a root tree
-        that is not stored."""
+        that is not stored. `before_put` runs after the flush, right before the put
+        (the writer's check against prune's doom lists, which may store blobs and
+        flush again)."""
         await self.flush()
+        if before_put is not None:
+            await before_put()
         if snapshot.tree not in self.index:
             raise IntegrityError("snapshot", "its root tree is not stored; refusing to commit")
         snapshot = snapshot.with_name()
@@ -418,6 +441,21 @@ class Repository:
         if pinned_snapshot(name) is None:
             raise ValueError(f"{name} is not a pin")
         await self.store.delete(name)
+
+    # -- prune's objects (docs/prune.md) ---------------------------------------------
+
+    async def doom_list(self, name: str) -> DoomList:
+        return await self._load_cached(name, DoomList.open)
+
+    async def lease(self, name: str) -> Lease:
+        return await self._load_cached(name, Lease.open)
+
+    async def save_doom_list(self, doom: DoomList) -> DoomList:
+        doom = doom.with_name()
+        data = doom.seal(self.master)
+        await self.store.put(doom.name, data, exclusive=True)
+        self.cache.put(doom.name, data)
+        return doom
 
     # -- the retention policy --------------------------------------------------------
 

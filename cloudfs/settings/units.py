@@ -12,7 +12,7 @@ import re
 OFF = "off"
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?(?:/s)?\s*$", re.IGNORECASE)
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h)?\s*$", re.IGNORECASE)
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)?\s*$", re.IGNORECASE)
 
 
 def parse_size(text: str) -> int:
@@ -27,12 +27,13 @@ def parse_size(text: str) -> int:
 
 
 def parse_duration(text: str) -> float:
-    """"300", "30s", "5m", "15min", "1h" -> seconds."""
+    """"300", "30s", "5m", "15min", "1h", "7d", "2w" -> seconds."""
     match = _DURATION.match(str(text))
     if not match:
         raise ValueError(f"not a duration: {text!r} (e.g. 300, 5m, 1h)")
     unit = (match.group(2) or "s").lower()
-    seconds = float(match.group(1)) * {"s": 1, "m": 60, "min": 60, "h": 3600}[unit]
+    seconds = float(match.group(1)) * {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400,
+                                           "w": 604800}[unit]
     if seconds <= 0:
         raise ValueError(f"must be positive: {text!r}")
     return seconds

@@ -1,6 +1,7 @@
 """Which chunks the snapshots need: every blob their trees reach, walked with bounded memory.
 
-Lock extension (cloudfs/snapshot/locks.py) needs it, and prune will. The walk
+Lock extension (cloudfs/snapshot/locks.py) needs the chunks; prune needs the
+blobs themselves (`walk_blobs`, which hands each id to its caller). The walk
 goes snapshot by snapshot, directory node by directory node; what it keeps is
 the set of chunk ids (a chunk is 64 MiB, so a TiB is 16k ids) and a bounded
 memory of subtrees and block-list nodes already walked, so the next snapshot,
@@ -12,6 +13,7 @@ costs time, never correctness.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cloudfs.errors import CloudfsError
@@ -33,17 +35,39 @@ class Reachable:
 
 async def reachable_chunks(repo: Repository, snapshots: list[Snapshot], *,
                            remembered: int = REMEMBERED_NODES) -> Reachable:
-    walk = _Walk(repo, remembered)
+    result = Reachable()
+
+    def count(blob_id: bytes) -> None:
+        location = repo.index.get(blob_id)
+        if location is None:
+            result.missing_blobs += 1
+        else:
+            result.chunks.add(location.chunk_id)
+
+    walk = _Walk(repo, remembered, count, result)
     for snapshot in snapshots:
         await walk.directory(snapshot.tree)
-    return walk.result
+    return result
+
+
+async def walk_blobs(repo: Repository, roots: list[bytes], visit: Callable[[bytes], None], *,
+                     remembered: int = REMEMBERED_NODES) -> Reachable:
+    """Call `visit(blob_id)` for every blob the trees of `roots` reach (tree nodes
+    and data blocks; an id may be visited more than once). The result counts and
+    names the nodes that could not be read (its `chunks` stay empty): below those,
+    what is reached is unknown."""
+    result = Reachable()
+    walk = _Walk(repo, remembered, visit, result)
+    for root in roots:
+        await walk.directory(root)
+    return result
 
 
 class _Walk:
-    def __init__(self, repo: Repository, remembered: int):
-        self.index = repo.index
+    def __init__(self, repo: Repository, remembered: int, visit: Callable[[bytes], None], result: Reachable):
         self.reader = TreeReader(repo)
-        self.result = Reachable()
+        self.result = result
+        self._visit = visit
         self._walked: OrderedDict[bytes, None] = OrderedDict()
         self._remembered = remembered
 
@@ -94,13 +118,8 @@ class _Walk:
         return True
 
     def _blob(self, blob_id: bytes | None) -> None:
-        if blob_id is None:     # a block of zeros: stored nowhere
-            return
-        location = self.index.get(blob_id)
-        if location is None:
-            self.result.missing_blobs += 1
-        else:
-            self.result.chunks.add(location.chunk_id)
+        if blob_id is not None:     # None: a block of zeros, stored nowhere
+            self._visit(blob_id)
 
     def _unreadable(self, node: bytes, error: Exception) -> None:
         self.result.unreadable += 1

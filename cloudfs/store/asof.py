@@ -50,7 +50,7 @@ class AsOfStore(StoreWrapper):
         async for name, versions in versions_by_name(self.inner, prefix):
             version = version_at(versions, self.moment)
             if version is not None:
-                found.append(ObjectInfo(name, version.size))
+                found.append(ObjectInfo(name, version.size, version.modified))
                 folders.setdefault(folder_of(name), {})[name] = version
         for folder, names in folders.items():
             if folder.startswith(prefix):      # the listing covered the whole folder

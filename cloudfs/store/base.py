@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import os
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from cloudfs.errors import ObjectNotFound, UsageError
@@ -24,6 +24,10 @@ LOCK_MODES = ("governance", "compliance")
 class ObjectInfo:
     name: str
     size: int
+    #: when the store received the object (S3's LastModified, a file's mtime): the
+    #: store's clock, which prune's grace periods are measured by (docs/prune.md).
+    #: Not compared: two listings of one object are equal whatever their precision.
+    modified: datetime | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

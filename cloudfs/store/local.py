@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from datetime import datetime, timezone
 from pathlib import Path
 
 import trio
@@ -101,9 +102,10 @@ class LocalStore(Store):
                 name = path.relative_to(self.root).as_posix()
                 if name.startswith(prefix):
                     try:
-                        found.append(ObjectInfo(name, path.stat().st_size))
+                        stat = path.stat()
                     except FileNotFoundError:
                         continue
+                    found.append(ObjectInfo(name, stat.st_size, _utc(stat.st_mtime_ns)))
         return sorted(found, key=lambda info: info.name)
 
     async def delete(self, name: str) -> None:
@@ -123,6 +125,10 @@ class LocalStore(Store):
             await self._run(make_directories, self.root)
         except OSError as error:
             raise StoreError(f"cannot create {self.location}: {error.strerror}") from error
+
+
+def _utc(time_ns: int) -> datetime:
+    return datetime.fromtimestamp(time_ns / 1e9, timezone.utc)
 
 
 def _pread_all(fd: int, length: int, offset: int) -> bytes:

@@ -27,6 +27,12 @@ class WriterStore(StoreWrapper):
 
 
 class MaintenanceStore(StoreWrapper):
+    async def put(self, name, data, *, exclusive=False, sha256=None, retention=None):
+        try:
+            await self.inner.put(name, data, exclusive=exclusive, sha256=sha256, retention=retention)
+        except AccessDenied as error:
+            raise _role_lacks("write", error) from None
+
     async def delete(self, name):
         try:
             await self.inner.delete(name)

@@ -146,7 +146,8 @@ class S3Store(Store):
             paginator = self._client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
                 for item in page.get("Contents", []):
-                    found.append(ObjectInfo(item["Key"][len(self.prefix):], item["Size"]))
+                    found.append(ObjectInfo(item["Key"][len(self.prefix):], item["Size"],
+                                            item.get("LastModified")))
             return sorted(found, key=lambda info: info.name)
 
         return await self._call(request, "LIST", prefix or "/")

@@ -56,8 +56,9 @@ WantedBy={wanted_by}
 """
 
 _MAINTENANCE_TEXT = """\
-# cloudfs: upkeep of the repository of [directories.%i] of {config}
-# (today `cloudfs maintenance` checks it; forget and prune join it as they land).
+# cloudfs: upkeep of the repository of [directories.%i] of {config}:
+# `cloudfs maintenance` forgets by the repository's policy, prunes (deleting what
+# the previous week's run marked), then checks. Run it on one machine per repository.
 # The maintenance role's credentials, which may delete where the mount's may
 # not, go in the environment file (AWS_ACCESS_KEY_ID=..., AWS_SECRET_ACCESS_KEY=...).
 [Unit]
