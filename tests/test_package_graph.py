@@ -16,11 +16,12 @@ pytestmark = pytest.mark.timeout(60)
 
 PACKAGE = Path(__file__).parent.parent / "cloudfs"
 
-BASE = {"errors", "fsutil"}
+BASE = {"errors", "fsutil", "sqlitedb"}
 #: part -> the parts it may import (besides itself).
 MAY_IMPORT = {
     "errors": set(),
     "fsutil": set(),
+    "sqlitedb": set(),
     "malloc": set(),
     "locals3": set(),
     "system": BASE,

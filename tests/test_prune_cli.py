@@ -188,3 +188,25 @@ def test_a_prune_killed_at_any_step_leaves_a_clean_repository_and_a_rerun_comple
     history.assert_kept_restore()
     assert not trio.run(lambda: history.store.list("doomed/"))
     assert not trio.run(lambda: history.store.list("leases/"))
+
+
+def test_a_damaged_snapshot_object_stops_prune_until_healed_or_forgotten(s3_env, tmp_path):
+    """A snapshot object that cannot be read might still be healed (a replica, an
+    older version): prune must not delete what it refers to. `forget --damaged`
+    drops it on purpose; then prune runs."""
+    history = History(s3_env, tmp_path)
+    history.take(3, lambda i: (history.source / f"f{i}").write_bytes(os.urandom(50_000)))
+    names = sorted(trio.run(lambda: history.store.list("snapshots/")), key=lambda info: info.name)
+    damaged = names[0].name
+    data = bytearray(trio.run(lambda: history.store.get(damaged)))
+    data[-5] ^= 0xFF
+    trio.run(lambda: history.store.put(damaged, bytes(data)))
+    refused = history.cloudfs("prune", "--grace", "0s", check=False)
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("cloudfs: error: ")]
+    assert refused.returncode == 1 and len(errors) == 1 and "snapshot objects are damaged" in errors[0]
+    dry = json.loads(history.cloudfs("forget", "--keep-last", "10", "--damaged", "--dry-run", "--json").stdout)
+    assert dry["damaged"] == [damaged]
+    history.cloudfs("forget", "--keep-last", "10", "--damaged")
+    assert damaged not in {info.name for info in trio.run(lambda: history.store.list("snapshots/"))}
+    history.cloudfs("prune", "--grace", "0s")
+    history.cloudfs("check", "--read-data")

@@ -37,6 +37,10 @@ def register(subparsers) -> None:
                                     "delete nothing")
     forget_parser.add_argument("--allow-empty", action="store_true",
                                help="allow rules that keep no snapshot of a group")
+    forget_parser.add_argument("--damaged", action="store_true",
+                               help="also delete the snapshot objects that cannot be read (prune "
+                                    "refuses to run while any exists; heal them from a replica or "
+                                    "an older version instead if you can)")
     forget_parser.add_argument("--json", action="store_true")
     forget_parser.set_defaults(run=run_forget)
 
@@ -125,7 +129,8 @@ def _unit(period: str) -> str:
 
 
 def run_forget(args) -> int:
-    from cloudfs.snapshot.forget import forget, plan_forget, refuse_empty_groups, repository_policy
+    from cloudfs.snapshot.forget import (damaged_snapshots, drop_damaged, forget, plan_forget,
+                                         refuse_empty_groups, repository_policy)
 
     given = policy_from_args(args)
 
@@ -133,15 +138,19 @@ def run_forget(args) -> int:
         policy, origin = (given, "the command line") if given else await repository_policy(repo)
         snapshots = snapshot_filter(args).chosen(await repo.snapshots())
         plans = plan_forget(policy, snapshots, time.time_ns(), frozenset(await repo.pinned()))
+        damaged = damaged_snapshots(repo) if args.damaged else []
         if args.dry_run:
-            return policy, origin, plans, None, repo.config.object_lock
+            return policy, origin, plans, None, damaged, repo.config.object_lock
         if not args.allow_empty:
             refuse_empty_groups(plans)
-        return policy, origin, plans, await forget(repo, plans), repo.config.object_lock
+        result = await forget(repo, plans)
+        if args.damaged:
+            damaged = await drop_damaged(repo)
+        return policy, origin, plans, result, damaged, repo.config.object_lock
 
     # A dry run deletes nothing, so the writer's access will do.
-    policy, origin, plans, result, lock = with_repository(args, run, maintenance=not args.dry_run)
-    _report_forget(args, policy, origin, plans, result)
+    policy, origin, plans, result, damaged, lock = with_repository(args, run, maintenance=not args.dry_run)
+    _report_forget(args, policy, origin, plans, result, damaged)
     if result and result.removed and lock and not args.json:
         print(f"S3 Object Lock keeps the removed snapshot objects stored, hidden behind delete markers, "
               f"until their locks run out (at most {lock.days} days, {lock.mode} mode); --as-of still reads them")
@@ -164,10 +173,11 @@ def forget_by_policy(args):
     return with_repository(args, run, maintenance=True)
 
 
-def _report_forget(args, policy: Policy, origin: str, plans, result) -> None:
+def _report_forget(args, policy: Policy, origin: str, plans, result, damaged: list[str]) -> None:
     if args.json:
         print_json({"policy": policy.describe(), "rules": policy.to_record(), "policy_from": origin,
                     "dry_run": args.dry_run, "groups": [_group_json(plan) for plan in plans],
+                    "damaged": damaged,
                     "removed": [s.name for s in result.removed] if result else [],
                     "spared": [s.name for s in result.spared] if result else [],
                     "pins_removed": result.pins_removed if result else []})
@@ -179,6 +189,8 @@ def _report_forget(args, policy: Policy, origin: str, plans, result) -> None:
             action = "keep  " if decision.keep else "remove"
             print(f"  {action}  {_when(decision.snapshot)}  {_short_id(decision.snapshot)}  "
                   f"{', '.join(decision.reasons)}".rstrip())
+    for name in damaged:
+        print(f"{'would remove' if result is None else 'removed'} damaged {name}")
     if result is None:
         print("nothing deleted (--dry-run)")
         return

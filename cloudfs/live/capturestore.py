@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import sqlite3
 import struct
-import threading
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 
@@ -39,6 +38,7 @@ import msgpack
 
 from cloudfs.live.changes import RangeSet
 from cloudfs.live.scan import join, parent_of
+from cloudfs.sqlitedb import ThreadConnections
 
 CAPTURE_NAME = "capture.db"
 _BATCH = 10_000
@@ -71,9 +71,9 @@ class CaptureStore:
     def __init__(self, state_dir: Path):
         remove_leftovers(state_dir)
         self.path = Path(state_dir) / CAPTURE_NAME
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        self._connections = ThreadConnections(
+            self.path, ("journal_mode=WAL", "synchronous=OFF", "cache_size=-2048"),
+            on_open=lambda local: setattr(local, "rows", _Rows(self)))
         self._closed = False
         self._db().executescript(_SCHEMA)
         self._dir_ids: dict[bytes, int] = {}         # while capturing (one writer: the seal)
@@ -89,17 +89,11 @@ class CaptureStore:
         self.listings = _Listings(self)
 
     def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=OFF")
-            db.execute("PRAGMA cache_size=-2048")
-            self._local.db = db
-            self._local.rows = _Rows(self)
-            with self._lock:
-                self._connections.append(db)
-        return db
+        return self._connections.get()
+
+    @property
+    def _local(self):
+        return self._connections.local
 
     def finish(self) -> None:
         """The capture is complete: write what is buffered; from now on it is read only."""
@@ -113,11 +107,7 @@ class CaptureStore:
         if self._closed:
             return
         self._closed = True
-        with self._lock:
-            for connection in self._connections:
-                connection.close()
-            self._connections.clear()
-        self._local = threading.local()
+        self._connections.close()
         remove_leftovers(self.path.parent)
 
     # -- writing (the seal, on the trio thread) ----------------------------------------------

@@ -32,7 +32,6 @@ import contextlib
 import logging
 import os
 import sqlite3
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -41,7 +40,8 @@ from pathlib import Path
 
 import msgpack
 
-from cloudfs.live.scan import EntryStat, Listing, PACKED, join, pack_stat, parent_of, unpack_stat
+from cloudfs.live.scan import PACKED, EntryStat, Listing, join, pack_stat, parent_of, unpack_stat
+from cloudfs.sqlitedb import ThreadConnections
 
 __all__ = ["Checkpoint", "EntryStat", "Manifest", "ManifestDelta", "ManifestError", "join",
            "pack_stat", "parent_of"]
@@ -111,9 +111,8 @@ class Manifest:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        self._connections = ThreadConnections(self.path, (
+            "journal_mode=WAL", "synchronous=FULL", f"cache_size=-{CACHE_KIB}", "busy_timeout=30000"))
         self._checkpoint: Checkpoint | None = None
 
     # -- opening and making ---------------------------------------------------------------
@@ -182,34 +181,19 @@ class Manifest:
                                 f"version {values.get('version')!r}")
 
     def close(self) -> None:
-        with self._lock:
-            for connection in self._connections:
-                connection.close()
-            self._connections.clear()
-        self._local = threading.local()
+        self._connections.close()
 
     def forget_thread(self) -> None:
         """Close this thread's connection (a thread that ends should)."""
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            with self._lock:
-                self._connections.remove(db)
-            db.close()
-            self._local.db = None
+        self._connections.forget_thread()
 
     def _db(self) -> sqlite3.Connection:
         """This thread's connection."""
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-            db.execute("PRAGMA busy_timeout=30000")
-            self._local.db = db
-            with self._lock:
-                self._connections.append(db)
-        return db
+        return self._connections.get()
+
+    @property
+    def _local(self):
+        return self._connections.local
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[None]:

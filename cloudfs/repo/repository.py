@@ -428,10 +428,7 @@ class Repository:
     async def save_pin(self, pin: Pin) -> Pin:
         """Write a pin (a put, which the writer role may do), then make sure its
         snapshot is still there: a forget running meanwhile may have deleted it."""
-        pin = pin.with_name()
-        data = pin.seal(self.master)
-        await self.store.put(pin.name, data, exclusive=True)
-        self.cache.put(pin.name, data)
+        pin = await self._save_sealed(pin)
         if not await self.store.exists(pin.snapshot):
             raise ObjectNotFound(pin.snapshot, f"{pin.snapshot} was forgotten while it was being pinned")
         return pin
@@ -451,11 +448,7 @@ class Repository:
         return await self._load_cached(name, Lease.open)
 
     async def save_doom_list(self, doom: DoomList) -> DoomList:
-        doom = doom.with_name()
-        data = doom.seal(self.master)
-        await self.store.put(doom.name, data, exclusive=True)
-        self.cache.put(doom.name, data)
-        return doom
+        return await self._save_sealed(doom)
 
     # -- the retention policy --------------------------------------------------------
 
@@ -466,6 +459,11 @@ class Repository:
         return await self._load_cached(max(listed), PolicyRecord.open) if listed else None
 
     async def save_policy(self, record: PolicyRecord) -> PolicyRecord:
+        return await self._save_sealed(record)
+
+    async def _save_sealed(self, record):
+        """Name, seal and write once a write-once object (pin, policy, doom list);
+        keep a copy in the cache. Returns it with its name."""
         record = record.with_name()
         data = record.seal(self.master)
         await self.store.put(record.name, data, exclusive=True)

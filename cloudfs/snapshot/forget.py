@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from cloudfs.errors import IntegrityError, UsageError
 from cloudfs.repo import Repository, Snapshot
+from cloudfs.repo.snapshots import SNAPSHOTS_PREFIX
 from cloudfs.snapshot.retention import LADDER, Decision, Policy, apply_policy
 
 
@@ -100,3 +101,19 @@ async def forget(repo: Repository, plans: list[GroupPlan]) -> ForgetResult:
     for pin in orphans:
         await repo.remove_pin(pin)
     return ForgetResult(removed, spared, orphans)
+
+
+def damaged_snapshots(repo: Repository) -> list[str]:
+    """Snapshot objects `repo.snapshots()` could not read (call it first)."""
+    return sorted(name for name in repo.damaged_objects if name.startswith(SNAPSHOTS_PREFIX))
+
+
+async def drop_damaged(repo: Repository) -> list[str]:
+    """Delete the snapshot objects that cannot be read (`forget --damaged`): what they
+    referred to is then unneeded, and the next prune deletes it. Returns their names."""
+    names = damaged_snapshots(repo)
+    for name in names:
+        await repo.store.delete(name)
+        del repo.damaged_objects[name]
+    return names
+

@@ -27,7 +27,7 @@ from cloudfs.repo import Repository
 from cloudfs.repo.doomlist import DOOMED_PREFIX, DoomList
 from cloudfs.snapshot.prune.lease import DURATION, holding_lease
 from cloudfs.snapshot.prune.mark import MarkPlan, mark, plan_mark, stored_chunks
-from cloudfs.snapshot.prune.reach import needed_blobs, refuse_damaged_index
+from cloudfs.snapshot.prune.reach import needed_blobs, refuse_damaged_objects
 from cloudfs.snapshot.prune.repack import Repacked
 from cloudfs.snapshot.prune.sweep import SweepPlan, carry_out, plan_sweep
 
@@ -113,7 +113,7 @@ async def _sweep(repo: Repository, doom: DoomList, now: datetime, still_held, pr
 async def _mark(repo: Repository, now: datetime, options: PruneOptions, progress: Progress):
     snapshots = await repo.snapshots()
     await repo.load_index()
-    refuse_damaged_index(repo)
+    refuse_damaged_objects(repo)
     with await needed_blobs(repo, snapshots) as live:
         chunks = await stored_chunks(repo, live)
         plan = plan_mark([s.name for s in snapshots], chunks, now, options.grace, options.max_unused)
@@ -136,7 +136,7 @@ async def _plan_only(repo: Repository, options: PruneOptions) -> PruneReport:
         return report
     snapshots = await repo.snapshots()
     await repo.load_index()
-    refuse_damaged_index(repo)
+    refuse_damaged_objects(repo)
     doomed = {chunk for doom, _ in pending for chunk in doom.chunks}
     with await needed_blobs(repo, snapshots) as live:
         chunks = await stored_chunks(repo, live, excluded=doomed)

@@ -33,7 +33,7 @@ from cloudfs.repo.chunk import CHUNKS_PREFIX, chunk_id_from_name, chunk_name
 from cloudfs.repo.doomlist import DoomList
 from cloudfs.repo.index import ChunkInfo, new_index_name, seal_index
 from cloudfs.repo.locks import relock
-from cloudfs.snapshot.prune.reach import needed_blobs, refuse_damaged_index
+from cloudfs.snapshot.prune.reach import needed_blobs, refuse_damaged_objects
 
 DELETES = 8        # deletions at once
 
@@ -56,7 +56,7 @@ async def plan_sweep(repo: Repository, doom: DoomList, now: datetime) -> SweepPl
     plan = SweepPlan(doom)
     snapshots = await repo.snapshots()
     await repo.load_index()
-    refuse_damaged_index(repo)
+    refuse_damaged_objects(repo)
     seen = set(doom.snapshots)
     with await needed_blobs(repo, [s for s in snapshots if s.name not in seen]) as needed:
         plan.rescued = sorted(needed.only_in(doom.chunks))
