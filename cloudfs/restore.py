@@ -404,8 +404,9 @@ class Restorer:
         """The ranged GETs that fetch a batch's blobs; a blob the index lacks damages
         the files that need it."""
         locations = []
+        known = self.repo.index.get_many(batch)
         for blob_id, places in batch.items():
-            location = self.repo.index.get(blob_id)
+            location = known.get(blob_id)
             if location is None:
                 self._damage_places(places, IntegrityError(f"blob {blob_id.hex()[:16]}", "not in the index"))
             else:

@@ -221,7 +221,7 @@ class BlobFetcher:
         wanted = [b for b in dict.fromkeys(blob_ids) if b not in self.memory and b not in self._pending]
         if not wanted:
             return
-        size = sum(loc.raw_length for loc in map(self.repo.index.get, wanted) if loc is not None)
+        size = sum(loc.raw_length for loc in self.repo.index.get_many(wanted).values())
         if self._prefetching + size > self.prefetch_limit:
             self.stats.prefetch_skipped += 1
             return
@@ -308,8 +308,9 @@ class BlobFetcher:
             if on_disk:
                 jobs.append((self._claim_ids(on_disk), on_disk))
                 blob_ids = [b for b in blob_ids if b not in self.disk]
+        known = self.repo.index.get_many(blob_ids)
         for blob_id in blob_ids:
-            location = self.repo.index.get(blob_id)
+            location = known.get(blob_id)
             if location is None:
                 unknown[blob_id] = IntegrityError(f"blob {blob_id.hex()[:16]}", "not in the index")
             else:
@@ -328,7 +329,7 @@ class BlobFetcher:
         _, work = job
         if isinstance(work, Span):
             return sum(loc.raw_length for loc in work.locations)
-        return sum(loc.raw_length for loc in map(self.repo.index.get, work) if loc is not None)
+        return sum(loc.raw_length for loc in self.repo.index.get_many(work).values())
 
     async def _prefetch_job(self, job, size: int, persist: bool) -> None:
         try:
@@ -358,8 +359,8 @@ class BlobFetcher:
         found = await trio.to_thread.run_sync(self._read_disk, blob_ids)
         self.stats.disk_hits += len(found)
         self._keep(found, results, keep)
-        missing = [self.repo.index.get(b) for b in blob_ids if b not in found]
-        for span in plan_spans([loc for loc in missing if loc is not None], self.span_bytes, self.span_gap):
+        missing = self.repo.index.get_many(b for b in blob_ids if b not in found)
+        for span in plan_spans(missing.values(), self.span_bytes, self.span_gap):
             await self._load_span(span, results, keep, True)
 
     async def _load_span(self, span: Span, results: dict, keep: bool, persist: bool) -> None:
@@ -435,8 +436,9 @@ class BlobFetcher:
     def _read_disk(self, blob_ids: list[bytes]) -> dict[bytes, bytes]:
         """Verified plaintexts of the cached records; a record that fails is dropped."""
         found = {}
+        locations = self.repo.index.get_many(blob_ids)
         for blob_id in blob_ids:
-            location = self.repo.index.get(blob_id)
+            location = locations.get(blob_id)
             record = self.disk.read(blob_id)
             if location is None or record is None:
                 continue
