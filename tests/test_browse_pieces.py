@@ -15,6 +15,7 @@ from cloudfs.browse.content import ContentReader
 from cloudfs.browse.background import Background
 from cloudfs.browse.diskcache import DiskCache
 from cloudfs.browse.history import History
+from cloudfs.browse.memcache import MemoryCache
 from cloudfs.browse.names import Catalog, gmt_name, version_name
 from cloudfs.browse.trees import TreeCache
 from cloudfs.errors import IntegrityError, UsageError
@@ -265,3 +266,34 @@ def test_history_compares_what_a_person_sees(s3_env, tmp_path):
         [repo.snapshots[0].name, repo.snapshots[2].name]
     root = trio.run(history.listing, catalog, b"")
     assert root.children == [b"file.txt", b"link"] and not root.versions
+
+
+# -- the memory cache -----------------------------------------------------------------------------
+
+
+def test_a_large_sequential_read_does_not_flush_what_was_used_twice():
+    cache = MemoryCache(100 * 1000)
+    hot = [os.urandom(32) for _ in range(20)]
+    for blob_id in hot:
+        cache.put(blob_id, bytes(1000))
+        assert cache.get(blob_id) is not None        # the second use: protected
+    for _ in range(1000):                            # a stream ten times the cache, each block read once
+        blob_id = os.urandom(32)
+        cache.put(blob_id, bytes(1000), used=False)  # read ahead
+        assert cache.get(blob_id) is not None        # ... then read
+    assert all(blob_id in cache for blob_id in hot)
+    assert cache.size <= 100 * 1000
+
+
+def test_the_memory_cache_promotes_on_the_second_use_and_stays_within_its_bound():
+    cache = MemoryCache(10 * 1000, protected_share=0.5)
+    ids = [os.urandom(32) for _ in range(30)]
+    for blob_id in ids:
+        cache.put(blob_id, bytes(1000))
+        cache.get(blob_id)
+    # protected holds at most half; what it gave up went back to probation, then out
+    assert cache.size <= 10 * 1000 and len(cache) == 10
+    assert all(blob_id in cache for blob_id in ids[-5:])
+    cache.put(ids[0], bytes(1000), used=False)
+    cache.get(ids[0])                                # its first use: not promoted yet
+    assert ids[0] in cache
