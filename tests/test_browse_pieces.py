@@ -17,11 +17,13 @@ from cloudfs.browse.diskcache import DiskCache
 from cloudfs.browse.history import History
 from cloudfs.browse.memcache import MemoryCache
 from cloudfs.browse.names import Catalog, gmt_name, version_name
+from cloudfs.browse.slots import SlotTable
 from cloudfs.browse.trees import TreeCache
 from cloudfs.errors import IntegrityError, UsageError
 from cloudfs.repo import Repository, Snapshot
 from cloudfs.repo.chunk import BlobLocation, chunk_name
 from cloudfs.snapshot.reader import TreeReader
+from cloudfs.snapshot.tree import Entry
 from tests.browse_fixtures import new_repo
 from tests.repo_helpers import PASSPHRASE, CountingStore
 
@@ -297,3 +299,28 @@ def test_the_memory_cache_promotes_on_the_second_use_and_stays_within_its_bound(
     cache.put(ids[0], bytes(1000), used=False)
     cache.get(ids[0])                                # its first use: not promoted yet
     assert ids[0] in cache
+
+
+# -- inode numbers inside snapshots ------------------------------------------------------------
+
+
+def test_entries_get_numbers_from_their_directory_and_slots_go_when_the_kernel_forgets():
+    table = SlotTable()
+    snap = snapshot(T0, "aaaa")
+    slot = table.slot(("t", snap.name, b"docs"), snap, b"docs", bytes(32))
+    plain = Entry(name=b"a.txt", mode=0o100644)
+    linked = [Entry(name=name, mode=0o100644, ino=77, nlink=2) for name in (b"l1", b"l2")]
+    first, second = table.ino(slot, 0, plain), table.ino(slot, 1, plain)
+    assert first != second and table.of(first) is slot and table.of(second) is slot
+    other = table.slot(("t", snap.name, b"other"), snap, b"other", bytes(32))
+    assert table.ino(slot, 2, linked[0]) == table.ino(other, 5, linked[1])     # one inode for a hard link
+    table.open_listing(slot)
+    for ino in (first, second):
+        table.handed_out(ino)
+    table.close_listing(slot)
+    table.forget(first, 1)
+    assert table.of(second) is slot                  # the kernel still holds one of its entries
+    table.forget(second, 1)
+    assert table.of(second) is None and len(table) == 1
+    again = table.slot(("t", snap.name, b"docs"), snap, b"docs", bytes(32))
+    assert table.ino(again, 0, plain) != first       # numbers are never reused
