@@ -324,3 +324,31 @@ def test_entries_get_numbers_from_their_directory_and_slots_go_when_the_kernel_f
     assert table.of(second) is None and len(table) == 1
     again = table.slot(("t", snap.name, b"docs"), snap, b"docs", bytes(32))
     assert table.ino(again, 0, plain) != first       # numbers are never reused
+
+
+def test_history_over_many_snapshots_reads_their_directories_a_group_at_a_time(s3_env, tmp_path, monkeypatch):
+    repo = new_repo(s3_env, tmp_path, block_size=BLOCK)
+    source = tmp_path / "source"
+    (source / "docs").mkdir(parents=True)
+    for index in range(30):
+        (source / "docs" / f"new-{index}.txt").write_text("x" * 300)   # the directory changes every time
+        if index % 3 == 0:
+            (source / "docs" / "report.txt").write_text(f"version {index // 3}")
+        repo.take_snapshot(source)
+    opened = repo.open()
+    trees = TreeCache(BlobFetcher(opened))
+    monkeypatch.setattr("cloudfs.browse.trees.GROUP_BYTES", 2000)
+    largest = []
+    decode = trees.directories
+
+    async def directories(node_ids, **kwargs):
+        largest.append(len(node_ids))
+        return await decode(node_ids, **kwargs)
+
+    trees.directories = directories
+    catalog = Catalog(trio.run(opened.snapshots))
+    listing = trio.run(History(trees).listing, catalog, b"docs/report.txt")
+    assert [snap.name for snap, _ in listing.versions.values()] == [s.name for s in repo.snapshots[::3]]
+    folder = trio.run(History(trees).listing, catalog, b"docs")
+    assert folder.children == sorted([b"report.txt"] + [b"new-%d.txt" % i for i in range(30)])
+    assert max(largest) < 30            # 30 distinct roots and nodes of docs/, never all at once

@@ -107,10 +107,12 @@ class TreeCache:
                         out[node_id] = error
         return out
 
-    def groups(self, node_ids: list[bytes], max_bytes: int = GROUP_BYTES) -> Iterator[list[bytes]]:
-        """`node_ids` in consecutive groups of at most `max_bytes` stored (a single
-        larger node is a group of its own): what `directories` should be given at
-        once, so that memory holds one group decoded, not a whole level."""
+    def groups(self, node_ids: list[bytes], max_bytes: int | None = None) -> Iterator[list[bytes]]:
+        """`node_ids` in consecutive groups of at most `max_bytes` (GROUP_BYTES)
+        of nodes (a single larger node is a group of its own): what `directories`
+        should be given at once, so that memory holds one group decoded, not a
+        whole level."""
+        max_bytes = max_bytes or GROUP_BYTES
         for start in range(0, len(node_ids), GROUP_LOOKUP):
             batch = node_ids[start:start + GROUP_LOOKUP]
             locations = self.fetcher.repo.index.get_many(batch)
