@@ -5,7 +5,7 @@ BATCH_ITEMS entries or BATCH_BLOCKS blocks, so memory does not grow with the
 number of files (I8). Before anything is written, if TARGET has content, a
 first walk checks it for conflicts (existing files are refused unless
 --overwrite or --resume). Then, while the next batch is being created, the
-batch before it is filled and finished:
+batch before it is filled and finished (at most two batches are held):
 
 1. create: directories (owner-only until the end), every file at its final
    size with ftruncate (so holes stay holes), symlinks, fifos, devices.
@@ -52,6 +52,7 @@ BATCH_BLOCKS = 1 << 16        # blocks planned at once (bounded memory for huge 
 BATCH_ITEMS = 8192            # entries created, filled and finished together
 TREE_ENTRIES = 16_384         # decoded directory entries kept (the walk reads each node once)
 SPAN_BYTES = 16 << 20         # the largest ranged GET
+SPAN_FLOOR = 1 << 20          # ... and the largest a batch's share per job may make it
 SPAN_GAP = 1 << 20            # unwanted bytes a ranged GET may include to save a request
 JOBS = 4                      # spans fetched and written at once
 SAMPLE_SECONDS = 1.0          # --dry-run: fetch for a time estimate for at most this long,
@@ -126,7 +127,7 @@ class Restorer:
             await self._dry_run(snapshot, top)
             return
         with DirectoryFinishes() as directories:
-            send, receive = trio.open_memory_channel(1)
+            send, receive = trio.open_memory_channel(0)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._fill_batches, receive)
                 await self._create_batches(snapshot, top, directories, send)
@@ -317,13 +318,15 @@ class Restorer:
             self._create_special(item)
 
     def _create_file(self, item: Item) -> None:
+        self.report.files += 1
+        if _created_by_its_blocks(item):
+            return
         flags = os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW | (0 if item.existing else os.O_CREAT | os.O_EXCL)
         fd = os.open(item.destination, flags, 0o600)
         try:
             os.ftruncate(fd, item.entry.size)
         finally:
             os.close(fd)
-        self.report.files += 1
 
     def _create_special(self, item: Item) -> None:
         mode = item.entry.mode
@@ -429,7 +432,14 @@ class Restorer:
                 self._damage_places(places, IntegrityError(f"blob {blob_id.hex()[:16]}", "not in the index"))
             else:
                 locations.append(location)
-        return plan_spans(locations, max_bytes=SPAN_BYTES, max_gap=SPAN_GAP)
+        return plan_spans(locations, max_bytes=self._span_bytes(locations), max_gap=SPAN_GAP)
+
+    def _span_bytes(self, locations: list[BlobLocation]) -> int:
+        """The largest GET for a batch: SPAN_BYTES, or less, so that a batch of
+        small files still makes a span per job, and its files are created and
+        written by all the jobs at once rather than by one."""
+        share = sum(location.length for location in locations) // max(1, self.options.jobs)
+        return max(SPAN_FLOOR, min(SPAN_BYTES, share))
 
     def _open_records(self, span: Span, data) -> Iterator[tuple[BlobLocation, bytes | IntegrityError]]:
         """Each record of a fetched span, verified (I5): its plaintext, or why not."""
@@ -568,6 +578,14 @@ class _Batch:
     @property
     def full(self) -> bool:
         return len(self.items) >= BATCH_ITEMS or self.blocks >= BATCH_BLOCKS
+
+
+def _created_by_its_blocks(item: Item) -> bool:
+    """A new file whose every block is stored (no hole, its last block ends it):
+    writing the blocks creates it at its size, so creating it first would only
+    cost an open, an ftruncate and a close more (most small files)."""
+    blocks = item.entry.blocks
+    return not item.existing and bool(blocks) and None not in blocks
 
 
 def _has_content(target: bytes) -> bool:

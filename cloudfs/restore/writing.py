@@ -19,7 +19,9 @@ class RestoreError(CloudfsError):
 
 class RunWriter:
     """Writes blocks, joining consecutive ones of a file into one pwritev of up
-    to RUN_BYTES; keeps the current file open until another comes."""
+    to RUN_BYTES; keeps the current file open until another comes. Creates a
+    file that is not there yet (the restorer leaves files whose blocks are all
+    stored to be created by their writes)."""
 
     RUN_BYTES = 1 << 20
 
@@ -49,7 +51,7 @@ class RunWriter:
                     os.close(self._fd)
                     self._fd = -1
                 try:
-                    self._fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                    self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
                 except OSError as error:
                     raise RestoreError(_write_failure(path, error)) from None
                 self._path = path
