@@ -4,10 +4,10 @@ the browse mount listing every entry, and `cloudfs restore` writing every file.
 One repository holding a snapshot of a tree of 20,000 small files and one of
 a tree of 100,000 (directories of 1,000, as in test_scale_memory.py); each is
 browsed by a fresh mount that shows only it (`--source`) and restored by a
-fresh process, in one run. The
-peak resident memory (VmHWM of the browse daemon, the restore's maximum RSS)
-may differ by at most 15 MB between the two sizes: anything kept per file in
-memory — 100 bytes each is 8 MB here — shows.
+fresh process, in one run. The peak resident memory (VmHWM of the browse
+daemon, the restore's maximum RSS) may differ by at most 15 MB between the
+two sizes: anything kept per file in memory — 100 bytes each is 8 MB here —
+shows.
 """
 
 from __future__ import annotations
