@@ -15,12 +15,15 @@ from cloudfs.browse.content import ContentReader
 from cloudfs.browse.background import Background
 from cloudfs.browse.diskcache import DiskCache
 from cloudfs.browse.history import History
+from cloudfs.browse.memcache import MemoryCache
 from cloudfs.browse.names import Catalog, gmt_name, version_name
+from cloudfs.browse.slots import SlotTable
 from cloudfs.browse.trees import TreeCache
 from cloudfs.errors import IntegrityError, UsageError
 from cloudfs.repo import Repository, Snapshot
 from cloudfs.repo.chunk import BlobLocation, chunk_name
 from cloudfs.snapshot.reader import TreeReader
+from cloudfs.snapshot.tree import Entry
 from tests.browse_fixtures import new_repo
 from tests.repo_helpers import PASSPHRASE, CountingStore
 
@@ -265,3 +268,87 @@ def test_history_compares_what_a_person_sees(s3_env, tmp_path):
         [repo.snapshots[0].name, repo.snapshots[2].name]
     root = trio.run(history.listing, catalog, b"")
     assert root.children == [b"file.txt", b"link"] and not root.versions
+
+
+# -- the memory cache -----------------------------------------------------------------------------
+
+
+def test_a_large_sequential_read_does_not_flush_what_was_used_twice():
+    cache = MemoryCache(100 * 1000)
+    hot = [os.urandom(32) for _ in range(20)]
+    for blob_id in hot:
+        cache.put(blob_id, bytes(1000))
+        assert cache.get(blob_id) is not None        # the second use: protected
+    for _ in range(1000):                            # a stream ten times the cache, each block read once
+        blob_id = os.urandom(32)
+        cache.put(blob_id, bytes(1000), used=False)  # read ahead
+        assert cache.get(blob_id) is not None        # ... then read
+    assert all(blob_id in cache for blob_id in hot)
+    assert cache.size <= 100 * 1000
+
+
+def test_the_memory_cache_promotes_on_the_second_use_and_stays_within_its_bound():
+    cache = MemoryCache(10 * 1000, protected_share=0.5)
+    ids = [os.urandom(32) for _ in range(30)]
+    for blob_id in ids:
+        cache.put(blob_id, bytes(1000))
+        cache.get(blob_id)
+    # protected holds at most half; what it gave up went back to probation, then out
+    assert cache.size <= 10 * 1000 and len(cache) == 10
+    assert all(blob_id in cache for blob_id in ids[-5:])
+    cache.put(ids[0], bytes(1000), used=False)
+    cache.get(ids[0])                                # its first use: not promoted yet
+    assert ids[0] in cache
+
+
+# -- inode numbers inside snapshots ------------------------------------------------------------
+
+
+def test_entries_get_numbers_from_their_directory_and_slots_go_when_the_kernel_forgets():
+    table = SlotTable()
+    snap = snapshot(T0, "aaaa")
+    slot = table.slot(("t", snap.name, b"docs"), snap, b"docs", bytes(32))
+    plain = Entry(name=b"a.txt", mode=0o100644)
+    linked = [Entry(name=name, mode=0o100644, ino=77, nlink=2) for name in (b"l1", b"l2")]
+    first, second = table.ino(slot, 0, plain), table.ino(slot, 1, plain)
+    assert first != second and table.of(first) is slot and table.of(second) is slot
+    other = table.slot(("t", snap.name, b"other"), snap, b"other", bytes(32))
+    assert table.ino(slot, 2, linked[0]) == table.ino(other, 5, linked[1])     # one inode for a hard link
+    table.open_listing(slot)
+    for ino in (first, second):
+        table.handed_out(ino)
+    table.close_listing(slot)
+    table.forget(first, 1)
+    assert table.of(second) is slot                  # the kernel still holds one of its entries
+    table.forget(second, 1)
+    assert table.of(second) is None and len(table) == 1
+    again = table.slot(("t", snap.name, b"docs"), snap, b"docs", bytes(32))
+    assert table.ino(again, 0, plain) != first       # numbers are never reused
+
+
+def test_history_over_many_snapshots_reads_their_directories_a_group_at_a_time(s3_env, tmp_path, monkeypatch):
+    repo = new_repo(s3_env, tmp_path, block_size=BLOCK)
+    source = tmp_path / "source"
+    (source / "docs").mkdir(parents=True)
+    for index in range(30):
+        (source / "docs" / f"new-{index}.txt").write_text("x" * 300)   # the directory changes every time
+        if index % 3 == 0:
+            (source / "docs" / "report.txt").write_text(f"version {index // 3}")
+        repo.take_snapshot(source)
+    opened = repo.open()
+    trees = TreeCache(BlobFetcher(opened))
+    monkeypatch.setattr("cloudfs.browse.trees.GROUP_BYTES", 2000)
+    largest = []
+    decode = trees.directories
+
+    async def directories(node_ids, **kwargs):
+        largest.append(len(node_ids))
+        return await decode(node_ids, **kwargs)
+
+    trees.directories = directories
+    catalog = Catalog(trio.run(opened.snapshots))
+    listing = trio.run(History(trees).listing, catalog, b"docs/report.txt")
+    assert [snap.name for snap, _ in listing.versions.values()] == [s.name for s in repo.snapshots[::3]]
+    folder = trio.run(History(trees).listing, catalog, b"docs")
+    assert folder.children == sorted([b"report.txt"] + [b"new-%d.txt" % i for i in range(30)])
+    assert max(largest) < 30            # 30 distinct roots and nodes of docs/, never all at once

@@ -9,7 +9,8 @@ chunk's key, decompression, and the keyed hash against the blob id (I5,
 `open_record`). A record that fails is an IntegrityError for that blob alone;
 its neighbours are still good.
 
-Around that: a bounded LRU of verified plaintexts in memory; an optional
+Around that: a bounded memory cache of verified plaintexts that one large
+sequential copy does not flush (memcache.py); an optional
 on-disk cache of the sealed records (diskcache.py); and one fetch per blob at
 a time (a reader that wants a blob another task is fetching waits for it).
 Callers may rely on: every byte returned was verified after it was read from
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -28,6 +28,7 @@ import trio
 
 from cloudfs.browse.background import Background
 from cloudfs.browse.diskcache import DiskCache
+from cloudfs.browse.memcache import MemoryCache
 from cloudfs.errors import (
     AccessDenied,
     BucketNotFound,
@@ -128,33 +129,6 @@ async def fetch_span_bytes(repo: Repository, span: Span) -> bytes | IntegrityErr
         return IntegrityError(span.name, f"chunk cannot be read as indexed ({error})")
 
 
-class MemoryCache:
-    """Verified plaintexts, least recently used dropped first, bounded in bytes."""
-
-    def __init__(self, limit_bytes: int):
-        self.limit_bytes = limit_bytes
-        self.size = 0
-        self._items: OrderedDict[bytes, bytes] = OrderedDict()
-
-    def get(self, blob_id: bytes) -> bytes | None:
-        data = self._items.get(blob_id)
-        if data is not None:
-            self._items.move_to_end(blob_id)
-        return data
-
-    def __contains__(self, blob_id: bytes) -> bool:
-        return blob_id in self._items
-
-    def put(self, blob_id: bytes, data: bytes) -> None:
-        if blob_id in self._items or len(data) > self.limit_bytes:
-            return
-        self._items[blob_id] = data
-        self.size += len(data)
-        while self.size > self.limit_bytes:
-            _, evicted = self._items.popitem(last=False)
-            self.size -= len(evicted)
-
-
 @dataclass
 class FetchStats:
     requests: int = 0          # ranged GETs
@@ -221,7 +195,7 @@ class BlobFetcher:
         wanted = [b for b in dict.fromkeys(blob_ids) if b not in self.memory and b not in self._pending]
         if not wanted:
             return
-        size = sum(loc.raw_length for loc in map(self.repo.index.get, wanted) if loc is not None)
+        size = sum(loc.raw_length for loc in self.repo.index.get_many(wanted).values())
         if self._prefetching + size > self.prefetch_limit:
             self.stats.prefetch_skipped += 1
             return
@@ -308,8 +282,9 @@ class BlobFetcher:
             if on_disk:
                 jobs.append((self._claim_ids(on_disk), on_disk))
                 blob_ids = [b for b in blob_ids if b not in self.disk]
+        known = self.repo.index.get_many(blob_ids)
         for blob_id in blob_ids:
-            location = self.repo.index.get(blob_id)
+            location = known.get(blob_id)
             if location is None:
                 unknown[blob_id] = IntegrityError(f"blob {blob_id.hex()[:16]}", "not in the index")
             else:
@@ -328,23 +303,24 @@ class BlobFetcher:
         _, work = job
         if isinstance(work, Span):
             return sum(loc.raw_length for loc in work.locations)
-        return sum(loc.raw_length for loc in map(self.repo.index.get, work) if loc is not None)
+        return sum(loc.raw_length for loc in self.repo.index.get_many(work).values())
 
     async def _prefetch_job(self, job, size: int, persist: bool) -> None:
         try:
-            await self._run(job, True, persist)
+            await self._run(job, True, persist, ahead=True)
         finally:
             self._prefetching -= size
 
-    async def _run(self, job, keep: bool, persist: bool) -> None:
-        """Fetch one claimed job, then resolve its claim (whatever happened)."""
+    async def _run(self, job, keep: bool, persist: bool, *, ahead: bool = False) -> None:
+        """Fetch one claimed job, then resolve its claim (whatever happened).
+        `ahead`: read-ahead, whose blobs nobody has used yet."""
         claim, work = job
         ids = [loc.blob_id for loc in work.locations] if isinstance(work, Span) else work
         try:
             if isinstance(work, Span):
-                await self._load_span(work, claim.results, keep, persist)
+                await self._load_span(work, claim.results, keep, persist, ahead)
             else:
-                await self._load_from_disk(work, claim.results, keep)
+                await self._load_from_disk(work, claim.results, keep, ahead)
         except STORE_DOWN as error:
             for blob_id in ids:
                 claim.results.setdefault(blob_id, error)
@@ -354,15 +330,15 @@ class BlobFetcher:
                     del self._pending[blob_id]
             claim.done.set()
 
-    async def _load_from_disk(self, blob_ids: list[bytes], results: dict, keep: bool) -> None:
+    async def _load_from_disk(self, blob_ids: list[bytes], results: dict, keep: bool, ahead: bool) -> None:
         found = await trio.to_thread.run_sync(self._read_disk, blob_ids)
         self.stats.disk_hits += len(found)
-        self._keep(found, results, keep)
-        missing = [self.repo.index.get(b) for b in blob_ids if b not in found]
-        for span in plan_spans([loc for loc in missing if loc is not None], self.span_bytes, self.span_gap):
-            await self._load_span(span, results, keep, True)
+        self._keep(found, results, keep, used=set() if ahead else set(found))
+        missing = self.repo.index.get_many(b for b in blob_ids if b not in found)
+        for span in plan_spans(missing.values(), self.span_bytes, self.span_gap):
+            await self._load_span(span, results, keep, True, ahead)
 
-    async def _load_span(self, span: Span, results: dict, keep: bool, persist: bool) -> None:
+    async def _load_span(self, span: Span, results: dict, keep: bool, persist: bool, ahead: bool) -> None:
         data = await fetch_span_bytes(self.repo, span)
         self.stats.requests += 1
         if isinstance(data, IntegrityError):
@@ -376,7 +352,7 @@ class BlobFetcher:
         else:
             opened = open_span(self.repo, whole, data)
         wanted = {location.blob_id for location in span.locations}
-        self._keep(opened, results, keep, wanted)
+        self._keep(opened, results, keep, wanted, used=set() if ahead else wanted)
         if persist:
             self._queue_for_disk(whole, data, opened)
 
@@ -418,9 +394,11 @@ class BlobFetcher:
             inside.append(blob)
         return inside
 
-    def _keep(self, opened: dict, results: dict, keep: bool, wanted: set | None = None) -> None:
+    def _keep(self, opened: dict, results: dict, keep: bool, wanted: set | None = None, *,
+              used: set) -> None:
         """Record what was asked for in `results` (everything if `wanted` is None),
-        and keep every verified plaintext in memory if `keep`."""
+        and keep every verified plaintext in memory if `keep`; those in `used`
+        are being read now, the others (neighbours, read-ahead) not yet."""
         if wanted is None:
             results.update(opened)
         else:
@@ -428,15 +406,16 @@ class BlobFetcher:
         if keep:
             for blob_id, value in opened.items():
                 if not isinstance(value, Exception):
-                    self.memory.put(blob_id, value)
+                    self.memory.put(blob_id, value, used=blob_id in used)
 
     # -- the disk cache ----------------------------------------------------------------------
 
     def _read_disk(self, blob_ids: list[bytes]) -> dict[bytes, bytes]:
         """Verified plaintexts of the cached records; a record that fails is dropped."""
         found = {}
+        locations = self.repo.index.get_many(blob_ids)
         for blob_id in blob_ids:
-            location = self.repo.index.get(blob_id)
+            location = locations.get(blob_id)
             record = self.disk.read(blob_id)
             if location is None or record is None:
                 continue

@@ -108,12 +108,10 @@ class ContentReader:
         """Ask for the chunk regions that hold these blocks, each from where the
         last request for that chunk ended, so no byte is fetched twice."""
         regions: dict[bytes, list[int]] = {}
-        for block_id in ids:
-            location = block_id is not None and self.fetcher.repo.index.get(block_id)
-            if location:
-                region = regions.setdefault(location.chunk_id, [location.offset, 0])
-                region[0] = min(region[0], location.offset)
-                region[1] = max(region[1], location.offset + location.length)
+        for location in self.fetcher.repo.index.get_many(b for b in ids if b is not None).values():
+            region = regions.setdefault(location.chunk_id, [location.offset, 0])
+            region[0] = min(region[0], location.offset)
+            region[1] = max(region[1], location.offset + location.length)
         for chunk_id, (low, high) in regions.items():
             frontier = ahead.frontiers.get(chunk_id)
             if frontier is not None and low <= frontier + MAX_WINDOW:

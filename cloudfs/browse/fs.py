@@ -23,7 +23,7 @@ import trio
 from pyfuse3 import FUSEError
 
 from cloudfs.browse.content import ContentReader, ReadAhead
-from cloudfs.browse.namespace import ROOT_INO, Kind, Namespace, Node
+from cloudfs.browse.namespace import ROOT_INO, Kind, Listing, Namespace, Node
 from cloudfs.errors import CloudfsError
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class BrowseOperations(pyfuse3.Operations):
         self.uid, self.gid = uid, gid
         self.block_size = block_size
         self._files: dict[int, OpenFile] = {}
-        self._listings: dict[int, list[tuple[bytes, Node]]] = {}
+        self._listings: dict[int, Listing] = {}
         self._next_handle = 1
         self.initialized = trio.Event()
 
@@ -86,11 +86,12 @@ class BrowseOperations(pyfuse3.Operations):
     def describe(self, operation: str, args: tuple) -> str:
         """What a failed request was about, e.g. `read of snapshots/…:/docs/a.txt`."""
         first = args[0] if args else None
+        where = None
         if operation == "read":
-            node = self._files[first].node if first in self._files else None
-        else:
-            node = self.namespace.get(first) if operation in INODE_FIRST else None
-        where = node.label() if node is not None else "?"
+            where = self._files[first].node.label() if first in self._files else None
+        elif operation in INODE_FIRST:
+            where = self.namespace.label(first)
+        where = where or "?"
         if operation == "lookup" and len(args) > 1:
             where = f"{where.rstrip('/')}/{os.fsdecode(args[1])}"
         return f"{operation} of {where}"
@@ -138,21 +139,21 @@ class BrowseOperations(pyfuse3.Operations):
         attrs.entry_timeout = IMMUTABLE_TIMEOUT if parent.immutable else 0
         return attrs
 
-    def _node(self, ino: int) -> Node:
-        try:
-            return self.namespace[ino]
-        except KeyError:
-            raise FUSEError(errno.ENOENT) from None
+    async def _node(self, ino: int) -> Node:
+        node = await self.namespace.node(ino)
+        if node is None:
+            raise FUSEError(errno.ENOENT)
+        return node
 
     # -- names and attributes ---------------------------------------------------------------
 
     @_answers
     async def lookup(self, parent_inode, name, ctx=None):
-        parent = self._node(parent_inode)
+        parent = await self._node(parent_inode)
         node = await self.namespace.child(parent, name)
         if node is None:
             return self._negative(parent)
-        node.lookups += 1
+        self.namespace.remember(node)
         return self.attributes(node)
 
     async def forget(self, inode_list):
@@ -161,18 +162,18 @@ class BrowseOperations(pyfuse3.Operations):
 
     @_answers
     async def getattr(self, inode, ctx=None):
-        return self.attributes(self._node(inode))
+        return self.attributes(await self._node(inode))
 
     @_answers
     async def readlink(self, inode, ctx):
-        node = self._node(inode)
+        node = await self._node(inode)
         if node.kind is not Kind.LATEST and not (node.entry and node.entry.is_symlink):
             raise FUSEError(errno.EINVAL)
         return self.namespace.readlink(node)
 
     @_answers
     async def getxattr(self, inode, name, ctx):
-        node = self._node(inode)
+        node = await self._node(inode)
         value = node.entry.xattrs.get(name) if node.entry is not None else None
         if value is None:
             raise FUSEError(errno.ENODATA)
@@ -180,7 +181,7 @@ class BrowseOperations(pyfuse3.Operations):
 
     @_answers
     async def listxattr(self, inode, ctx):
-        node = self._node(inode)
+        node = await self._node(inode)
         return list(node.entry.xattrs) if node.entry is not None else []
 
     async def statfs(self, ctx):
@@ -193,7 +194,7 @@ class BrowseOperations(pyfuse3.Operations):
 
     @_answers
     async def opendir(self, inode, ctx):
-        node = self._node(inode)
+        node = await self._node(inode)
         if not node.is_directory:
             raise FUSEError(errno.ENOTDIR)
         listing = await self.namespace.children(node)
@@ -205,21 +206,21 @@ class BrowseOperations(pyfuse3.Operations):
     async def readdir(self, fh, start_id, token):
         listing = self._listings[fh]
         for index in range(start_id, len(listing)):
-            name, node = listing[index]
-            node = self.namespace.register(node)
+            name, node = listing.at(index)
             if not pyfuse3.readdir_reply(token, name, self.attributes(node), index + 1):
                 break
-            node.lookups += 1
+            self.namespace.remember(node)
 
     async def releasedir(self, fh):
-        for _, node in self._listings.pop(fh, ()):
-            self.namespace.drop(node)        # only those the kernel was never given
+        listing = self._listings.pop(fh, None)
+        if listing is not None:
+            listing.close()
 
     # -- files ------------------------------------------------------------------------------
 
     @_answers
     async def open(self, inode, flags, ctx):
-        node = self._node(inode)
+        node = await self._node(inode)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise FUSEError(errno.EROFS)
         if node.entry is None or not node.entry.is_file:

@@ -11,7 +11,11 @@ so deleted files can be found too.
 Inode numbers, link counts and ctimes are not compared: they change when a
 file is renamed or linked, which the user does not see as a new version.
 Snapshots share unchanged subtrees by id, so walking a path in every snapshot
-mostly hits nodes already decoded once.
+mostly hits nodes already decoded once. Where they do not (a directory that
+changed in each of hundreds of snapshots), the distinct nodes are read a
+group at a time (`TreeCache.groups`, about a MiB of nodes) and only the entry
+each one holds for the path is kept: memory grows with the number of
+snapshots, by an entry each, not with the size of their trees.
 """
 
 from __future__ import annotations
@@ -78,11 +82,12 @@ class History:
                 listing.versions[name] = (snapshot, entry)
             previous = key
         children: set[bytes] = set()
-        for node_id, directory in (await self.trees.directories(list(dict.fromkeys(directories)))).items():
-            if isinstance(directory, Exception):
-                log.error("history of /%s: a directory node is unreadable: %s", os.fsdecode(path), directory)
-                continue
-            children.update(entry.name for entry in directory.entries)
+        for group in self.trees.groups(list(dict.fromkeys(directories))):
+            for directory in (await self.trees.directories(group)).values():
+                if isinstance(directory, Exception):
+                    log.error("history of /%s: a directory node is unreadable: %s", os.fsdecode(path), directory)
+                    continue
+                children.update(entry.name for entry in directory.entries)
         listing.children = sorted(children - set(listing.versions))
         return listing
 
@@ -90,14 +95,22 @@ class History:
                      ) -> list[tuple[Snapshot, Entry | None, bytes | None]]:
         """For each snapshot, oldest first: the entry at `path` (None if absent)
         and, when it is a directory, its node id. Walks all snapshots a level
-        at a time so that each distinct node is fetched once, all at once."""
+        at a time so that each distinct node is fetched once, a group at a time."""
         current = {s.name: s.tree for s in catalog.snapshots}   # snapshot -> node of the level
         entries: dict[str, Entry | None] = {s.name: None for s in catalog.snapshots}
         for name in (path.split(b"/") if path else []):
-            found = await self.trees.directories(list(dict.fromkeys(n for n in current.values() if n)))
+            found = await self._children_named(list(dict.fromkeys(n for n in current.values() if n)), name)
             for snapshot_name, node_id in current.items():
-                directory = found.get(node_id) if node_id else None
-                entry = None if directory is None or isinstance(directory, Exception) else directory.child(name)
+                entry = found.get(node_id) if node_id else None
                 entries[snapshot_name] = entry
                 current[snapshot_name] = entry.subtree if entry is not None else None
         return [(s, entries[s.name], current[s.name]) for s in catalog.snapshots]
+
+    async def _children_named(self, node_ids: list[bytes], name: bytes) -> dict[bytes, Entry | None]:
+        """The entry called `name` in each of these directory nodes (None if it has
+        none, or cannot be read), reading them a group at a time."""
+        found: dict[bytes, Entry | None] = {}
+        for group in self.trees.groups(node_ids):
+            for node_id, directory in (await self.trees.directories(group)).items():
+                found[node_id] = None if isinstance(directory, Exception) else directory.child(name)
+        return found

@@ -10,14 +10,18 @@
 
 A node is identified by a key that follows from where it is, so the same path
 always gets the same inode while the kernel remembers it. Hard links inside a
-snapshot share one node (key by recorded inode number), so `cp -a` and `find`
-see them as links. The two views of a snapshot ("t", "g") have separate nodes:
-a directory must not have two parents.
+snapshot share one inode number (slots.py), so `cp -a` and `find` see them as
+links. The two views of a snapshot ("t", "g") have separate nodes: a
+directory must not have two parents.
 
 Lookup counts follow the FUSE protocol: every lookup reply and every entry of
 a readdirplus reply adds one, forget() subtracts; at zero the node is dropped
-(bounded memory). New snapshots appear through refresh(): periodically, and
-when a name is looked up that could be a snapshot's.
+(bounded memory). What is inside a snapshot has no node kept at all: its
+inode number says which directory and which entry it is (slots.py), and the
+node is made again from the tree cache whenever the kernel asks; only the
+top level, @GMT, history folders and versions are nodes of the table. New
+snapshots appear through refresh(): periodically, and when a name is looked
+up that could be a snapshot's.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ from __future__ import annotations
 import enum
 import logging
 import os
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +38,8 @@ import trio
 from cloudfs.browse.background import Background
 from cloudfs.browse.history import History
 from cloudfs.browse.names import LATEST, Catalog, looks_like_snapshot_name
-from cloudfs.browse.trees import TreeCache
+from cloudfs.browse.slots import Slot, SlotTable, index_of, is_entry_ino
+from cloudfs.browse.trees import Directory, TreeCache
 from cloudfs.errors import CloudfsError
 from cloudfs.repo import Repository, Snapshot
 from cloudfs.snapshot.source import join
@@ -67,7 +71,7 @@ IMMUTABLE = {Kind.SNAPSHOT, Kind.ENTRY, Kind.VERSION}
 class Node:
     ino: int
     kind: Kind
-    key: tuple
+    key: tuple                  # where it is; entries: (view, snapshot name, path)
     snapshot: Snapshot | None = None
     path: bytes = b""           # inside the snapshot (ENTRY, VERSION) or history (HISTORY)
     entry: Entry | None = None  # ENTRY and VERSION
@@ -99,6 +103,49 @@ class Node:
         return f"{self.snapshot.name}:/{os.fsdecode(self.path)}"
 
 
+class NodeListing:
+    """What a directory of the namespace's own lists (top level, @GMT, history)."""
+
+    def __init__(self, namespace: "Namespace", items: list[tuple[bytes, Node]]):
+        self.namespace = namespace
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def at(self, index: int) -> tuple[bytes, Node]:
+        """The name and node of entry `index`, put back in the table if it was dropped."""
+        name, node = self.items[index]
+        return name, self.namespace.register(node)
+
+    def close(self) -> None:
+        for _, node in self.items:
+            self.namespace.drop(node)        # only those the kernel was never given
+
+
+class EntryListing:
+    """A directory inside a snapshot: its decoded node, held while the listing is open."""
+
+    def __init__(self, namespace: "Namespace", slot: Slot, directory: Directory):
+        self.namespace = namespace
+        self.slot = slot
+        self.directory = directory
+        namespace.slots.open_listing(slot)
+
+    def __len__(self) -> int:
+        return len(self.directory.entries)
+
+    def at(self, index: int) -> tuple[bytes, Node]:
+        entry = self.directory.entries[index]
+        return entry.name, self.namespace.entry_node(self.slot, index, entry)
+
+    def close(self) -> None:
+        self.namespace.slots.close_listing(self.slot)
+
+
+Listing = NodeListing | EntryListing
+
+
 class Namespace:
     def __init__(self, repo: Repository, trees: TreeCache, history: History, background: Background,
                  select: Callable[[list[Snapshot]], list[Snapshot]] = list):
@@ -112,20 +159,42 @@ class Namespace:
         self._refresh_lock = trio.Lock()
         self._nodes: dict[int, Node] = {}
         self._by_key: dict[tuple, Node] = {}
+        self.slots = SlotTable()
         self._next_ino = ROOT_INO
         self._prefetched_trees: set[bytes] = set()
         self.root = self._node(("root",), Kind.ROOT)
 
     # -- the inode table ----------------------------------------------------------------
 
-    def __getitem__(self, ino: int) -> Node:
-        return self._nodes[ino]
+    async def node(self, ino: int) -> Node | None:
+        """The node of an inode number the kernel holds (None: not one of ours).
+        An entry's is made again from its directory node, which may be fetched."""
+        if not is_entry_ino(ino):
+            return self._nodes.get(ino)
+        slot = self.slots.of(ino)
+        if slot is None:
+            return None
+        directory, index = await self.trees.directory(slot.node_id), index_of(ino)
+        if index >= len(directory.entries):
+            return None
+        return self.entry_node(slot, index, directory.entries[index])
 
-    def get(self, ino: int) -> Node | None:
-        return self._nodes.get(ino)
+    def label(self, ino: int) -> str | None:
+        """Which snapshot and path an inode is, for log lines, without fetching."""
+        if not is_entry_ino(ino):
+            node = self._nodes.get(ino)
+            return node.label() if node is not None else None
+        slot = self.slots.of(ino)
+        if slot is None:
+            return None
+        directory, index = self.trees.cached_directory(slot.node_id), index_of(ino)
+        if directory is not None and index < len(directory.entries):
+            return self.entry_node(slot, index, directory.entries[index]).label()
+        return f"{slot.snapshot.name}:/{os.fsdecode(join(slot.path, b'?'))}"
 
     def __len__(self) -> int:
-        return len(self._nodes)
+        """Nodes and slots kept (what the memory holds for the kernel's inodes)."""
+        return len(self._nodes) + len(self.slots)
 
     def _node(self, key: tuple, kind: Kind, **fields) -> Node:
         node = self._by_key.get(key)
@@ -146,7 +215,17 @@ class Namespace:
             return node
         return current
 
+    def remember(self, node: Node) -> None:
+        """The kernel was handed `node` (a lookup or readdirplus reply): count it."""
+        if is_entry_ino(node.ino):
+            self.slots.handed_out(node.ino)
+        else:
+            node.lookups += 1
+
     def forget(self, ino: int, count: int) -> None:
+        if is_entry_ino(ino):
+            self.slots.forget(ino, count)
+            return
         node = self._nodes.get(ino)
         if node is None:
             return
@@ -217,24 +296,27 @@ class Namespace:
         directory_id = parent.directory_id
         if directory_id is None:
             return None
-        entry = (await self.trees.directory(directory_id)).child(name)
-        return self._entry_node(parent, entry) if entry is not None else None
+        directory = await self.trees.directory(directory_id)
+        index = directory.index(name)
+        if index is None:
+            return None
+        return self.entry_node(self._slot_below(parent), index, directory.entries[index])
 
-    async def children(self, parent: Node) -> list[tuple[bytes, Node]]:
-        """Everything directory `parent` lists, in order."""
+    async def children(self, parent: Node) -> Listing:
+        """Everything directory `parent` lists, in order; close() it when done."""
         if parent.kind is Kind.ROOT:
-            return self._top_level_listing()
+            return NodeListing(self, self._top_level_listing())
         if parent.kind is Kind.SHADOW:
-            return [(name.encode(), self._snapshot_root("g", snapshot))
-                    for name, snapshot in sorted(self.catalog.by_gmt_name.items())]
+            return NodeListing(self, [(name.encode(), self._snapshot_root("g", snapshot))
+                                      for name, snapshot in sorted(self.catalog.by_gmt_name.items())])
         if parent.kind is Kind.HISTORY:
             listing = await self.history.listing(self.catalog, parent.path)
             out = [(name, self._version_node(parent, name, snapshot, entry))
                    for name, (snapshot, entry) in listing.versions.items()]
             out += [(name, self._history_node(join(parent.path, name))) for name in listing.children]
-            return out
+            return NodeListing(self, out)
         directory = await self.trees.directory(parent.directory_id)
-        return [(entry.name, self._entry_node(parent, entry)) for entry in directory.entries]
+        return EntryListing(self, self._slot_below(parent), directory)
 
     def readlink(self, node: Node) -> bytes:
         return node.target if node.kind is Kind.LATEST else node.entry.target
@@ -275,15 +357,17 @@ class Namespace:
 
     # -- inside snapshots -----------------------------------------------------------------
 
-    def _entry_node(self, parent: Node, entry: Entry) -> Node:
-        view, snapshot_name = parent.key[0], parent.snapshot.name
-        path = join(parent.path, entry.name)
-        if stat.S_ISREG(entry.mode) and entry.nlink > 1:
-            key = (view, snapshot_name, "#", entry.ino)       # hard links: one node
-        else:
-            key = (view, snapshot_name, path)
-        return self._node(key, Kind.ENTRY, snapshot=parent.snapshot, path=path, entry=entry,
-                          parent_tree=parent.directory_id)
+    def _slot_below(self, parent: Node) -> Slot:
+        """The slot numbering the entries of directory `parent` (a snapshot's root
+        or a directory entry)."""
+        return self.slots.slot((parent.key[0], parent.snapshot.name, parent.path), parent.snapshot,
+                               parent.path, parent.directory_id)
+
+    def entry_node(self, slot: Slot, index: int, entry: Entry) -> Node:
+        """A node for entry `index` of a slot's directory: made afresh, never kept."""
+        path = join(slot.path, entry.name)
+        return Node(self.slots.ino(slot, index, entry), Kind.ENTRY, (slot.view, slot.snapshot.name, path),
+                    snapshot=slot.snapshot, path=path, entry=entry, parent_tree=slot.node_id)
 
     # -- history --------------------------------------------------------------------------
 

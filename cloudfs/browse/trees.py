@@ -8,16 +8,21 @@ by entries and by nodes. Tree blobs come through the BlobFetcher: verified,
 coalesced where neighbours, and kept sealed in its disk cache, so a second
 mount lists a snapshot without the network.
 
-`prefetch_tree` fetches a snapshot's directory nodes level by level, every
-node of a level at once, so that listing a whole snapshot costs a handful of
-round trips instead of one per directory.
+`prefetch_tree` fetches a snapshot's directory nodes breadth first, about a
+MiB of nodes at a time, so that listing a whole snapshot costs a GET per MiB
+of nodes instead of one per directory. Memory is bounded, not proportional
+to the tree (I8): the cache keeps DIRECTORY_ENTRIES decoded entries (a
+decoded entry takes ~0.6 KiB, six times its encoded size), a prefetch keeps
+only the first half of that decoded and leaves the rest in the disk cache,
+and callers walking many directories take them in groups (`groups`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Iterator
 
 from cloudfs.browse.blobs import BlobFetcher
 from cloudfs.errors import IntegrityError
@@ -26,9 +31,11 @@ from cloudfs.snapshot.tree import Entry, decode_directory
 
 log = logging.getLogger(__name__)
 
-DIRECTORY_ENTRIES = 200_000     # decoded entries kept (~0.5 KiB each)
+DIRECTORY_ENTRIES = 32_768      # decoded entries kept (~0.6 KiB each: ~20 MiB)
 BLOCK_LIST_NODES = 1024         # decoded block-list nodes kept (one covers 256 blocks)
-PREFETCH_ENTRIES = 100_000      # a tree prefetch stops after this many entries
+PREFETCH_ENTRIES = 2_000_000    # a tree prefetch stops after this many entries
+GROUP_BYTES = 1 << 20           # directory nodes (stored size) fetched and decoded at once
+GROUP_LOOKUP = 500              # node ids looked up in the index at once to form groups
 
 
 class Directory:
@@ -76,8 +83,11 @@ class TreeCache:
             directory = self._remember(node_id, await self.fetcher.get(node_id, keep=False))
         return directory
 
-    async def directories(self, node_ids: list[bytes]) -> dict[bytes, Directory | Exception]:
-        """Several nodes at once (one round of coalesced fetches for the missing)."""
+    async def directories(self, node_ids: list[bytes], *, remember: bool = True
+                          ) -> dict[bytes, Directory | Exception]:
+        """Several nodes at once (one round of coalesced fetches for the missing);
+        `remember` False decodes them without keeping them. Callers with many
+        nodes ask for them in `groups`, or all of them are decoded at once."""
         out: dict[bytes, Directory | Exception] = {}
         missing = []
         for node_id in node_ids:
@@ -88,15 +98,38 @@ class TreeCache:
                 missing.append(node_id)
         if missing:
             for node_id, value in (await self.fetcher.fetch_all(missing, keep=False)).items():
-                out[node_id] = value if isinstance(value, Exception) else self._remember(node_id, value)
+                if isinstance(value, Exception):
+                    out[node_id] = value
+                else:
+                    try:
+                        out[node_id] = self._remember(node_id, value) if remember else _decode(node_id, value)
+                    except IntegrityError as error:
+                        out[node_id] = error
         return out
 
+    def groups(self, node_ids: list[bytes], max_bytes: int | None = None) -> Iterator[list[bytes]]:
+        """`node_ids` in consecutive groups of at most `max_bytes` (GROUP_BYTES)
+        of nodes (a single larger node is a group of its own): what `directories`
+        should be given at once, so that memory holds one group decoded, not a
+        whole level."""
+        max_bytes = max_bytes or GROUP_BYTES
+        for start in range(0, len(node_ids), GROUP_LOOKUP):
+            batch = node_ids[start:start + GROUP_LOOKUP]
+            locations = self.fetcher.repo.index.get_many(batch)
+            group, size = [], 0
+            for node_id in batch:
+                location = locations.get(node_id)
+                length = location.raw_length if location is not None else 0
+                if group and size + length > max_bytes:
+                    yield group
+                    group, size = [], 0
+                group.append(node_id)
+                size += length
+            if group:
+                yield group
+
     def _remember(self, node_id: bytes, data: bytes) -> Directory:
-        try:
-            directory = Directory(decode_directory(data))
-        except (ValueError, KeyError, TypeError) as error:
-            raise IntegrityError(f"tree blob {node_id.hex()[:16]}",
-                                 f"not a directory node ({error})") from None
+        directory = _decode(node_id, data)
         if node_id not in self._directories:
             self._directories[node_id] = directory
             self._entries += len(directory.entries)
@@ -118,21 +151,27 @@ class TreeCache:
         return entry
 
     async def prefetch_tree(self, root: bytes, budget: int = PREFETCH_ENTRIES) -> int:
-        """Fetch the directory nodes below `root`, breadth first, a level at a
-        time; stop after `budget` entries. Failures are left for the reads that
-        need those nodes to report. Returns the number of nodes read."""
-        level, seen, entries, started = [root], {root}, 0, time.monotonic()
-        while level and entries < budget:
-            found = await self.directories(level)
-            level = []
-            for value in found.values():
-                if isinstance(value, Exception):
-                    continue
-                entries += len(value.entries)
-                for entry in value.entries:
-                    if entry.subtree is not None and entry.subtree not in seen:
-                        seen.add(entry.subtree)
-                        level.append(entry.subtree)
+        """Fetch the directory nodes below `root`, breadth first, a group at a
+        time; stop after `budget` entries. The first half of the cache's worth
+        is kept decoded, the rest only goes to the disk cache (without one, the
+        prefetch stops there). Failures are left for the reads that need those
+        nodes to report. Returns the number of nodes read."""
+        kept = self.max_entries // 2
+        if self.fetcher.disk is None:
+            budget = min(budget, kept)
+        pending, seen, entries, started = deque([root]), {root}, 0, time.monotonic()
+        while pending and entries < budget:
+            batch = [pending.popleft() for _ in range(min(GROUP_LOOKUP, len(pending)))]
+            for group in self.groups(batch):
+                found = await self.directories(group, remember=entries < kept)
+                for value in found.values():
+                    if isinstance(value, Exception):
+                        continue
+                    entries += len(value.entries)
+                    for entry in value.entries:
+                        if entry.subtree is not None and entry.subtree not in seen:
+                            seen.add(entry.subtree)
+                            pending.append(entry.subtree)
         log.info("tree %s: %d directory nodes, %d entries read ahead in %.2f s",
                  root.hex()[:16], len(seen), entries, time.monotonic() - started)
         return len(seen)
@@ -202,3 +241,10 @@ class TreeCache:
         while len(self._block_nodes) > self.max_block_nodes:
             self._block_nodes.popitem(last=False)
         return node
+
+
+def _decode(node_id: bytes, data: bytes) -> Directory:
+    try:
+        return Directory(decode_directory(data))
+    except (ValueError, KeyError, TypeError) as error:
+        raise IntegrityError(f"tree blob {node_id.hex()[:16]}", f"not a directory node ({error})") from None

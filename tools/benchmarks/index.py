@@ -355,10 +355,26 @@ def _memory() -> dict:
 # -- the sealed index objects, written once --------------------------------------------------------
 
 
+def sealed_objects(master, blobs: int):
+    """(name, sealed bytes) of index objects of OBJECT_CHUNKS chunks holding BLOBS
+    synthetic blobs, sealed with `master` as a repository stores them."""
+    from cloudfs.repo.index import seal_index
+
+    batch, number = [], 0
+    for chunk in chunks_of(blobs):
+        batch.append(chunk)
+        if len(batch) == OBJECT_CHUNKS:
+            name = f"index/{number:032x}"
+            yield name, seal_index(master, name, batch)
+            batch, number = [], number + 1
+    if batch:
+        name = f"index/{number:032x}"
+        yield name, seal_index(master, name, batch)
+
+
 def write_objects(directory: Path, blobs: int) -> None:
     """BLOBS synthetic blobs in sealed index objects of OBJECT_CHUNKS chunks (reused if present)."""
     from cloudfs.crypto import MasterKey
-    from cloudfs.repo.index import seal_index
 
     done = directory / f"done-{blobs}"
     if done.exists():
@@ -367,21 +383,9 @@ def write_objects(directory: Path, blobs: int) -> None:
     (directory / "index").mkdir(parents=True)
     master = MasterKey.generate()
     (directory / "master").write_bytes(master.secret)
-    batch, number = [], 0
-    for chunk in chunks_of(blobs):
-        batch.append(chunk)
-        if len(batch) == OBJECT_CHUNKS:
-            number = _write_object(directory, master, seal_index, number, batch)
-            batch = []
-    if batch:
-        _write_object(directory, master, seal_index, number, batch)
+    for name, data in sealed_objects(master, blobs):
+        (directory / name).write_bytes(data)
     done.touch()
-
-
-def _write_object(directory: Path, master, seal_index, number: int, chunks: list) -> int:
-    name = f"index/{number:032x}"
-    (directory / name).write_bytes(seal_index(master, name, chunks))
-    return number + 1
 
 
 # -- the driver --------------------------------------------------------------------------------------

@@ -1,20 +1,23 @@
 """`cloudfs restore`: a snapshot, or one path in it, back onto local disk.
 
-Four phases:
+The tree below PATH is walked as a stream (walk.py), in batches of at most
+BATCH_ITEMS entries or BATCH_BLOCKS blocks, so memory does not grow with the
+number of files (I8). Before anything is written, if TARGET has content, a
+first walk checks it for conflicts (existing files are refused unless
+--overwrite or --resume). Then, while the next batch is being created, the
+batch before it is filled and finished (at most two batches are held):
 
-1. plan: walk the tree below PATH, a level of directory nodes at a time, and
-   decide where each entry goes; check TARGET for conflicts before anything
-   is written (existing files are refused unless --overwrite or --resume).
-2. create: directories (owner-only until the end), every file at its final
+1. create: directories (owner-only until the end), every file at its final
    size with ftruncate (so holes stay holes), symlinks, fifos, devices.
-3. fill: the files' blocks in batches of at most BATCH_BLOCKS. A batch's blobs
-   are sorted by chunk and offset and fetched as spans (one ranged GET each,
-   small gaps included), JOBS at a time; each record is verified (I5) and its
-   plaintext written to every place that needs it, so a block stored once is
-   fetched once. With --resume, blocks already on disk with the right keyed
-   hash are skipped: an interrupted restore picks up where it stopped.
-4. finish: hard links, then xattrs, owners (as root), modes and times; files
-   first, then directories deepest first (writing into one changes its times).
+2. fill: a batch's blobs are sorted by chunk and offset and fetched as spans
+   (one ranged GET each, small gaps included), JOBS at a time; each record is
+   verified (I5) and its plaintext written to every place that needs it, so a
+   block stored once in a batch is fetched once. With --resume, blocks already
+   on disk with the right keyed hash are skipped: an interrupted restore picks
+   up where it stopped.
+3. finish: hard links, then xattrs, owners (as root), modes and times of the
+   batch's files; the directories at the very end, deepest first (writing into
+   one changes its times).
 
 A blob that fails verification or is missing, or a directory node that cannot
 be read, damages the files that need it: they are removed (never left with
@@ -24,7 +27,6 @@ A store that cannot be reached at all stops the restore with an error.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import stat
@@ -38,15 +40,19 @@ import trio
 from cloudfs.browse.blobs import BlobFetcher, Span, fetch_span_bytes, plan_spans
 from cloudfs.browse.trees import TreeCache
 from cloudfs.errors import CloudfsError, IntegrityError, UsageError, first_cloudfs_error
-from cloudfs.repo.chunk import BlobLocation, open_record
 from cloudfs.repo import Repository, Snapshot
-from cloudfs.snapshot.source import join
-from cloudfs.snapshot.tree import Entry
+from cloudfs.repo.chunk import BlobLocation, open_record
+from cloudfs.restore.walk import DirectoryFinishes, HardLinks, Item, walk
+from cloudfs.restore.writing import RestoreError, RunWriter, remove
+from cloudfs.snapshot.tree import subtree_totals
 
 log = logging.getLogger(__name__)
 
 BATCH_BLOCKS = 1 << 16        # blocks planned at once (bounded memory for huge restores)
+BATCH_ITEMS = 8192            # entries created, filled and finished together
+TREE_ENTRIES = 16_384         # decoded directory entries kept (the walk reads each node once)
 SPAN_BYTES = 16 << 20         # the largest ranged GET
+SPAN_FLOOR = 1 << 20          # ... and the largest a batch's share per job may make it
 SPAN_GAP = 1 << 20            # unwanted bytes a ranged GET may include to save a request
 JOBS = 4                      # spans fetched and written at once
 SAMPLE_SECONDS = 1.0          # --dry-run: fetch for a time estimate for at most this long,
@@ -77,31 +83,6 @@ class RestoreReport:
     seconds: float = 0.0
 
 
-@dataclass(eq=False)
-class Item:
-    """One entry to restore and where it goes."""
-
-    path: bytes                   # inside the snapshot (b"" for its root)
-    entry: Entry | None           # None: the snapshot's root directory (nothing recorded)
-    destination: bytes
-    existing: bool = False        # --resume: a regular file is already there
-    replace: bool = False         # something else is there and goes first
-    link_to: "Item | None" = None
-    damage: str | None = None
-
-    @property
-    def is_dir(self) -> bool:
-        return self.entry is None or self.entry.is_dir
-
-    @property
-    def has_data(self) -> bool:
-        return self.entry is not None and self.entry.is_file and self.link_to is None
-
-    @property
-    def shown(self) -> str:
-        return "/" + os.fsdecode(self.path)
-
-
 Progress = Callable[[int], None]
 
 
@@ -128,27 +109,29 @@ class Restorer:
         self.options = options
         self.progress = progress
         self.fetcher = BlobFetcher(repo, memory_bytes=32 << 20)
-        self.trees = TreeCache(self.fetcher)
+        self.trees = TreeCache(self.fetcher, max_entries=TREE_ENTRIES)
         self.block_size = repo.config.block_size
         self.as_root = os.geteuid() == 0
         self.report = RestoreReport()
+        self.links = HardLinks()
+        self._target_had_content = False
         self._warned: set[tuple] = set()
 
     async def run(self, snapshot: Snapshot, path: bytes, target: bytes, on_total) -> None:
         top = await self._top_item(snapshot, path, target)
-        items = await self._plan(snapshot, top)
-        if os.path.lexists(target):
-            self._check_target(items, top)
-        on_total(sum(item.entry.size for item in items if item.has_data))
+        self._target_had_content = _has_content(target)
+        if self._target_had_content:
+            await self._refuse_conflicts(snapshot, top)
+        on_total(await self._total_bytes(snapshot, top))
         if self.options.dry_run:
-            self._count(items)
-            await self._sample([item for item in items if item.has_data])
+            await self._dry_run(snapshot, top)
             return
-        await trio.to_thread.run_sync(self._create_all, items)
-        await self._fill([item for item in items if item.has_data])
-        if self.options.verify:
-            await self._verify([item for item in items if item.has_data and item.damage is None])
-        await trio.to_thread.run_sync(self._finish, items)
+        with DirectoryFinishes() as directories:
+            send, receive = trio.open_memory_channel(0)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._fill_batches, receive)
+                await self._create_batches(snapshot, top, directories, send)
+            await trio.to_thread.run_sync(self._finish_directories, directories)
 
     # -- 1. plan ------------------------------------------------------------------------
 
@@ -162,71 +145,77 @@ class Restorer:
             target = os.path.join(target, entry.name)
         return Item(path, entry, target)
 
-    async def _plan(self, snapshot: Snapshot, top: Item) -> list[Item]:
-        """Every item below `top`, parents before children; hard links grouped."""
-        items, level = [top], [top] if top.is_dir else []
-        while level:
-            node_ids = [item.entry.subtree if item.entry else snapshot.tree for item in level]
-            found = await self.trees.directories(list(dict.fromkeys(node_ids)))
-            next_level = []
-            for item, node_id in zip(level, node_ids):
-                directory = found[node_id]
-                if isinstance(directory, Exception):
-                    self._damage(item, f"its listing cannot be read, nothing in it was restored: {directory}")
-                    continue
-                for entry in directory.entries:
-                    child = Item(join(item.path, entry.name), entry, join(item.destination, entry.name))
-                    items.append(child)
-                    if entry.is_dir:
-                        next_level.append(child)
-            level = next_level
-        _group_hard_links(items)
-        return items
-
-    def _check_target(self, items: list[Item], top: Item) -> None:
-        """Refuse to touch existing files unless told; decide what gets replaced."""
-        conflicts = []
-        for item in items:
-            try:
-                st = os.lstat(item.destination)
-            except FileNotFoundError:
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                if not item.is_dir:
-                    raise UsageError(f"{os.fsdecode(item.destination)} is a directory; "
-                                     f"{item.shown} is not (move it away first)")
-            elif self.options.resume and item.entry is not None and item.entry.is_file and stat.S_ISREG(st.st_mode):
-                item.existing = True
-            elif self.options.overwrite or self.options.resume:
-                item.replace = True
-            elif item is top and item.is_dir:
-                raise UsageError(f"TARGET {os.fsdecode(item.destination)} is not a directory")
-            else:
-                conflicts.append(item)
+    async def _refuse_conflicts(self, snapshot: Snapshot, top: Item) -> None:
+        """A first walk: refuse, before anything is written, to touch existing
+        files unless told (a directory where a file should go is always refused)."""
+        conflicts, first = 0, None
+        async for items in walk(self.trees, snapshot, top, lambda item, error: None):
+            for item in items:
+                if self._decide(item, top):
+                    conflicts, first = conflicts + 1, first or item
         if conflicts:
-            first = os.fsdecode(conflicts[0].destination)
-            raise UsageError(f"{len(conflicts)} of the paths to restore already exist (first: {first}); "
+            raise UsageError(f"{conflicts} of the paths to restore already exist "
+                             f"(first: {os.fsdecode(first.destination)}); "
                              "use --overwrite to replace them or --resume to finish an earlier restore")
 
-    def _count(self, items: list[Item]) -> None:
-        """--dry-run: the report a restore of `items` would give, nothing written
-        (bytes_written is what would be fetched and written)."""
-        report = self.report
-        for item in items:
-            entry = item.entry
-            if entry is None:
-                continue
-            if entry.is_dir:
-                report.directories += 1
-            elif item.link_to is not None:
-                report.hard_links += 1
-            elif entry.is_file:
-                report.files += 1
-                report.bytes_written += entry.size
-            elif entry.is_symlink:
-                report.symlinks += 1
-            else:
-                report.other += 1
+    def _decide(self, item: Item, top: Item) -> bool:
+        """What to do with what is at an item's destination (item.existing,
+        item.replace); True if it is a conflict the options do not allow."""
+        try:
+            st = os.lstat(item.destination)
+        except FileNotFoundError:
+            return False
+        if stat.S_ISDIR(st.st_mode):
+            if not item.is_dir:
+                raise UsageError(f"{os.fsdecode(item.destination)} is a directory; "
+                                 f"{item.shown} is not (move it away first)")
+        elif self.options.resume and item.entry is not None and item.entry.is_file and stat.S_ISREG(st.st_mode):
+            item.existing = True
+        elif self.options.overwrite or self.options.resume:
+            item.replace = True
+        elif item is top and item.is_dir:
+            raise UsageError(f"TARGET {os.fsdecode(item.destination)} is not a directory")
+        else:
+            return True
+        return False
+
+    async def _total_bytes(self, snapshot: Snapshot, top: Item) -> int:
+        """What the progress bar counts to, from the totals directories record."""
+        if top.entry is not None:
+            return top.entry.tree_bytes if top.is_dir else top.entry.size if top.entry.is_file else 0
+        root = (await self.trees.directories([snapshot.tree]))[snapshot.tree]
+        return 0 if isinstance(root, Exception) else subtree_totals(root.entries)[1]
+
+    def _unreadable(self, item: Item, error: Exception) -> None:
+        self._damage(item, f"its listing cannot be read, nothing in it was restored: {error}")
+
+    async def _dry_run(self, snapshot: Snapshot, top: Item) -> None:
+        """The report a restore would give, nothing written (bytes_written is
+        what would be fetched and written), and a sample of its first batch."""
+        first_batch: list[Item] = []
+        async for items in walk(self.trees, snapshot, top, self._unreadable):
+            for item in items:
+                self.links.group(item)
+                self._count(item)
+                if item.has_data and len(first_batch) < BATCH_ITEMS:
+                    first_batch.append(item)
+        await self._sample(first_batch)
+
+    def _count(self, item: Item) -> None:
+        report, entry = self.report, item.entry
+        if entry is None:
+            return
+        if entry.is_dir:
+            report.directories += 1
+        elif item.link_to is not None:
+            report.hard_links += 1
+        elif entry.is_file:
+            report.files += 1
+            report.bytes_written += entry.size
+        elif entry.is_symlink:
+            report.symlinks += 1
+        else:
+            report.other += 1
 
     async def _sample(self, files: list[Item]) -> None:
         """--dry-run: fetch and verify what a restore would fetch first, as many spans
@@ -279,13 +268,33 @@ class Restorer:
 
     # -- 2. create ----------------------------------------------------------------------
 
-    def _create_all(self, items: list[Item]) -> None:
+    async def _create_batches(self, snapshot: Snapshot, top: Item, directories: DirectoryFinishes,
+                              batches: trio.MemorySendChannel) -> None:
+        """Walk, create each listed directory's entries, and pass them on in batches."""
+        async with batches:
+            batch = _Batch()
+            async for items in walk(self.trees, snapshot, top, self._unreadable):
+                for item in items:
+                    self.links.group(item)
+                await trio.to_thread.run_sync(self._create_all, items, top, directories)
+                batch.add(items, self.block_size)
+                if batch.full:
+                    await batches.send(batch)
+                    batch = _Batch()
+            if batch.items:
+                await batches.send(batch)
+
+    def _create_all(self, items: list[Item], top: Item, directories: DirectoryFinishes) -> None:
         for item in items:
+            if self._target_had_content and self._decide(item, top):
+                raise UsageError(f"{os.fsdecode(item.destination)} appeared during the restore")
             try:
                 self._create(item)
             except OSError as error:
                 raise RestoreError(f"cannot create {os.fsdecode(item.destination)}: "
                                    f"{error.strerror}") from None
+            if item.is_dir and item.entry is not None:
+                directories.add(item)
 
     def _create(self, item: Item) -> None:
         destination, entry = item.destination, item.entry
@@ -309,13 +318,15 @@ class Restorer:
             self._create_special(item)
 
     def _create_file(self, item: Item) -> None:
+        self.report.files += 1
+        if _created_by_its_blocks(item):
+            return
         flags = os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW | (0 if item.existing else os.O_CREAT | os.O_EXCL)
         fd = os.open(item.destination, flags, 0o600)
         try:
             os.ftruncate(fd, item.entry.size)
         finally:
             os.close(fd)
-        self.report.files += 1
 
     def _create_special(self, item: Item) -> None:
         mode = item.entry.mode
@@ -331,12 +342,22 @@ class Restorer:
 
     # -- 3. fill ---------------------------------------------------------------------------
 
+    async def _fill_batches(self, batches: trio.MemoryReceiveChannel) -> None:
+        """Fill, verify (--verify) and finish each batch of created entries."""
+        async with batches:
+            async for batch in batches:
+                files = [item for item in batch.items if item.has_data]
+                await self._fill(files)
+                if self.options.verify:
+                    await self._verify([item for item in files if item.damage is None])
+                await trio.to_thread.run_sync(self._finish_items, batch.items)
+
     async def _fill(self, files: list[Item]) -> None:
         async for batch in self._batches(files):
             await self._fetch_and_write(batch)
         for item in files:
             if item.damage is not None:
-                _remove(item.destination)
+                remove(item.destination)
 
     async def _batches(self, files: list[Item]) -> AsyncIterator[dict[bytes, list[tuple[Item, int]]]]:
         """Where each blob goes ({blob id: [(item, offset)]}), a batch at a time."""
@@ -404,13 +425,21 @@ class Restorer:
         """The ranged GETs that fetch a batch's blobs; a blob the index lacks damages
         the files that need it."""
         locations = []
+        known = self.repo.index.get_many(batch)
         for blob_id, places in batch.items():
-            location = self.repo.index.get(blob_id)
+            location = known.get(blob_id)
             if location is None:
                 self._damage_places(places, IntegrityError(f"blob {blob_id.hex()[:16]}", "not in the index"))
             else:
                 locations.append(location)
-        return plan_spans(locations, max_bytes=SPAN_BYTES, max_gap=SPAN_GAP)
+        return plan_spans(locations, max_bytes=self._span_bytes(locations), max_gap=SPAN_GAP)
+
+    def _span_bytes(self, locations: list[BlobLocation]) -> int:
+        """The largest GET for a batch: SPAN_BYTES, or less, so that a batch of
+        small files still makes a span per job, and its files are created and
+        written by all the jobs at once rather than by one."""
+        share = sum(location.length for location in locations) // max(1, self.options.jobs)
+        return max(SPAN_FLOOR, min(SPAN_BYTES, share))
 
     def _open_records(self, span: Span, data) -> Iterator[tuple[BlobLocation, bytes | IntegrityError]]:
         """Each record of a fetched span, verified (I5): its plaintext, or why not."""
@@ -450,7 +479,7 @@ class Restorer:
         if isinstance(data, IntegrityError):
             return 0, [(location.blob_id, data) for location in span.locations]
         failures = []
-        with _RunWriter() as writer:
+        with RunWriter() as writer:
             for location, plaintext in self._open_records(span, data):
                 if isinstance(plaintext, IntegrityError):
                     failures.append((location.blob_id, plaintext))
@@ -469,12 +498,13 @@ class Restorer:
                 wrong = await trio.to_thread.run_sync(self._differing, item, list(enumerate(ids, first)), False)
                 if wrong:
                     self._damage(item, f"block {wrong[0][0]} reads back different from the snapshot")
-                    _remove(item.destination)
+                    remove(item.destination)
                     break
 
     # -- 4. finish ---------------------------------------------------------------------------
 
-    def _finish(self, items: list[Item]) -> None:
+    def _finish_items(self, items: list[Item]) -> None:
+        """Links and metadata of a batch's entries other than directories."""
         for item in items:
             if item.is_dir or item.damage is not None:
                 continue
@@ -485,15 +515,16 @@ class Restorer:
                     self._apply_metadata(item)
             except OSError as error:
                 raise RestoreError(f"cannot finish {os.fsdecode(item.destination)}: {error.strerror}") from None
-        for item in reversed(items):
-            if item.is_dir and item.entry is not None:
-                self._apply_metadata(item)
+
+    def _finish_directories(self, directories: DirectoryFinishes) -> None:
+        for item in directories.deepest_first():
+            self._apply_metadata(item)
 
     def _link(self, item: Item) -> None:
         if item.link_to.damage is not None:
             self._damage(item, f"it is a hard link of {item.link_to.shown}, which is damaged")
             return
-        if os.path.lexists(item.destination):     # allowed by _check_target
+        if os.path.lexists(item.destination):     # allowed by _refuse_conflicts
             os.unlink(item.destination)
         os.link(item.link_to.destination, item.destination)
         self.report.hard_links += 1
@@ -533,101 +564,35 @@ class Restorer:
             self.report.warnings.append(message)
 
 
-class RestoreError(CloudfsError):
-    """The local side of a restore failed (a file could not be created or finished)."""
+@dataclass
+class _Batch:
+    """Created entries waiting to be filled and finished together."""
+
+    items: list[Item] = field(default_factory=list)
+    blocks: int = 0
+
+    def add(self, items: list[Item], block_size: int) -> None:
+        self.items += items
+        self.blocks += sum((item.entry.size + block_size - 1) // block_size for item in items if item.has_data)
+
+    @property
+    def full(self) -> bool:
+        return len(self.items) >= BATCH_ITEMS or self.blocks >= BATCH_BLOCKS
 
 
-def _group_hard_links(items: list[Item]) -> None:
-    """Files of one snapshot with the same recorded inode are one file: the
-    first keeps the data, the others become links to it."""
-    first_of: dict[int, Item] = {}
-    for item in items:
-        entry = item.entry
-        if entry is not None and entry.is_file and entry.nlink > 1:
-            first = first_of.setdefault(entry.ino, item)
-            if first is not item:
-                item.link_to = first
+def _created_by_its_blocks(item: Item) -> bool:
+    """A new file whose every block is stored (no hole, its last block ends it):
+    writing the blocks creates it at its size, so creating it first would only
+    cost an open, an ftruncate and a close more (most small files)."""
+    blocks = item.entry.blocks
+    return not item.existing and bool(blocks) and None not in blocks
 
 
-class _RunWriter:
-    """Writes blocks, joining consecutive ones of a file into one pwritev of up
-    to RUN_BYTES; keeps the current file open until another comes."""
-
-    RUN_BYTES = 1 << 20
-
-    def __init__(self):
-        self.written = 0
-        self._path: bytes | None = None
-        self._fd = -1
-        self._start = self._end = 0
-        self._buffers: list = []
-
-    def __enter__(self) -> "_RunWriter":
-        return self
-
-    def __exit__(self, kind, *exc) -> None:
-        try:
-            if kind is None:
-                self._flush()
-        finally:
-            if self._fd >= 0:
-                os.close(self._fd)
-
-    def add(self, path: bytes, offset: int, data: bytes) -> None:
-        if path != self._path or offset != self._end or self._end - self._start >= self.RUN_BYTES:
-            self._flush()
-            if path != self._path:
-                if self._fd >= 0:
-                    os.close(self._fd)
-                    self._fd = -1
-                try:
-                    self._fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-                except OSError as error:
-                    raise RestoreError(_write_failure(path, error)) from None
-                self._path = path
-            self._start = self._end = offset
-        self._buffers.append(data)
-        self._end += len(data)
-
-    def _flush(self) -> None:
-        if self._buffers:
-            try:
-                self.written += _pwritev_all(self._fd, self._buffers, self._start)
-            except OSError as error:
-                raise RestoreError(_write_failure(self._path, error)) from None
-            self._buffers = []
-
-
-def _write_failure(path: bytes, error: OSError) -> str:
-    """One line for a write to the target that failed; the restore stops there, and
-    what it wrote is kept for --resume."""
-    message = f"cannot write {os.fsdecode(path)}: {error.strerror}"
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        message += "; free some space, then run the same restore with --resume to finish it"
-    return message
-
-
-def _pwritev_all(fd: int, buffers: list, offset: int) -> int:
-    """pwritev every buffer at `offset` (it may write less than asked, and takes
-    at most IOV_MAX buffers at a time)."""
-    done = 0
-    for first in range(0, len(buffers), 512):
-        group = buffers[first:first + 512]
-        size = sum(len(buffer) for buffer in group)
-        count = os.pwritev(fd, group, offset + done)
-        if count < size:
-            rest = b"".join(group)[count:]
-            while rest:
-                step = os.pwrite(fd, rest, offset + done + count)
-                count += step
-                rest = rest[step:]
-        done += size
-    return done
-
-
-def _remove(path: bytes) -> None:
-    try:
-        os.unlink(path)
-    except OSError as error:
-        if error.errno != errno.ENOENT:
-            log.warning("cannot remove damaged %s: %s", os.fsdecode(path), error.strerror)
+def _has_content(target: bytes) -> bool:
+    """True if restoring into `target` could meet something already there."""
+    if not os.path.lexists(target):
+        return False
+    if not os.path.isdir(target) or os.path.islink(target):
+        return True
+    with os.scandir(target) as entries:
+        return next(entries, None) is not None
