@@ -1,6 +1,7 @@
 """Trees: a snapshot records a directory exactly, and the next one reads only what changed."""
 
 import os
+import threading
 
 import pytest
 import trio
@@ -160,3 +161,52 @@ def test_excluded_paths_are_left_out(repo, tree):
 
 async def _walk(reader, root):
     return [item async for item in reader.walk(root)]
+
+
+class _WaitingSource(DirectorySource):
+    """Reading `first` waits (in its worker thread) until `second` is opened: a builder
+    that waits for one directory's files before walking the next never gets there."""
+
+    def __init__(self, root_fd, first: bytes, second: bytes):
+        super().__init__(root_fd)
+        self.first, self.second = first, second
+        self.second_opened = threading.Event()
+        self.waited_in_vain = False
+
+    def listdir(self, path):
+        return sorted(super().listdir(path))   # `first`'s directory before `second`'s
+
+    def open(self, path):
+        reader = super().open(path)
+        if path == self.second:
+            self.second_opened.set()
+        if path != self.first:
+            return reader
+        source = self
+
+        class Waiting:
+            def pread(self, length, offset):
+                if not source.second_opened.wait(timeout=5):
+                    source.waited_in_vain = True
+                return reader.pread(length, offset)
+
+            def close(self):
+                reader.close()
+
+        return Waiting()
+
+
+def test_the_walk_goes_on_while_a_directory_s_files_are_read(repo, tmp_path):
+    root = tmp_path / "walked"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        (root / name / "big.bin").write_bytes(os.urandom(3 * BLOCK))
+    source = _WaitingSource(os.open(root, os.O_RDONLY | os.O_DIRECTORY), b"a/big.bin", b"b/big.bin")
+    builder = TreeBuilder(source, RepositorySink(repo), TreeReader(repo), repo.config.block_size)
+    try:
+        snapshot_root = trio.run(builder.build, None, None)
+    finally:
+        source.close()
+    trio.run(repo.flush)
+    assert not source.waited_in_vain
+    assert_matches(repo, snapshot_root, root)

@@ -11,12 +11,16 @@ no journal watched it) every directory is listed and every entry compared by
 (inode, size, mode, mtime, ctime) with the previous one: unchanged files are not
 read again.
 
-Concurrency: the tree is walked by trio tasks; each file to read is a task
-(at most FILE_TASKS at once), and its content is read, hashed, compressed and
-sealed in worker-thread jobs of READ_BATCH bytes (at most WORKER_THREADS at
-once, several per large file); files of one block or less are grouped, up to
-SMALL_FILES_PER_JOB per job. Directory nodes are written when all their
-children are done, so the walk is depth-first and memory stays bounded.
+Concurrency: the tree is walked depth-first on the trio thread; each file to
+read is a task (at most FILE_TASKS at once), and its content is read, hashed,
+compressed and sealed in worker-thread jobs of READ_BATCH bytes (at most
+WORKER_THREADS at once, several per large file); files of one block or less
+are grouped, up to SMALL_FILES_PER_JOB per job, whatever directory they are
+in. The walk never waits for content: a directory's node is written by a task
+of its own once its last child is done, while the walk goes on, so the
+threads stay busy across many small directories. Memory stays bounded: the
+directories not written yet are those with a file among the FILE_TASKS in
+flight or in the group being filled, and their ancestors.
 """
 
 from __future__ import annotations
@@ -76,64 +80,94 @@ class TreeBuilder:
         self._rules = WalkRules(None)
         self._file_slots = trio.Semaphore(FILE_TASKS)
         self._threads = trio.CapacityLimiter(WORKER_THREADS)
+        self._nursery: trio.Nursery | None = None
+        self._small = _SmallFiles()
 
     async def build(self, previous_root: bytes | None, changes: PathChanges | None) -> bytes:
         """The id of the new root directory node. Afterwards stats.files and
         stats.bytes are the totals of the whole new tree."""
         self._rules = WalkRules(changes)
-        root, self.stats.files, self.stats.bytes = await self._directory(b"", previous_root)
-        return root
+        root = _Directory(b"", Entry(name=b"", mode=stat.S_IFDIR), None)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self._walk(root, *await self._listing(b"", previous_root))
+            await self._start_small_files()
+        self.stats.files, self.stats.bytes = root.entry.tree_files, root.entry.tree_bytes
+        return root.entry.subtree
 
     # -- directories ----------------------------------------------------------------
+    #
+    # The walk goes depth-first on the trio thread and never waits for content: files
+    # to read become tasks (and small files groups), and a directory's node is written
+    # by a task of its own once the last of its children is done (`_Directory`), so
+    # the walk goes on to the next directory while the files of the last one are read.
 
-    async def _directory(self, path: bytes, previous: bytes | None) -> tuple[bytes, int, int]:
-        """The node id of a directory's new version, and its subtree's file and byte totals."""
+    async def _listing(self, path: bytes, previous: bytes | None) -> tuple[dict[bytes, Entry], bool, list[bytes]]:
+        """A directory's previous entries by name, whether it is listed afresh, and the
+        names to examine."""
         old = {e.name: e for e in await self.reader.directory(previous)} if previous else {}
         relist = self._rules.relists(path, previous is not None)
-        names = self.source.listdir(path) if relist else list(old)
-        entries: dict[bytes, Entry] = {}
-        small = _SmallFiles()
-        async with trio.open_nursery() as nursery:
-            for name in names:
-                if not self.exclude(join(path, name)):
-                    await self._child(nursery, path, name, old.get(name), relist, entries, small)
-            await self._start_small_files(nursery, small, entries)
-        self.stats.directories += 1
-        children = list(entries.values())
-        return (await self.sink.put_tree(encode_directory(children)), *subtree_totals(children))
+        return old, relist, self.source.listdir(path) if relist else list(old)
 
-    async def _child(self, nursery, directory: bytes, name: bytes, old: Entry | None,
-                     relisted: bool, entries: dict[bytes, Entry], small: "_SmallFiles") -> None:
-        """Fill entries[name]: copied from the old node, made here, or, for a file
-        whose content must be read, by a task started in `nursery` (small files
-        in groups)."""
-        path = join(directory, name)
+    async def _walk(self, directory: "_Directory", old: dict[bytes, Entry], relist: bool,
+                    names: list[bytes]) -> None:
+        """Examine a directory's names; its node is written once its children are done."""
+        for name in names:
+            if not self.exclude(join(directory.path, name)):
+                await self._child(directory, name, old.get(name), relist)
+        directory.release(self._finish)   # the walk's own hold
+
+    async def _child(self, directory: "_Directory", name: bytes, old: Entry | None, relisted: bool) -> None:
+        """Fill directory.entries[name]: copied from the old node, made here, or, for a
+        file whose content must be read, by a task (small files in groups); for a
+        subdirectory, once its own node is written."""
+        path = join(directory.path, name)
         try:
             if self._rules.unchanged(path, old.ino if old is not None else None, relisted,
                                      lambda: self.source.lstat(path).st_ino):
-                entries[name] = old
+                directory.entries[name] = old
                 return
             st = self.source.lstat(path)
             entry = Entry(name=name, mode=st.st_mode).with_stat(st)
             entry.xattrs = self._xattrs(path)
             if stat.S_ISREG(st.st_mode):
-                await self._file(nursery, path, st, old, entry, entries, small)
+                await self._file(directory, path, st, old, entry)
                 return
             if stat.S_ISDIR(st.st_mode):
-                await self._subdirectory(path, old, entry)
-            elif stat.S_ISLNK(st.st_mode):
+                await self._subdirectory(directory, path, old, entry)
+                return
+            if stat.S_ISLNK(st.st_mode):
                 entry.target = self.source.readlink(path)
-            entries[name] = entry
+            directory.entries[name] = entry
         except FileNotFoundError:
             self.stats.vanished += 1   # removed while we looked: not part of this tree
 
-    async def _subdirectory(self, path: bytes, old: Entry | None, entry: Entry) -> None:
-        """Fill a directory entry's subtree: reused when no change lies below it."""
+    async def _subdirectory(self, parent: "_Directory", path: bytes, old: Entry | None, entry: Entry) -> None:
+        """A directory entry's subtree: reused when no change lies below it, else walked
+        now and finished (entry filled, in `parent`) when its children are done."""
         previous = old.subtree if old is not None and old.is_dir and old.ino == entry.ino else None
         if self._rules.reuses_subtree(path, previous is not None):
             entry.subtree, entry.tree_files, entry.tree_bytes = previous, old.tree_files, old.tree_bytes
-        else:
-            entry.subtree, entry.tree_files, entry.tree_bytes = await self._directory(path, previous)
+            parent.entries[entry.name] = entry
+            return
+        listing = await self._listing(path, previous)   # may raise FileNotFoundError: nothing held yet
+        parent.hold()
+        await self._walk(_Directory(path, entry, parent), *listing)
+
+    def _finish(self, directory: "_Directory") -> None:
+        self._nursery.start_soon(self._write_node, directory)
+
+    async def _write_node(self, directory: "_Directory") -> None:
+        """Write a directory's node (all its children are done), then count it in its parent."""
+        children = list(directory.entries.values())
+        entry = directory.entry
+        entry.subtree = await self.sink.put_tree(encode_directory(children))
+        entry.tree_files, entry.tree_bytes = subtree_totals(children)
+        self.stats.directories += 1
+        parent = directory.parent
+        if parent is not None:
+            parent.entries[entry.name] = entry
+            parent.release(self._finish)
 
     def _xattrs(self, path: bytes) -> dict[bytes, bytes]:
         try:
@@ -145,63 +179,66 @@ class TreeBuilder:
 
     # -- file content -----------------------------------------------------------------
 
-    async def _file(self, nursery, path: bytes, st, old: Entry | None, entry: Entry,
-                    entries: dict[bytes, Entry], small: "_SmallFiles") -> None:
+    async def _file(self, directory: "_Directory", path: bytes, st, old: Entry | None, entry: Entry) -> None:
         same_file = old is not None and old.is_file and old.ino == st.st_ino
         plan = self._rules.content(path, same_file, lambda: old.same_stat(st))
         if plan is Content.REUSE or st.st_size == 0:
             entry.blocks, entry.block_list = (old.blocks, old.block_list) if plan is Content.REUSE else ([], None)
-            entries[entry.name] = entry
+            directory.entries[entry.name] = entry
         elif st.st_size <= self.block_size and plan is Content.WHOLE:
-            small.add(path, entry)
-            if small.full():
-                await self._start_small_files(nursery, small, entries)
+            directory.hold()
+            self._small.add(directory, path, entry)
+            if self._small.full():
+                await self._start_small_files()
         else:
             await self._file_slots.acquire()
-            nursery.start_soon(self._file_task, path, st, old, entry, entries, plan)
+            directory.hold()
+            self._nursery.start_soon(self._file_task, directory, path, st, old, entry, plan)
 
-    async def _start_small_files(self, nursery, small: "_SmallFiles", entries: dict[bytes, Entry]) -> None:
-        if small.files:
+    async def _start_small_files(self) -> None:
+        if self._small.files:
             await self._file_slots.acquire()
-            nursery.start_soon(self._small_files_task, small.take(), entries)
+            self._nursery.start_soon(self._small_files_task, self._small.take())
 
-    async def _small_files_task(self, files: list[tuple[bytes, Entry]], entries: dict[bytes, Entry]) -> None:
-        """Read and store a group of small files in one worker-thread job."""
+    async def _small_files_task(self, files: list[tuple["_Directory", bytes, Entry]]) -> None:
+        """Read and store a group of small files (of any directories) in one worker-thread job."""
         try:
             opened = []
-            for path, entry in files:
+            for directory, path, entry in files:
                 try:
-                    opened.append((self.source.open(path), entry))   # on the loop, like every open
+                    opened.append((self.source.open(path), directory, entry))   # on the loop, like every open
                 except FileNotFoundError:
                     self.stats.vanished += 1
             try:
                 results = await trio.to_thread.run_sync(
-                    self._read_small_files, [(reader, entry.size) for reader, entry in opened],
+                    self._read_small_files, [(reader, entry.size) for reader, _, entry in opened],
                     limiter=self._threads)
             finally:
-                for reader, _ in opened:
+                for reader, _, _ in opened:
                     reader.close()
-            for (_, entry), (ids, read) in zip(opened, results):
+            for (_, directory, entry), (ids, read) in zip(opened, results):
                 entry.blocks, entry.block_list = ids, None
                 self.stats.bytes_read += read
                 self.stats.files_read += 1
-                entries[entry.name] = entry
+                directory.entries[entry.name] = entry
         finally:
             self._file_slots.release()
+            for directory, _, _ in files:
+                directory.release(self._finish)
 
     def _read_small_files(self, files: list[tuple[FileReader, int]]) -> list[tuple[list, int]]:
         return [self._read_and_store(reader, 0, size) for reader, size in files]
 
-    async def _file_task(self, path: bytes, st, old: Entry | None, entry: Entry,
-                         entries: dict[bytes, Entry], plan: Content) -> None:
+    async def _file_task(self, directory: "_Directory", path: bytes, st, old: Entry | None, entry: Entry,
+                         plan: Content) -> None:
         try:
             entry.blocks, entry.block_list = await self._content(path, st, old, plan)
+            directory.entries[entry.name] = entry
         except FileNotFoundError:
             self.stats.vanished += 1
-            return
         finally:
             self._file_slots.release()
-        entries[entry.name] = entry
+            directory.release(self._finish)
 
     async def _content(self, path: bytes, st, old: Entry | None, plan: Content):
         """(blocks, block_list) of a file to read: UPDATE or WHOLE."""
@@ -268,20 +305,41 @@ def _runs(indices: list[int], limit: int) -> list[list[int]]:
     return runs
 
 
+class _Directory:
+    """A directory being built: its entries so far, and how many of its children
+    (files being read, subdirectories being built, and the walk of its own names)
+    are not done yet. When the last is done, `release` hands it to be written."""
+
+    def __init__(self, path: bytes, entry: Entry, parent: "_Directory | None"):
+        self.path = path
+        self.entry = entry                 # in the parent: subtree and totals filled when written
+        self.parent = parent
+        self.entries: dict[bytes, Entry] = {}
+        self._holds = 1                    # the walk of its names
+
+    def hold(self) -> None:
+        self._holds += 1
+
+    def release(self, finish: Callable[["_Directory"], None]) -> None:
+        self._holds -= 1
+        if self._holds == 0:
+            finish(self)
+
+
 class _SmallFiles:
-    """Small files of one directory waiting to be read together."""
+    """Small files waiting to be read together (of one or several directories)."""
 
     def __init__(self):
-        self.files: list[tuple[bytes, Entry]] = []
+        self.files: list[tuple[_Directory, bytes, Entry]] = []
         self.bytes = 0
 
-    def add(self, path: bytes, entry: Entry) -> None:
-        self.files.append((path, entry))
+    def add(self, directory: _Directory, path: bytes, entry: Entry) -> None:
+        self.files.append((directory, path, entry))
         self.bytes += entry.size
 
     def full(self) -> bool:
         return len(self.files) >= SMALL_FILES_PER_JOB or self.bytes >= SMALL_BYTES_PER_JOB
 
-    def take(self) -> list[tuple[bytes, Entry]]:
+    def take(self) -> list[tuple[_Directory, bytes, Entry]]:
         files, self.files, self.bytes = self.files, [], 0
         return files

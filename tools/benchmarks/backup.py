@@ -1,215 +1,162 @@
-"""tools/bench backup: cloudfs snapshots against restic, on one local S3 server.
+"""tools/bench backup: backing up with cloudfs and with restic, whole commands as users type them.
 
-Scenarios, each timed for cloudfs and (where installed) restic 0.14+ in the
-same run against the same `rclone serve s3`:
-  initial-file   first backup of a directory holding one 2 GiB random file
-  initial-tree   first backup of the Python standard library (without
-                 site-packages: 7,733 files here, as in tools/bench restore)
-  incremental    after overwriting 16 scattered 64 KiB regions of the 2 GiB
-                 file: time, bytes read from disk, bytes uploaded
-With --big-gib N the incremental is repeated on an N GiB file, to show that
-its cost does not grow with the file.
+    tools/bench backup [--runs 3] [--file-gib 2] [--edits 50] [--dir /var/tmp] [--no-restic]
 
-cloudfs is driven through its snapshot API with the changed regions given as
-the journal would give them (the live mount's seal adds only its own flip).
+Data: a directory holding one random file of FILE_GIB GiB, and Python's
+standard library without site-packages (7.7k files). One `rclone serve s3`
+serves both tools; every run gives each tool new repositories (one per data
+set) and empty local caches, and the page cache is dropped before each step.
+Each command is timed whole: interpreter start, imports, key derivation and
+all. Rows, cloudfs against restic 0.14:
+
+  first backup   `cloudfs mount --daemon --repo R SOURCE` (over SOURCE itself)
+                 until `cloudfs flush SOURCE` returns (the first snapshot is
+                 committed), against `restic backup SOURCE`
+  next backup    of the tree, after EDITS small files were appended to and
+                 EDITS new ones written (through the mount, for cloudfs): the
+                 whole `cloudfs snapshot --wait`, against `restic backup`
+  peak RSS       of the backing-up process: the mount daemon's VmHWM once the
+                 first snapshot is committed, against restic backup's
+
+The first run also restores what each tool backed up (`cloudfs restore
+latest`, `restic restore latest`) and compares it with the source byte for
+byte. Medians over the runs; the goals are issue 14's.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import random
 import shutil
-import subprocess
+import statistics
 import sys
-import sysconfig
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import median, print_table  # noqa: E402
+from common import print_table  # noqa: E402
+from whole import (CloudfsUser, Restic, assert_same_tree, copy_stdlib, drop_caches,  # noqa: E402,F401
+                   edit_small_files, peak_rss_mib, restic_available, tree_bytes, write_random_file)
 
-import trio  # noqa: E402
+from cloudfs import control, locals3  # noqa: E402
 
-from cloudfs import crypto, locals3  # noqa: E402
-from cloudfs.repo import Repository  # noqa: E402
-from cloudfs.snapshot.rules import PathChanges  # noqa: E402
-from cloudfs.store import S3Options, S3Store  # noqa: E402
-from cloudfs.uploader import snapshot_directory  # noqa: E402
-
-PASSWORD = "benchmark passphrase"
-REGION = 64 << 10
+BUCKET = "bench"
+GRAVEYARD = ".cloudfs-graveyard"   # made at SOURCE's root by the live mount, not part of a snapshot
 
 
-class CountingS3(S3Store):
-    """The real S3 store, counting the bytes it sends."""
+class Round:
+    """One data set backed up by both tools in one run."""
 
-    sent = 0
+    def __init__(self, work: Path, server, name: str, source: Path, run: int, edits: int):
+        self.work, self.server, self.name, self.source, self.run, self.edits = work, server, name, source, run, edits
 
-    async def put(self, name, data, *, exclusive=False, sha256=None):
-        CountingS3.sent += len(data)
-        await super().put(name, data, exclusive=exclusive, sha256=sha256)
+    def cloudfs(self, verify: bool) -> dict:
+        user = CloudfsUser(self.server, BUCKET, self.work / "home" / f"{self.run}-{self.name}")
+        user.repository(f"cloudfs-{self.name}-{self.run}")
+        source = str(self.source)
+        drop_caches()
+        started = time.perf_counter()
+        mount_s, _ = user.run("mount", "--daemon", "--interval", "1h", source)
+        user.run("flush", source)
+        figures = {"first": time.perf_counter() - started, "mount": mount_s}
+        state_dir, pid = user.holder(self.source)
+        figures["rss"] = peak_rss_mib(pid)
+        figures["daemon"] = control.request(state_dir, "status", timeout=30)["history"][0]["seal_to_commit_s"]
+        if self.edits:
+            edit_small_files(self.source, self.edits, self.edits, f"c{self.run}")
+            drop_caches()
+            figures["next"], _ = user.run("snapshot", "--wait", source)
+        user.run("umount", source)
+        if verify:
+            target = self.work / "verify" / f"cloudfs-{self.name}"
+            user.run("restore", "latest", target, "--no-progress")
+            assert_same_tree(self.source, target, ignore=(GRAVEYARD,))
+        return {f"cloudfs_{key}": value for key, value in figures.items()}
 
-
-def write_random_file(path: Path, size: int) -> None:
-    with open(path, "wb") as handle:
-        for _ in range(size // (64 << 20)):
-            handle.write(os.urandom(64 << 20))
-        handle.write(os.urandom(size % (64 << 20)))
-
-
-def copy_stdlib(target: Path) -> int:
-    source = Path(sysconfig.get_paths()["stdlib"])
-    shutil.copytree(source, target, symlinks=True, ignore=shutil.ignore_patterns("site-packages"))
-    return sum(1 for p in target.rglob("*") if p.is_file())
-
-
-def scatter_regions(path: Path, count: int, seed: int) -> list[tuple[int, int]]:
-    size = path.stat().st_size
-    rng = random.Random(seed)
-    regions = sorted(rng.randrange(0, size - REGION) for _ in range(count))
-    with open(path, "r+b") as handle:
-        for offset in regions:
-            os.pwrite(handle.fileno(), os.urandom(REGION), offset)
-        os.fsync(handle.fileno())
-    return [(offset, offset + REGION) for offset in regions]
-
-
-def drop_caches() -> None:
-    try:
-        os.sync()
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    except OSError:
-        pass
-
-
-def restic_available() -> bool:
-    if shutil.which("restic"):
-        return True
-    subprocess.run(["apt-get", "install", "-y", "-qq", "restic"], capture_output=True)
-    return bool(shutil.which("restic"))
-
-
-class Restic:
-    def __init__(self, server, bucket: str, cache: Path):
-        self.env = dict(os.environ, RESTIC_PASSWORD=PASSWORD, AWS_ACCESS_KEY_ID=server.access_key,
-                        AWS_SECRET_ACCESS_KEY=server.secret_key, RESTIC_CACHE_DIR=str(cache),
-                        RESTIC_REPOSITORY=f"s3:{server.endpoint}/{bucket}/restic")
-        self.run("init")
-
-    def run(self, *args: str) -> subprocess.CompletedProcess:
-        result = subprocess.run(["restic", "--no-lock", *args], env=self.env, capture_output=True, text=True)
-        if result.returncode != 0 and args[0] != "init":
-            raise RuntimeError(f"restic {' '.join(args)} failed: {result.stderr}")
-        return result
-
-    def backup(self, path: Path) -> float:
-        start = time.perf_counter()
-        self.run("backup", "--quiet", str(path))
-        return time.perf_counter() - start
-
-
-class Cloudfs:
-    def __init__(self, server, bucket: str):
-        self.store = CountingS3(bucket, "cloudfs", S3Options(endpoint_url=server.endpoint))
-        self.repo = trio.run(lambda: Repository.init(self.store, PASSWORD.encode(),
-                                                     kdf=crypto.tune_kdf(0.05), use_cache=False))
-        self.last = {}
-
-    def backup(self, path: Path, changes: PathChanges | None = None) -> tuple[float, dict]:
-        previous = self.last.get(path)
-        sent_before = CountingS3.sent
-        start = time.perf_counter()
-        snapshot = trio.run(lambda: snapshot_directory(self.repo, path, previous=previous,
-                                                       changes=changes))
-        elapsed = time.perf_counter() - start
-        self.last[path] = snapshot
-        return elapsed, {**snapshot.stats, "sent": CountingS3.sent - sent_before}
+    def restic(self, verify: bool) -> dict:
+        restic = Restic(self.server, BUCKET, self.work / "restic-cache" / f"{self.run}-{self.name}",
+                        prefix=f"restic-{self.name}-{self.run}")
+        figures = {}
+        drop_caches()
+        figures["first"], figures["rss"] = restic.timed("backup", "--quiet", self.source)
+        if verify:
+            target = self.work / "verify" / f"restic-{self.name}"
+            restic.timed("restore", "latest", "--target", target)
+            assert_same_tree(self.source, target / str(self.source).lstrip("/"))
+        if self.edits:
+            edit_small_files(self.source, self.edits, self.edits, f"r{self.run}")
+            drop_caches()
+            figures["next"], _ = restic.timed("backup", "--quiet", self.source)
+        return {f"restic_{key}": value for key, value in figures.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--file-gib", type=float, default=2.0)
-    parser.add_argument("--big-gib", type=float, default=0, help="also an incremental on a file this big")
-    parser.add_argument("--runs", type=int, default=3, help="incremental runs (medians)")
-    parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--no-restic", action="store_true")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--edits", type=int, default=50, help="small files edited, and new ones written")
+    parser.add_argument("--dir", type=Path, default=Path("/var/tmp"), help="where to work")
+    parser.add_argument("--no-restic", dest="restic", action="store_false")
     args = parser.parse_args()
-
-    work = Path(tempfile.mkdtemp(prefix="cloudfs-bench-", dir=args.workdir))
+    with_restic = args.restic and restic_available()
+    work = Path(tempfile.mkdtemp(prefix="cloudfs-bench-backup-", dir=args.dir))
     server = locals3.start_rclone(work / "s3")
     try:
-        run_scenarios(args, work, server)
+        server.client().create_bucket(Bucket=BUCKET)
+        data = prepare(work, args.file_gib)
+        results = []
+        for run in range(args.runs):
+            figures = {}
+            for name, source in data.items():
+                one = Round(work, server, name, source, run, args.edits if name == "tree" else 0)
+                figures.update({f"{name}_{key}": value for key, value in one.cloudfs(verify=run == 0).items()})
+                if with_restic:
+                    figures.update({f"{name}_{key}": value for key, value in one.restic(verify=run == 0).items()})
+            results.append(figures)
+            print(f"run {run + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(figures.items())), flush=True)
+        report(results, args, data, with_restic)
     finally:
         locals3.stop(server.proc)
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run_scenarios(args, work: Path, server) -> None:
-    os.environ.update({k: v for k, v in server.env().items() if k.startswith("AWS_")})
-    client = server.client()
-    client.create_bucket(Bucket="bench")
-    with_restic = not args.no_restic and restic_available()
-    restic = Restic(server, "bench", work / "restic-cache") if with_restic else None
-    ours = Cloudfs(server, "bench")
-    rows = []
-
-    file_dir = work / "file"
-    file_dir.mkdir()
-    big = file_dir / "random.bin"
-    write_random_file(big, int(args.file_gib * (1 << 30)))
-    tree = work / "stdlib"
-    files = copy_stdlib(tree)
-    tree_bytes = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file())
-
-    drop_caches()
-    ours_time, _ = ours.backup(file_dir)
-    drop_caches()
-    theirs = restic.backup(file_dir) if restic else None
-    rows.append(row(f"initial: {args.file_gib:g} GiB random file", ours_time, theirs))
-
-    drop_caches()
-    ours_time, _ = ours.backup(tree)
-    drop_caches()
-    theirs = restic.backup(tree) if restic else None
-    rows.append(row(f"initial: stdlib tree ({files} files, {tree_bytes / 2**20:.0f} MiB)", ours_time, theirs))
-
-    incremental_rows(args, ours, restic, file_dir, big, rows, f"{args.file_gib:g} GiB")
-    if args.big_gib:
-        big_dir = work / "bigfile"
-        big_dir.mkdir()
-        huge = big_dir / "huge.bin"
-        write_random_file(huge, int(args.big_gib * (1 << 30)))
-        ours.backup(big_dir)
-        incremental_rows(args, ours, None, big_dir, huge, rows, f"{args.big_gib:g} GiB")
-
-    print(f"local rclone S3, {os.cpu_count()} cores; cloudfs block size "
-          f"{ours.repo.config.block_size >> 10} KiB; restic {'0.14 (apt)' if restic else 'not run'}")
-    print_table(["scenario", "cloudfs s", "restic s", "cloudfs/restic", "read MiB", "sent KiB"], rows)
+def prepare(work: Path, file_gib: float) -> dict[str, Path]:
+    data = {"file": work / "data" / "file", "tree": work / "data" / "stdlib"}
+    data["file"].mkdir(parents=True)
+    write_random_file(data["file"] / "random.bin", int(file_gib * (1 << 30)))
+    files = copy_stdlib(data["tree"])
+    print(f"data: {file_gib:g} GiB random file; library tree of {files} files, "
+          f"{tree_bytes(data['tree']) / 2**20:.0f} MiB", flush=True)
+    return data
 
 
-def incremental_rows(args, ours, restic, directory, path, rows, label) -> None:
-    times, reads, sents, theirs = [], [], [], []
-    for run in range(args.runs):
-        regions = scatter_regions(path, 16, seed=run)
-        drop_caches()
-        elapsed, stats = ours.backup(directory, PathChanges(data={path.name.encode(): regions}))
-        times.append(elapsed)
-        reads.append(stats["bytes_read"])
-        sents.append(stats["sent"])
-        if restic:
-            drop_caches()
-            theirs.append(restic.backup(directory))
-    rows.append(row(f"incremental: 16 x 64 KiB in {label}", median(times),
-                    median(theirs) if theirs else None, median(reads) / 2**20, median(sents) / 1024))
+GOALS = {"file_first": 0.40, "tree_first": 0.50, "tree_next": 0.25, "file_rss": 0.50, "tree_rss": 0.50}
 
 
-def row(label, ours, theirs, read_mib=None, sent_kib=None) -> list[str]:
-    return [label, f"{ours:.2f}", f"{theirs:.2f}" if theirs else "-",
-            f"{ours / theirs:.2f}" if theirs else "-",
-            f"{read_mib:.2f}" if read_mib is not None else "-",
-            f"{sent_kib:.0f}" if sent_kib is not None else "-"]
+def report(results: list[dict], args, data: dict, with_restic: bool) -> None:
+    def value(key):
+        return statistics.median(r[key] for r in results) if key in results[0] else None
+
+    def row(label, key, unit):
+        data_set, measure = key.split("_")
+        ours, theirs = value(f"{data_set}_cloudfs_{measure}"), value(f"{data_set}_restic_{measure}")
+        ratio = ours / theirs if ours is not None and theirs else None
+        verdict = "" if ratio is None else ("met" if ratio <= GOALS[key] else "missed")
+        return [label, f"{ours:.2f} {unit}", f"{theirs:.2f} {unit}" if theirs else "–",
+                f"{ratio:.2f}" if ratio else "–", f"≤ {GOALS[key]:.2f} {verdict}"]
+
+    rows = [row(f"first backup, {args.file_gib:g} GiB file (mount → flush)", "file_first", "s"),
+            row("first backup, library tree (mount → flush)", "tree_first", "s"),
+            row(f"next backup, {args.edits} edited + {args.edits} new files (snapshot --wait)", "tree_next", "s"),
+            row("peak RSS backing up the file", "file_rss", "MiB"),
+            row("peak RSS backing up the tree", "tree_rss", "MiB")]
+    print(f"\nmedians of {args.runs} runs, page cache dropped before each step, {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.1f}{'' if with_restic else ', restic skipped'}")
+    print_table(["row (whole commands)", "cloudfs", "restic 0.14", "cloudfs/restic", "goal"], rows)
+    print(f"of which: `cloudfs mount` returned after {value('file_cloudfs_mount'):.2f} s (file) / "
+          f"{value('tree_cloudfs_mount'):.2f} s (tree); the daemon's seal to commit took "
+          f"{value('file_cloudfs_daemon'):.2f} s / {value('tree_cloudfs_daemon'):.2f} s")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from backup import drop_caches  # noqa: E402
+from whole import drop_caches  # noqa: E402
 from common import median, print_table  # noqa: E402
 
 from cloudfs import locals3  # noqa: E402
