@@ -154,6 +154,7 @@ class MasterKey:
         self.snapshot_key = self.derive("snapshot")
         self.policy_key = self.derive("policy")
         self.pin_key = self.derive("pin")
+        self.target_key = self.derive("target")
 
     @classmethod
     def generate(cls) -> "MasterKey":

@@ -25,6 +25,16 @@ def s3_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def second_s3_server(tmp_path_factory):
+    """Another `rclone serve s3`, on its own port and directory: a second target."""
+    server = locals3.start_rclone(tmp_path_factory.mktemp("s3-data-second"))
+    try:
+        yield server
+    finally:
+        locals3.stop(server.proc)
+
+
+@pytest.fixture(scope="session")
 def moto_server():
     """moto's S3, only for what rclone lacks (Object Lock, versioning)."""
     server, handle = locals3.start_moto()

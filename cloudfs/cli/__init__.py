@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "cloudfs.cli.service_commands",
     "cloudfs.cli.doctor_commands",
     "cloudfs.cli.lock_commands",
+    "cloudfs.cli.target_commands",
 )
 
 

@@ -19,6 +19,7 @@ from cloudfs.cli.common import (
     run_async,
     snapshot_filter,
     snapshot_filter_options,
+    target_options,
     tuned_kdf,
     with_repository,
 )
@@ -64,13 +65,13 @@ def register(subparsers) -> None:
     passwd.add_argument("--new-password-file", help="read the new passphrase from this file")
     passwd.set_defaults(run=run_key_passwd)
 
-    snapshots = subparsers.add_parser("snapshots", parents=[repo, snapshot_filter_options(), as_of_options()],
+    snapshots = subparsers.add_parser("snapshots", parents=[repo, snapshot_filter_options(), as_of_options(), target_options()],
                                       help="list the snapshots",
                                       description="List the repository's snapshots, oldest first.")
     snapshots.add_argument("--json", action="store_true")
     snapshots.set_defaults(run=run_snapshots)
 
-    check = subparsers.add_parser("check", parents=[repo, as_of_options()], help="verify the repository",
+    check = subparsers.add_parser("check", parents=[repo, as_of_options(), target_options()], help="verify the repository",
                                   description="Check that every object the repository refers to is "
                                               "there and intact.")
     check.add_argument("--read-data", action="store_true",

@@ -7,7 +7,7 @@ Every object begins with an 8-byte header, in the clear and authenticated:
     offset 5  1 byte   object kind (Kind)
     offset 6  2 bytes  flags, little-endian (bit 0: payload is zstd-compressed)
 
-Config, index, snapshot, policy and pin objects are a header followed by one sealed message
+Config, index, snapshot, policy, pin and target objects are a header followed by one sealed message
 whose associated data is the header and the object's name, so an object cannot
 be altered, swapped for another, or renamed without detection. Their plaintext
 is msgpack. See docs/format.md.
@@ -42,6 +42,7 @@ class Kind(enum.IntEnum):
     SNAPSHOT = 5
     POLICY = 6
     PIN = 7
+    TARGET = 8
 
 
 def make_header(kind: Kind, flags: int = 0) -> bytes:

@@ -20,6 +20,7 @@ from cloudfs.errors import (
     IntegrityError,
     ObjectNotFound,
     RepositoryError,
+    StoreUnavailable,
     UsageError,
     WrongPassphrase,
 )
@@ -41,6 +42,7 @@ from cloudfs.repo.packer import Packer
 from cloudfs.repo.pins import PINS_PREFIX, Pin, pinned_snapshot
 from cloudfs.repo.policy import POLICY_PREFIX, PolicyRecord
 from cloudfs.repo.snapshots import SNAPSHOTS_PREFIX, Snapshot
+from cloudfs.repo.targets import TARGETS_PREFIX, TargetRecord, current_records, target_of
 from cloudfs.store.base import Store
 from cloudfs.store.locking import LockingStore
 
@@ -257,8 +259,12 @@ class Repository:
                 return opener(self.master, name, data)
             except IntegrityError:
                 log.warning("cached copy of %s is damaged; fetching it again", name)
-        data = await self.store.get(name)
-        value = opener(self.master, name, data)
+
+        async def opened(data: bytes):
+            return opener(self.master, name, data), data
+
+        # With several targets, a copy that does not open is read from the next one.
+        value, data = await self.store.get_verified(name, opened)
         self.cache.put(name, data)
         return value
 
@@ -301,13 +307,17 @@ class Repository:
 
     async def read_blob(self, location: BlobLocation) -> bytes:
         name = chunk_name(location.chunk_id)
+
+        async def verified(record: bytes) -> bytes:
+            if location.raw_length >= THREAD_THRESHOLD:
+                return await trio.to_thread.run_sync(open_record, self.master, location, record, name)
+            return open_record(self.master, location, record, name)
+
         try:
-            record = await self.store.get(name, location.offset, location.length)
+            # With several targets, a record that fails verification is read from the next.
+            return await self.store.get_verified(name, verified, location.offset, location.length)
         except ObjectNotFound:
             raise IntegrityError(name, "chunk is missing from the store") from None
-        if location.raw_length >= THREAD_THRESHOLD:
-            return await trio.to_thread.run_sync(open_record, self.master, location, record, name)
-        return open_record(self.master, location, record, name)
 
     # -- snapshots -------------------------------------------------------------------
 
@@ -378,6 +388,56 @@ class Repository:
         if pinned_snapshot(name) is None:
             raise ValueError(f"{name} is not a pin")
         await self.store.delete(name)
+
+    # -- targets -------------------------------------------------------------------
+
+    async def targets(self) -> list[TargetRecord]:
+        """The repository's targets, one record each (none: the repository is kept
+        only where it was opened). Listed in the store; from the local cache while
+        the store cannot be reached, so a mount at boot still knows the others."""
+        try:
+            listed = [info.name for info in await self.store.list(TARGETS_PREFIX)]
+        except StoreUnavailable:
+            listed = self.cache.names(TARGETS_PREFIX)
+            if not listed:
+                raise
+        records = []
+        for name in sorted(listed):
+            if target_of(name) is None:
+                continue
+            try:
+                records.append(await self._load_cached(name, TargetRecord.open))
+            except (IntegrityError, ObjectNotFound, RepositoryError) as error:
+                log.warning("skipping target record: %s", error)
+                self.damaged_objects[name] = str(error)
+        return current_records(records)
+
+    async def save_target(self, record: TargetRecord) -> TargetRecord:
+        """Record a target (a put: the writer role may add targets)."""
+        record = record.with_name()
+        data = record.seal(self.master)
+        await self.store.put(record.name, data, exclusive=True)
+        self.cache.put(record.name, data)
+        return record
+
+    async def remove_target(self, target: str) -> list[str]:
+        """Delete every record of one target (maintenance); its copy of the data stays."""
+        names = [info.name for info in await self.store.list(f"{TARGETS_PREFIX}{target}/")
+                 if target_of(info.name) == target]
+        for name in names:
+            await self.store.delete(name)
+        return names
+
+    def use_store(self, store: Store) -> None:
+        """Read and write through `store` from now on (the targets' replicated store)."""
+        self.store = _locking(store, self.config)
+
+    async def read_from(self, store: Store) -> None:
+        """Use `store`, one of the targets, alone: its own index objects, not another's."""
+        self.use_store(store)
+        self.index = BlobIndex()
+        self.damaged_objects.clear()
+        await self.load_index()
 
     # -- the retention policy --------------------------------------------------------
 
