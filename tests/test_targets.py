@@ -246,3 +246,45 @@ def test_a_target_added_while_a_mount_uploads_gets_everything(two_targets):
                what="both targets level")
     tree.umount()
     assert set(second.objects()) == set(tree.stored_objects())
+
+
+# -- check and repair per target ----------------------------------------------------------------
+
+
+def test_a_chunk_corrupted_in_one_target_is_found_by_check_and_healed_by_repair(two_targets, tmp_path):
+    tree, second = two_targets
+    fill(tree.source, count=4, size=1_000_000)
+    tree.mount(None, "--interval", "3600")
+    tree.flush()
+    tree.umount()
+    assert add_target(tree, second).returncode == 0
+    damaged = corrupt_a_chunk(tree.stored_objects(), tree.data_dir / tree.bucket / "repo")
+    found = run_cloudfs("check", "--read-data", env=tree.env, check=False, timeout=300)
+    assert found.returncode == 1
+    assert f"primary: error: {damaged}" in found.stdout and "second: checked" in found.stdout
+    assert "primary: damaged: " in found.stdout and "/file-" in found.stdout      # the paths it hurts
+    healed = run_cloudfs("repair", env=tree.env, check=False, timeout=300)
+    assert healed.returncode == 0, healed.stdout + healed.stderr
+    assert f"primary: {damaged}: healed" in healed.stdout
+    again = run_cloudfs("check", "--read-data", env=tree.env, check=False, timeout=300)
+    assert again.returncode == 0, again.stdout
+    restore_alone(tree, "primary", tmp_path / "from-primary")
+
+
+def test_three_checks_of_a_third_read_every_chunk(tmp_path, s3_env):
+    tree = new_protected(tmp_path / "tree", s3_env, chunk_size=256 << 10)
+    try:
+        fill(tree.source, count=12, size=300_000)
+        tree.mount(None, "--interval", "3600")
+        tree.flush()
+        tree.umount()
+        env = dict(tree.env, XDG_STATE_HOME=str(tmp_path / "state-home"))
+        runs = [json.loads(run_cloudfs("check", "--read-data-subset", "1/3", "--json", env=env).stdout)[0]
+                for _ in range(3)]
+    finally:
+        tree.cleanup()
+    chunks = {name for name in tree.stored_objects() if name.startswith("chunks/")}
+    read = [set(run["chunks_read"]) for run in runs]
+    assert len(chunks) >= 6 and all(read)
+    assert read[0] | read[1] | read[2] == chunks
+    assert not (read[0] & read[1]) and not (read[1] & read[2])

@@ -14,8 +14,15 @@ import hashlib
 from pathlib import Path
 from typing import Callable
 
+from cloudfs.errors import IntegrityError, RepositoryError
 from cloudfs.repo.chunk import CHUNKS_PREFIX, chunk_id_from_name
-from cloudfs.repo.targets import TargetRecord
+from cloudfs.repo.config import CONFIG_NAME, RepoConfig
+from cloudfs.repo.index import INDEX_PREFIX, open_index
+from cloudfs.repo.keys import KEYS_PREFIX, KeySlot
+from cloudfs.repo.pins import PINS_PREFIX, Pin
+from cloudfs.repo.policy import POLICY_PREFIX, PolicyRecord
+from cloudfs.repo.snapshots import SNAPSHOTS_PREFIX, Snapshot
+from cloudfs.repo.targets import TARGETS_PREFIX, TargetRecord
 from cloudfs.store.backlog import Backlog
 from cloudfs.store.base import Store
 from cloudfs.store.locking import LockingStore
@@ -27,9 +34,9 @@ StoreFor = Callable[[TargetRecord], Store]
 
 
 def chunk_facts(repo, name: str) -> tuple[int, bytes] | None:
-    """A chunk's size and SHA-256 as the index records them, to check a copy against
-    (None for other objects and for chunks no index names). The one place the
-    targets look into the blob index."""
+    """A chunk's size and SHA-256 as the index records them (None for other objects
+    and for chunks no index names). The one place the targets look into the blob
+    index (`repo.index.chunks`, which the on-disk index will answer differently)."""
     if not name.startswith(CHUNKS_PREFIX):
         return None
     try:
@@ -37,6 +44,40 @@ def chunk_facts(repo, name: str) -> tuple[int, bytes] | None:
     except ValueError:
         return None
     return (chunk.size, chunk.sha256) if chunk is not None else None
+
+
+#: How each kind of object is opened (authenticated) by its name's prefix.
+OPENERS = {
+    INDEX_PREFIX: open_index,
+    SNAPSHOTS_PREFIX: Snapshot.open,
+    PINS_PREFIX: Pin.open,
+    POLICY_PREFIX: PolicyRecord.open,
+    TARGETS_PREFIX: TargetRecord.open,
+    KEYS_PREFIX: lambda master, name, data: KeySlot.from_bytes(name, data),
+}
+
+
+def copy_problem(repo, name: str, data: bytes) -> str | None:
+    """What is wrong with a copy of object `name` (None: it is good): a chunk must have
+    the size and SHA-256 the index records (a chunk no index names is taken as it is),
+    any other object must open with the repository's key."""
+    if name.startswith(CHUNKS_PREFIX):
+        facts = chunk_facts(repo, name)
+        if facts is None:
+            return None
+        if len(data) != facts[0]:
+            return f"{len(data)} bytes, the index says {facts[0]}"
+        return None if hashlib.sha256(data).digest() == facts[1] else "its SHA-256 is not the index's"
+    try:
+        if name == CONFIG_NAME:
+            RepoConfig.open(repo.master, data)
+        else:
+            opener = next((opener for prefix, opener in OPENERS.items() if name.startswith(prefix)), None)
+            if opener is not None:
+                opener(repo.master, name, data)
+    except (IntegrityError, RepositoryError) as error:
+        return str(error)
+    return None
 
 
 def place(store: Store) -> tuple[str, str | None]:
@@ -75,4 +116,4 @@ def replicated_store(repo, records: list[TargetRecord], store_for: StoreFor, *, 
                for record in records]
     if opened is not None:
         targets.sort(key=lambda target: place(target.store) != place(opened))
-    return ReplicatedStore(targets, expected=lambda name: chunk_facts(repo, name))
+    return ReplicatedStore(targets, check_copy=lambda name, data: copy_problem(repo, name, data))

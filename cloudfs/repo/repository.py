@@ -432,6 +432,12 @@ class Repository:
         """Read and write through `store` from now on (the targets' replicated store)."""
         self.store = _locking(store, self.config)
 
+    def at(self, store: Store) -> "Repository":
+        """The same repository as one of its targets holds it, read through `store`
+        alone and without the local cache (so a copy there cannot hide its damage);
+        its index is loaded by the first load_index()."""
+        return Repository(store, self.master, self.config, self.slot, ObjectCache(None))
+
     async def read_from(self, store: Store) -> None:
         """Use `store`, one of the targets, alone: its own index objects, not another's."""
         self.use_store(store)

@@ -9,8 +9,9 @@ after everything written before it, and a snapshot object after the chunks and
 index objects it needs (I4). An object is sent from a local copy while one is
 kept (at most LOCAL_COPIES files per target: a duplicate descriptor of the
 chunk's unnamed temporary file, so a stalled target costs bounded disk), else
-copied from a target that holds it, and then checked against `expected` (size
-and SHA-256 of chunks, from the index) before it is stored. Every delivery is
+copied from a target that holds it, and then checked with `check_copy` (a
+chunk's size and SHA-256 against the index, any other object opened with the
+repository's key) before it is stored. Every delivery is
 checked with a HEAD of its size. A target that fails is retried with backoff
 (its backlog waits, on disk); `put` fails only when every target is failing.
 
@@ -43,7 +44,6 @@ backlogs and the holders of recent puts.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import random
@@ -68,7 +68,8 @@ HOLDERS_KEPT = 4096            # recent puts whose holders are remembered (for w
 #: before the snapshot, and `config` (what makes a location a repository) last.
 COPY_ORDER = ("keys/", "chunks/", "index/", "policy/", "targets/", "snapshots/", "pins/")
 
-Expected = Callable[[str], "tuple[int, bytes] | None"]    # name -> (size, sha256), if known
+#: What is wrong with a copy of an object (None: nothing); CPU work, run in a thread.
+CopyCheck = Callable[[str, bytes], "str | None"]
 
 
 def copy_rank(name: str) -> tuple[int, str]:
@@ -162,11 +163,11 @@ class _NotYet(Exception):
 
 
 class ReplicatedStore(Store):
-    def __init__(self, targets: list[Target], *, expected: Expected | None = None):
+    def __init__(self, targets: list[Target], *, check_copy: CopyCheck | None = None):
         if not targets:
             raise ValueError("a replicated store needs at least one target")
         self.targets = list(targets)
-        self.expected = expected
+        self.check_copy = check_copy
         self.location = " + ".join(target.store.location for target in self.targets)
         self._holders: OrderedDict[str, set[str]] = OrderedDict()
         self._changed = trio.Event()
@@ -325,10 +326,21 @@ class ReplicatedStore(Store):
         else:
             data = await self._copy_from_holder(target, name)
             await target.store.put(name, data)
-        stored = await target.store.head(name)
-        if stored.size != len(data):
-            raise IntegrityError(name, f"target {target.name} stored {stored.size} of {len(data)} bytes")
+        await _check_stored(target, name, len(data))
         return len(data)
+
+    async def good_copy(self, target: Target, name: str) -> bytes:
+        """A checked copy of `name` from a target other than `target` (repair); raises
+        ObjectNotFound if none holds one, StoreUnavailable if none gives a good one."""
+        try:
+            return await self._copy_from_holder(target, name)
+        except (_Nowhere, _NotYet):
+            raise ObjectNotFound(name, f"no other target holds {name}") from None
+
+    async def store_copy(self, target: Target, name: str, data: bytes) -> None:
+        """Put a good copy on `target`, replacing a damaged one, and check its size."""
+        await target.store.put(name, data)
+        await _check_stored(target, name, len(data))
 
     async def _copy_from_holder(self, target: Target, name: str) -> bytes:
         """The object's bytes from a target that holds a good copy."""
@@ -354,15 +366,9 @@ class ReplicatedStore(Store):
         raise StoreUnavailable(f"no target could give a good copy of {name}")
 
     async def _copy_problem(self, name: str, data: bytes) -> str | None:
-        expected = self.expected(name) if self.expected else None
-        if expected is None:
+        if self.check_copy is None:
             return None
-        size, sha256 = expected
-        if len(data) != size:
-            return f"{len(data)} bytes, the index says {size}"
-        if await trio.to_thread.run_sync(lambda: hashlib.sha256(data).digest()) != sha256:
-            return "its SHA-256 is not the index's"
-        return None
+        return await trio.to_thread.run_sync(self.check_copy, name, data)
 
     def _delivered(self, target: Target, name: str, size: int | None) -> None:
         target.backlog.done(name)
@@ -555,6 +561,12 @@ class ReplicatedStore(Store):
         for target in self.targets:
             target.close()
             await target.store.aclose()
+
+
+async def _check_stored(target: Target, name: str, size: int) -> None:
+    stored = await target.store.head(name)
+    if stored.size != size:
+        raise IntegrityError(name, f"target {target.name} stored {stored.size} of {size} bytes")
 
 
 def find_replicated(store: Store) -> ReplicatedStore | None:
