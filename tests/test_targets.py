@@ -157,6 +157,7 @@ def test_with_k_of_n_at_two_a_snapshot_waits_for_the_stopped_target(stoppable_se
     fill(tree.source, count=3)
     assert add_target(tree, second).returncode == 0
     tree.mount(None, "--interval", "3600")                  # K = N = 2
+    tree.flush()                                            # the first snapshot, on both
     second.stop()
     (tree.source / "new").write_bytes(os.urandom(500_000))
     started = time.perf_counter()
@@ -215,13 +216,18 @@ def corrupt_a_chunk(objects: dict[str, int], root: Path) -> str:
     return name
 
 
-def test_a_target_returning_corrupted_bytes_is_read_around(two_targets, tmp_path):
-    tree, second = two_targets
+def backed_up_on_both(tree, second) -> None:
+    """A few megabytes in one snapshot, then the second target added."""
     fill(tree.source, count=4, size=1_000_000)
     tree.mount(None, "--interval", "3600")
     tree.flush()
     tree.umount()
     assert add_target(tree, second).returncode == 0
+
+
+def test_a_target_returning_corrupted_bytes_is_read_around(two_targets, tmp_path):
+    tree, second = two_targets
+    backed_up_on_both(tree, second)
     corrupt_a_chunk(tree.stored_objects(), tree.data_dir / tree.bucket / "repo")   # primary, asked first
     run_cloudfs("restore", "latest", tmp_path / "restored", env=tree.env, timeout=300)
     assert not diff(capture_directory(tree.source), capture_directory(tmp_path / "restored"))
@@ -253,11 +259,7 @@ def test_a_target_added_while_a_mount_uploads_gets_everything(two_targets):
 
 def test_a_chunk_corrupted_in_one_target_is_found_by_check_and_healed_by_repair(two_targets, tmp_path):
     tree, second = two_targets
-    fill(tree.source, count=4, size=1_000_000)
-    tree.mount(None, "--interval", "3600")
-    tree.flush()
-    tree.umount()
-    assert add_target(tree, second).returncode == 0
+    backed_up_on_both(tree, second)
     damaged = corrupt_a_chunk(tree.stored_objects(), tree.data_dir / tree.bucket / "repo")
     found = run_cloudfs("check", "--read-data", env=tree.env, check=False, timeout=300)
     assert found.returncode == 1

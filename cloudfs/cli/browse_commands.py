@@ -102,8 +102,7 @@ def run_browse(args) -> int:
     async def open_repo():
         store = open_store_from(args)
         repo = await Repository.open(store, passphrase, cache_root=args.cache_dir, use_cache=not args.no_cache)
-        await use_targets(args, repo, store, as_writer)
-        return repo
+        return await use_targets(args, repo, store, as_writer)
 
     return mount.run(plan, open_repo, args.daemon)
 

@@ -176,16 +176,15 @@ def target_store(args, record) -> Store:
     return open_store(record.location, options)
 
 
-async def use_targets(args, repo: Repository, opened: Store, role: Callable[[Store], Store],
-                      backlog_dir: Path | None = None):
-    """Read and write through every target the repository records (the opened store
-    serves the one it is), or with --target only that one. Returns the replicated
-    store, or None when the repository has no targets recorded or --as-of reads the
-    past of the opened one."""
+async def use_targets(args, repo: Repository, opened: Store, role: Callable[[Store], Store]) -> Repository:
+    """The repository to use: read and written through every target it records (the
+    opened store serves the one it is), or with --target as that target alone holds
+    it (its own index and snapshots). As it is without targets recorded, or with
+    --as-of (the past of the opened one)."""
     from cloudfs.repo.replicas import place, replicated_store
 
     if getattr(args, "as_of", None) is not None:
-        return None
+        return repo
     records = await repo.targets()
     chosen = getattr(args, "from_target", None)
     if chosen:
@@ -194,14 +193,14 @@ async def use_targets(args, repo: Repository, opened: Store, role: Callable[[Sto
             names = ", ".join(r.target for r in records) or "none: it is kept only where --repo says"
             raise UsageError(f"the repository has no target {chosen!r} (its targets: {names})")
         store = role(target_store(args, record))
-        await repo.read_from(opened if place(opened) == place(store) else store)
-        return None
-    if not records:
-        return None
-    replicated = replicated_store(repo, records, lambda record: role(target_store(args, record)),
-                                  opened=opened, backlog_dir=backlog_dir)
-    repo.use_store(role(replicated))
-    return replicated
+        alone = repo.at(opened if place(opened) == place(store) else store)
+        await alone.load_index()
+        return alone
+    if records:
+        replicated = replicated_store(repo, records, lambda record: role(target_store(args, record)),
+                                      opened=opened)
+        repo.use_store(role(replicated))
+    return repo
 
 
 def _store_from(args, *, profile: str | None = None, credentials_file: str | None = None) -> Store:
@@ -242,11 +241,10 @@ async def _open_repository(args, store: Store, role: Callable[[Store], Store]) -
     passphrase = read_passphrase(args)
     repo = await Repository.open(store, passphrase, cache_root=args.cache_dir, use_cache=not args.no_cache)
     try:
-        await use_targets(args, repo, store, role)
+        return await use_targets(args, repo, store, role)
     except BaseException:
         await repo.close()
         raise
-    return repo
 
 
 def run_async(function: Callable[[], Awaitable[T]]) -> T:

@@ -375,10 +375,7 @@ class Repository:
     async def save_pin(self, pin: Pin) -> Pin:
         """Write a pin (a put, which the writer role may do), then make sure its
         snapshot is still there: a forget running meanwhile may have deleted it."""
-        pin = pin.with_name()
-        data = pin.seal(self.master)
-        await self.store.put(pin.name, data, exclusive=True)
-        self.cache.put(pin.name, data)
+        pin = await self._save_record(pin)
         if not await self.store.exists(pin.snapshot):
             raise ObjectNotFound(pin.snapshot, f"{pin.snapshot} was forgotten while it was being pinned")
         return pin
@@ -414,11 +411,7 @@ class Repository:
 
     async def save_target(self, record: TargetRecord) -> TargetRecord:
         """Record a target (a put: the writer role may add targets)."""
-        record = record.with_name()
-        data = record.seal(self.master)
-        await self.store.put(record.name, data, exclusive=True)
-        self.cache.put(record.name, data)
-        return record
+        return await self._save_record(record)
 
     async def remove_target(self, target: str) -> list[str]:
         """Delete every record of one target (maintenance); its copy of the data stays."""
@@ -438,13 +431,6 @@ class Repository:
         its index is loaded by the first load_index()."""
         return Repository(store, self.master, self.config, self.slot, ObjectCache(None))
 
-    async def read_from(self, store: Store) -> None:
-        """Use `store`, one of the targets, alone: its own index objects, not another's."""
-        self.use_store(store)
-        self.index = BlobIndex()
-        self.damaged_objects.clear()
-        await self.load_index()
-
     # -- the retention policy --------------------------------------------------------
 
     async def current_policy(self) -> PolicyRecord | None:
@@ -454,6 +440,10 @@ class Repository:
         return await self._load_cached(max(listed), PolicyRecord.open) if listed else None
 
     async def save_policy(self, record: PolicyRecord) -> PolicyRecord:
+        return await self._save_record(record)
+
+    async def _save_record(self, record):
+        """A small sealed object (pin, policy, target) under a new name of its own."""
         record = record.with_name()
         data = record.seal(self.master)
         await self.store.put(record.name, data, exclusive=True)
