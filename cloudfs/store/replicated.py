@@ -85,7 +85,7 @@ class Target:
     def __init__(self, name: str, store: Store, backlog: Backlog | None = None):
         self.name = name
         self.store = store
-        self.backlog = backlog or Backlog()
+        self.backlog = backlog if backlog is not None else Backlog()   # an empty one is falsy
         self.error: str | None = None          # the last failure, until a success
         self.error_since_ns: int | None = None
         self.failures = 0                      # in a row
