@@ -167,8 +167,9 @@ def test_with_k_of_n_at_two_a_snapshot_waits_for_the_stopped_target(stoppable_se
     assert time.perf_counter() - started < 1.0              # writes never wait (I6)
     tree.request("snapshot", wait=False)
     wait_until(lambda: tree.status().get("waiting_for_targets"), timeout=60, what="the snapshot waiting")
-    status = tree.status()
-    assert status["oldest_change_ns"] and status["upload"]["store_error"].startswith("waiting for targets")
+    wait_until(lambda: (tree.status()["upload"]["store_error"] or "").startswith("waiting for targets: second"),
+               timeout=60, what="status naming the target it waits for")   # once its retries gave up
+    assert tree.status()["oldest_change_ns"]
     second.restart()
     tree.flush(timeout=120)
     assert tree.status().get("waiting_for_targets") is None
