@@ -155,6 +155,7 @@ class MasterKey:
         self.policy_key = self.derive("policy")
         self.pin_key = self.derive("pin")
         self.prune_key = self.derive("prune")
+        self.target_key = self.derive("target")
 
     @classmethod
     def generate(cls) -> "MasterKey":

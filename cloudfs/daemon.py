@@ -55,15 +55,21 @@ from cloudfs.live.spool import Spool, SpoolFull
 from cloudfs.repo import Repository, Snapshot
 from cloudfs.repo.snapshots import SNAPSHOTS_PREFIX
 from cloudfs.repo.config import parse_compression
+from cloudfs.repo.replicas import replicated_store, target_for
+from cloudfs.repo.targets import TargetRecord
 from cloudfs.repo.snapshots import checked_tags
 from cloudfs.snapshot.source import exclusion_matcher
 from cloudfs.store.base import Store
+from cloudfs.store.replicated import ReplicatedStore
+from cloudfs.store.roles import WriterStore
 from cloudfs.uploader import Uploader, latest_snapshot_of
 
 log = logging.getLogger(__name__)
 
 FINAL_TIMEOUT = 30.0           # default seconds a signal's final snapshot may take before unmounting
 RETRY_AFTER_FAILURE = 15.0     # seconds before a fresh seal after a snapshot was given up
+TARGETS_DIR = "targets"        # the targets' backlogs, in the state directory
+QUORUM_PATIENCE = 2.0          # seconds before status says a snapshot waits for targets
 STORE_RETRY_BASE, STORE_RETRY_MAX = 1.0, 60.0
 
 
@@ -82,6 +88,9 @@ class BackupSettings:
     compression: str | None = None        # e.g. "zstd:3" or "none"; None: the repository's
     unreachable: str | None = None        # why the repository was opened from local copies
     final_timeout: float = FINAL_TIMEOUT  # seconds the final snapshot on a signal may take
+    targets: list[TargetRecord] = field(default_factory=list)   # none: kept at `location` only
+    required_targets: int | None = None   # K: how many must hold a snapshot (None: all)
+    target_store: Callable[[TargetRecord], Store] | None = None  # a target's store, in this process
 
     def serving_repository(self) -> Repository:
         """The opened repository with a store (connections, threads) of this process:
@@ -148,6 +157,10 @@ class SnapshotDaemon:
     def _prepare_snapshots(self, settings: BackupSettings, source_fd: int, device: str | None) -> None:
         """Repository, uploader, spool, graveyard, sealer, and what the manifest describes."""
         self.repo = settings.serving_repository()
+        self.replicas: ReplicatedStore | None = None
+        if settings.targets:
+            self._use_targets(settings.targets)
+        self._waiting_for_targets: str | None = None
         self.exclude = exclusion_matcher(settings.exclude)
         self.uploader = Uploader(self.repo, str(self.source), None, self.exclude)
         self.spool = Spool(self.state_dir, settings.spool_limit)
@@ -181,6 +194,8 @@ class SnapshotDaemon:
         right after `cloudfs mount --daemon`) finds it; it is answered after the seal."""
         self._nursery = nursery
         await nursery.start(control_server.serve, self.state_dir, self._handlers())
+        if self.settings is not None and self.replicas is not None:
+            await nursery.start(self.replicas.run)
         if self.settings is not None:
             if self._reconciled is None and (not self._trusted or self._has_work()):
                 self._seal_before_serving()
@@ -308,6 +323,7 @@ class SnapshotDaemon:
         committed = False
         try:
             await self._index_complete.wait()
+            await self._follow_targets()
             previous = await self._previous_for(sealed)
             self.uploader.previous = previous
             changes = sealed.capture.changes if previous is not None else None
@@ -320,6 +336,7 @@ class SnapshotDaemon:
                 snapshot = await self.uploader.commit(sealed.frozen.source(), changes, sealed.time_ns,
                                                       sealed.tags)
                 progress.cancel()
+            await self._until_enough_targets_hold(snapshot)
             await self._commit(sealed, snapshot, manifest[0])
             committed = True
         except _PreviousGone as error:
@@ -339,6 +356,77 @@ class SnapshotDaemon:
             if not committed:
                 self.sealer.release(sealed)
                 self._wanted_tags = dict.fromkeys(sealed.tags) | self._wanted_tags  # for the retry
+
+    # -- targets ------------------------------------------------------------------------------
+
+    def _use_targets(self, records: list[TargetRecord]) -> None:
+        """Write to every target from now on (their senders start with `replicas.run`)."""
+        self.replicas = replicated_store(self.repo, records, self.settings.target_store,
+                                         opened=self.repo.store, backlog_dir=self.state_dir / TARGETS_DIR)
+        self.repo.use_store(WriterStore(self.replicas))
+
+    def _required_targets(self) -> int:
+        count = len(self.replicas.targets)
+        return min(self.settings.required_targets or count, count)
+
+    async def _until_enough_targets_hold(self, snapshot: Snapshot) -> None:
+        """K of N: the snapshot counts as committed once K targets hold it (and, by
+        their backlogs' order, everything it refers to)."""
+        if self.replicas is None:
+            return
+        required = self._required_targets()
+        with trio.move_on_after(QUORUM_PATIENCE):
+            await self.replicas.wait_until_held(snapshot.name, required)
+            return
+        self._waiting_for_targets = snapshot.name
+        status = self.uploader.status
+        log.warning("%s waits until %d target(s) hold it", snapshot.name, required)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._say_which_targets_fail)
+                await self.replicas.wait_until_held(snapshot.name, required)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._waiting_for_targets = None
+            status.store_error = status.store_error_since_ns = None
+
+    async def _say_which_targets_fail(self) -> None:
+        """While a snapshot waits for targets: `store_error` names the failing ones, so
+        that status shows it and a final snapshot does not wait for them."""
+        status = self.uploader.status
+        while True:
+            failing = [f"{target.name}: {target.error}" for target in self.replicas.targets if target.error]
+            if failing and status.store_error is None:
+                status.store_error_since_ns = time.time_ns()
+            status.store_error = ("waiting for targets: " + "; ".join(failing)) if failing else None
+            await trio.sleep(0.5)
+
+    async def _follow_targets(self) -> None:
+        """Targets added or removed since (`cloudfs targets add/remove`, maybe on another
+        machine): start sending to new ones (they are leveled first), stop for removed ones."""
+        try:
+            records = await self.repo.targets()
+        except CloudfsError as error:
+            log.info("cannot read the targets now: %s", error)
+            return
+        if self.replicas is None:
+            if records:
+                log.info("the repository has targets now (%s): sending to each",
+                         ", ".join(record.target for record in records))
+                self._use_targets(records)
+                await self._nursery.start(self.replicas.run)
+            return
+        known = {target.name for target in self.replicas.targets}
+        for record in records:
+            if record.target not in known:
+                log.info("new target %s (%s): leveling it, then sending to it", record.target, record.location)
+                self.replicas.add_target(target_for(self.repo, record, self.settings.target_store,
+                                                    backlog_dir=self.state_dir / TARGETS_DIR))
+        recorded = {record.target for record in records}
+        for name in known - recorded:
+            if records:
+                log.info("target %s was removed; nothing more is sent to it", name)
+                self.replicas.remove_target(name)
 
     async def _complete_index(self) -> None:
         """Read the index objects the local index lacks (other writers', or all of them
@@ -610,6 +698,9 @@ class SnapshotDaemon:
             "failures": self._failures, "last_error": self._last_error,
             "history": list(self.history),
         })
+        if self.replicas is not None:
+            reply.update(targets=self.replicas.status(), required_targets=self._required_targets(),
+                         waiting_for_targets=self._waiting_for_targets)
         return reply
 
     def _current_stat(self, ino: int) -> os.stat_result | None:

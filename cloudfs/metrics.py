@@ -7,9 +7,8 @@ the function given to `attach()` and turns it into `cloudfs_…` series with
 `families(status, now_ns)`: one source of truth, so the two always agree.
 
 Series that belong to work still to come have their place here, not yet their
-values: per-target backlog and errors (targets), the last drill's RTO
-(drills), tripwire alerts, and cache hit rates (the live mount keeps no cache
-whose hits it counts today).
+values: the last drill's RTO (drills), tripwire alerts, and cache hit rates
+(the live mount keeps no cache whose hits it counts today).
 """
 
 from __future__ import annotations
@@ -78,10 +77,29 @@ def _snapshot_families(status: dict, now_ns: int) -> Iterator[Metric]:
     if status.get("next_snapshot_ns"):
         yield _gauge("next_snapshot_timestamp_seconds", "When the next snapshot is due",
                      status["next_snapshot_ns"] / NS)
+    yield from _target_families(status.get("targets") or [])
     last = upload.get("last_snapshot_time_ns")
     if last:
         yield _gauge("last_snapshot_timestamp_seconds", "Time of the newest committed snapshot", last / NS)
         yield _gauge("last_snapshot_age_seconds", "Age of the newest committed snapshot", (now_ns - last) / NS)
+
+
+def _target_families(targets: list[dict]) -> Iterator[Metric]:
+    """Per target (a label): up, backlog and how far behind it is."""
+    if not targets:
+        return
+    series = {
+        "target_up": ("1 unless the target is failing", lambda t: 0 if t.get("error") else 1),
+        "target_backlog_objects": ("Objects the target has yet to receive", lambda t: t["backlog_objects"]),
+        "target_backlog_bytes": ("Bytes the target has yet to receive", lambda t: t["backlog_bytes"]),
+        "target_lag_seconds": ("How long the oldest object waiting for the target has waited",
+                               lambda t: t["lag_seconds"]),
+    }
+    for name, (documentation, value_of) in series.items():
+        family = GaugeMetricFamily(f"cloudfs_{name}", documentation, labels=["target"])
+        for target in targets:
+            family.add_metric([target["name"]], value_of(target))
+        yield family
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -14,14 +14,24 @@ def _no_instance_metadata(monkeypatch):
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory):
-    """One `rclone serve s3` for the whole session, on a free loopback port."""
-    server = locals3.start_rclone(tmp_path_factory.mktemp("s3-data"))
+def _rclone(tmp_path_factory, name: str):
+    server = locals3.start_rclone(tmp_path_factory.mktemp(name))
     try:
         yield server
     finally:
         locals3.stop(server.proc)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """One `rclone serve s3` for the whole session, on a free loopback port."""
+    yield from _rclone(tmp_path_factory, "s3-data")
+
+
+@pytest.fixture(scope="session")
+def second_s3_server(tmp_path_factory):
+    """Another `rclone serve s3`, on its own port and directory: a second target."""
+    yield from _rclone(tmp_path_factory, "s3-data-second")
 
 
 @pytest.fixture(scope="session")

@@ -112,3 +112,15 @@ def test_the_sample_alert_rules_use_only_series_that_exist():
     expressions = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
     used = {name for expression in expressions for name in re.findall(r"\bcloudfs_\w+", expression)}
     assert used and used <= exported, used - exported
+
+
+def test_each_target_has_its_series():
+    targets = [{"name": "primary", "error": None, "backlog_objects": 0, "backlog_bytes": 0, "lag_seconds": 0.0},
+               {"name": "eu", "error": "cannot reach", "backlog_objects": 3, "backlog_bytes": 900,
+                "lag_seconds": 42.0}]
+    status = {"source": "/s", "mountpoint": "/s", "repository": "s3://b/r", "upload": {}, "targets": targets}
+    samples = {(sample.name, sample.labels.get("target")): sample.value
+               for family in families(status, 0) for sample in family.samples}
+    assert samples[("cloudfs_target_up", "primary")] == 1 and samples[("cloudfs_target_up", "eu")] == 0
+    assert samples[("cloudfs_target_backlog_bytes", "eu")] == 900
+    assert samples[("cloudfs_target_lag_seconds", "eu")] == 42.0

@@ -31,7 +31,7 @@ MAY_IMPORT = {
     "snapshot": BASE | {"repo"},
     "live": BASE | {"system", "snapshot"},
     "uploader": BASE | {"repo", "snapshot", "store"},
-    "check": BASE | {"repo", "crypto"},
+    "check": BASE | {"repo", "crypto", "snapshot"},
     "browse": BASE | {"system", "repo", "snapshot"},
     "restore": BASE | {"repo", "snapshot", "browse"},
     "control": BASE | {"system"},

@@ -107,15 +107,39 @@ def open_span(repo: Repository, span: Span, data: bytes) -> dict[bytes, bytes | 
     return results
 
 
+class _DamagedSpan(IntegrityError):
+    """Some record of a span failed: with several targets, the span is read from the next."""
+
+    def __init__(self, span: Span, results: dict[bytes, bytes | IntegrityError]):
+        super().__init__(span.name, "damaged records")
+        self.results = results
+
+
 async def fetch_span(repo: Repository, span: Span) -> dict[bytes, bytes | Exception]:
     """Fetch and open one span. Store outages raise (StoreUnavailable and kin);
-    everything that is the data's fault becomes a per-blob IntegrityError."""
-    data = await fetch_span_bytes(repo, span)
-    if isinstance(data, IntegrityError):
-        return {location.blob_id: data for location in span.locations}
-    if span.end - span.start >= THREAD_BYTES:
-        return await trio.to_thread.run_sync(open_span, repo, span, data)
-    return open_span(repo, span, data)
+    everything that is the data's fault becomes a per-blob IntegrityError, after
+    every target that holds the chunk was tried."""
+
+    async def opened(data: bytes) -> dict[bytes, bytes | IntegrityError]:
+        if span.end - span.start >= THREAD_BYTES:
+            results = await trio.to_thread.run_sync(open_span, repo, span, data)
+        else:
+            results = open_span(repo, span, data)
+        if any(isinstance(result, IntegrityError) for result in results.values()):
+            raise _DamagedSpan(span, results)
+        return results
+
+    try:
+        return await repo.store.get_verified(span.name, opened, span.start, span.end - span.start)
+    except _DamagedSpan as damaged:
+        return damaged.results
+    except ObjectNotFound:
+        error = IntegrityError(span.name, "chunk is missing from the store")
+    except STORE_DOWN:
+        raise
+    except StoreError as failure:   # e.g. a range past the end of a truncated chunk
+        error = IntegrityError(span.name, f"chunk cannot be read as indexed ({failure})")
+    return {location.blob_id: error for location in span.locations}
 
 
 async def fetch_span_bytes(repo: Repository, span: Span) -> bytes | IntegrityError:

@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "cloudfs.cli.doctor_commands",
     "cloudfs.cli.lock_commands",
     "cloudfs.cli.completion_commands",
+    "cloudfs.cli.target_commands",
 )
 
 

@@ -10,8 +10,11 @@ import sys
 
 from cloudfs.cli.common import (
     as_of_options,
+    as_writer,
     open_store_from,
     print_json,
+    target_options,
+    use_targets,
     read_passphrase,
     repository_options,
     snapshot_filter,
@@ -29,7 +32,7 @@ def register(subparsers) -> None:
     repo, as_of = repository_options(), as_of_options()
 
     browse = subparsers.add_parser(
-        "browse", parents=[repo, snapshot_filter_options(), as_of], help="mount the snapshots read-only",
+        "browse", parents=[repo, snapshot_filter_options(), as_of, target_options()], help="mount the snapshots read-only",
         description="Mount every snapshot of the repository read-only at MOUNTPOINT: one folder "
                     "per snapshot named by its UTC time, `latest`, `history/` (every version of "
                     "each file) and `@GMT/` (Samba shadow copies). New snapshots appear by "
@@ -51,7 +54,7 @@ def register(subparsers) -> None:
     browse.set_defaults(run=run_browse)
 
     restore = subparsers.add_parser(
-        "restore", parents=[repo, snapshot_filter_options(), as_of], help="restore a snapshot or a path in it",
+        "restore", parents=[repo, snapshot_filter_options(), as_of, target_options()], help="restore a snapshot or a path in it",
         description="Restore SNAPSHOT (all of it, or PATH in it) to TARGET, with data, holes, "
                     "modes, owners (as root), times, xattrs, symlinks and hard links; every "
                     "byte is verified. SNAPSHOT is `latest` (of --source, where the repository "
@@ -100,8 +103,9 @@ def run_browse(args) -> int:
     keep_freed_memory()
 
     async def open_repo():
-        return await Repository.open(open_store_from(args), passphrase,
-                                     cache_root=args.cache_dir, use_cache=not args.no_cache)
+        store = open_store_from(args)
+        repo = await Repository.open(store, passphrase, cache_root=args.cache_dir, use_cache=not args.no_cache)
+        return await use_targets(args, repo, store, as_writer)
 
     return mount.run(plan, open_repo, args.daemon)
 

@@ -129,9 +129,7 @@ def checked_compression(text: str) -> str:
 def open_store_from(args) -> Store:
     """The store as the writer role uses it: get, put, head, list; a delete raises (I9).
     With --as-of, the store as it was then, read-only."""
-    from cloudfs.store.roles import WriterStore
-
-    store = WriterStore(_store_from(args))
+    store = as_writer(_store_from(args))
     if getattr(args, "as_of", None) is None:
         return store
     from cloudfs.store.asof import AsOfStore
@@ -139,14 +137,72 @@ def open_store_from(args) -> Store:
     return AsOfStore(store, args.as_of)
 
 
+def as_writer(store: Store) -> Store:
+    from cloudfs.store.roles import WriterStore
+
+    return WriterStore(store)
+
+
+def as_maintenance(store: Store) -> Store:
+    from cloudfs.store.roles import MaintenanceStore
+
+    return MaintenanceStore(store)
+
+
 def open_maintenance_store(args) -> Store:
     """The store for maintenance (forget, unpin, policy changes, key removal, index
     repair, lock extension, init's cleanup): the only one whose delete works, with
     the maintenance role's own credentials if given. The one place they are used."""
-    from cloudfs.store.roles import MaintenanceStore
+    return as_maintenance(_store_from(args, profile=args.maintenance_profile or args.profile,
+                                      credentials_file=args.maintenance_credentials))
 
-    return MaintenanceStore(_store_from(args, profile=args.maintenance_profile or args.profile,
-                                        credentials_file=args.maintenance_credentials))
+
+def target_options() -> argparse.ArgumentParser:
+    """--target NAME: read one of the repository's targets only."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--target", dest="from_target", metavar="NAME",
+                        help="read only this target of the repository (`cloudfs targets list`); "
+                             "default: the healthiest, falling back to the others")
+    return parser
+
+
+def target_store(args, record) -> Store:
+    """The store of a recorded target, reached with the record's settings and this
+    command's retries and connections."""
+    from cloudfs.store import RetryPolicy, S3Options, open_store
+
+    options = S3Options(endpoint_url=record.endpoint_url, region=record.region, profile=record.profile,
+                        credentials_file=record.credentials_file, addressing=record.addressing,
+                        ca_bundle=record.ca_bundle, checksum=record.checksum,
+                        max_concurrency=args.s3_connections, retry=RetryPolicy(attempts=args.retries))
+    return open_store(record.location, options)
+
+
+async def use_targets(args, repo: Repository, opened: Store, role: Callable[[Store], Store]) -> Repository:
+    """The repository to use: read and written through every target it records (the
+    opened store serves the one it is), or with --target as that target alone holds
+    it (its own index and snapshots). As it is without targets recorded, or with
+    --as-of (the past of the opened one)."""
+    from cloudfs.repo.replicas import place, replicated_store
+
+    if getattr(args, "as_of", None) is not None:
+        return repo
+    records = await repo.targets()
+    chosen = getattr(args, "from_target", None)
+    if chosen:
+        record = next((r for r in records if r.target == chosen), None)
+        if record is None:
+            names = ", ".join(r.target for r in records) or "none: it is kept only where --repo says"
+            raise UsageError(f"the repository has no target {chosen!r} (its targets: {names})")
+        store = role(target_store(args, record))
+        alone = repo.at(opened if place(opened) == place(store) else store)
+        await alone.load_index()
+        return alone
+    if records:
+        replicated = replicated_store(repo, records, lambda record: role(target_store(args, record)),
+                                      opened=opened)
+        repo.use_store(role(replicated))
+    return repo
 
 
 def _store_from(args, *, profile: str | None = None, credentials_file: str | None = None) -> Store:
@@ -173,19 +229,24 @@ def _store_from(args, *, profile: str | None = None, credentials_file: str | Non
 
 
 async def open_repository(args) -> Repository:
-    """The repository with the writer role's store."""
-    return await _open_repository(args, open_store_from(args))
+    """The repository with the writer role's store (every target's, if it has several)."""
+    return await _open_repository(args, open_store_from(args), as_writer)
 
 
 async def open_maintenance_repository(args) -> Repository:
-    return await _open_repository(args, open_maintenance_store(args))
+    return await _open_repository(args, open_maintenance_store(args), as_maintenance)
 
 
-async def _open_repository(args, store: Store) -> Repository:
+async def _open_repository(args, store: Store, role: Callable[[Store], Store]) -> Repository:
     from cloudfs.repo import Repository
 
     passphrase = read_passphrase(args)
-    return await Repository.open(store, passphrase, cache_root=args.cache_dir, use_cache=not args.no_cache)
+    repo = await Repository.open(store, passphrase, cache_root=args.cache_dir, use_cache=not args.no_cache)
+    try:
+        return await use_targets(args, repo, store, role)
+    except BaseException:
+        await repo.close()
+        raise
 
 
 def run_async(function: Callable[[], Awaitable[T]]) -> T:
@@ -200,13 +261,22 @@ def with_repository(args, action: Callable[[Repository], Awaitable[T]], *, maint
     `maintenance`), return `await action(repo)`, and close it."""
 
     async def run() -> T:
+        from cloudfs.store.replicated import find_replicated
+
         repo = await (open_maintenance_repository(args) if maintenance else open_repository(args))
         try:
             return await action(repo)
         finally:
+            _warn_of_targets_behind(find_replicated(repo.store))
             await repo.close()
 
     return run_async(run)
+
+
+def _warn_of_targets_behind(replicated) -> None:
+    for name, count in (replicated.pending() if replicated is not None else {}).items():
+        print(f"cloudfs: warning: target {name} did not receive {count} object(s); "
+              "`cloudfs targets sync` sends them", file=sys.stderr)
 
 
 def tuned_kdf(args) -> crypto.KdfParams:

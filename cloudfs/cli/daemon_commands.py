@@ -130,12 +130,33 @@ def format_status(status: dict, now_ns: int) -> str:
     else:
         lines.append(f"store          unreachable since {_ago(upload.get('store_error_since_ns'), now_ns)}: "
                      f"{upload.get('store_error')}")
+    lines.extend(_target_lines(status, now_ns))
     if "spool_bytes" in status:
         lines.append(f"spool          {human_size(status['spool_bytes'])} of {human_size(status.get('spool_limit', 0))}")
     if status.get("next_snapshot_ns"):
         lines.append(f"next snapshot  in {_duration((status['next_snapshot_ns'] - now_ns) / 1e9)}")
     lines.extend(_rescan_lines(status.get("rescan"), now_ns))
     return "\n".join(lines)
+
+
+def _target_lines(status: dict, now_ns: int) -> list[str]:
+    """One line per target: its state, backlog and lag; and what a snapshot waits for."""
+    targets = status.get("targets")
+    if not targets:
+        return []
+    lines = [f"targets        a snapshot is committed once {status.get('required_targets')} of "
+             f"{len(targets)} hold it"]
+    if status.get("waiting_for_targets"):
+        lines.append(f"               {status['waiting_for_targets']} waits for them")
+    for target in targets:
+        line = f"  {target['name']:<12} {target['state']:<8}"
+        if target["backlog_objects"]:
+            line += (f" backlog {target['backlog_objects']} objects, {human_size(target['backlog_bytes'])}, "
+                     f"{_duration(target['lag_seconds'])} behind")
+        if target.get("error"):
+            line += f"; failing since {_ago(target.get('error_since_ns'), now_ns)}: {target['error']}"
+        lines.append(line)
+    return lines
 
 
 def _rescan_lines(rescan: dict | None, now_ns: int) -> list[str]:

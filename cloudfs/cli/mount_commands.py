@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 from cloudfs.cli import configured
-from cloudfs.cli.common import checked_compression, open_store_from, repository_options
+from cloudfs.cli.common import as_writer, checked_compression, open_store_from, repository_options, target_store
 from cloudfs.cli.configured import address, duration, duration_or_off, size
-from cloudfs.errors import UsageError
+from cloudfs.errors import StoreUnavailable, UsageError
 
 DEFAULT_INTERVAL = 300.0
 DEFAULT_SPOOL = 1 << 30
@@ -72,6 +72,9 @@ def register(subparsers) -> None:
     snapshots.add_argument("--exclude", action="append", metavar="PATTERN",
                            help="leave out of snapshots: a name pattern (*.tmp) anywhere, or a "
                                 "path pattern relative to SOURCE (build/*); repeatable")
+    snapshots.add_argument("--required-targets", type=int, metavar="K",
+                           help="with several targets (`cloudfs targets`), a snapshot is committed once "
+                                "K of them hold all of it (default: all)")
     snapshots.add_argument("--snapshot-timeout", type=duration, metavar="SECONDS",
                            help="how long the final snapshot may take when a signal (SIGTERM, "
                                 "SIGINT, SIGHUP) stops the mount, before it unmounts anyway "
@@ -200,9 +203,18 @@ def _backup_settings(args, state_dir: Path):
     exclude = args.exclude or []
     exclusion_matcher(exclude)
     store, passphrase = open_store_from(args), read_passphrase(args)
-    repo, unreachable = trio.run(lambda: open_for_mount(store, passphrase, state_dir, args.repo,
-                                                        cache_root=args.cache_dir, use_cache=not args.no_cache))
+
+    async def open_repository():
+        repo, unreachable = await open_for_mount(store, passphrase, state_dir, args.repo,
+                                                 cache_root=args.cache_dir, use_cache=not args.no_cache)
+        try:
+            return repo, unreachable, await repo.targets()
+        except StoreUnavailable:     # offline, and no target records cached: the daemon reads them later
+            return repo, unreachable, []
+
+    repo, unreachable, targets = trio.run(open_repository)
     repo.index.release()   # the mount may fork (--daemon): no SQLite connection may cross it
+    required = _required_targets(args.required_targets, len(targets))
     if unreachable:
         print(f"cloudfs: warning: {unreachable}; mounting with the repository details the last "
               "mount saved; snapshots upload once the store answers", file=sys.stderr)
@@ -220,7 +232,21 @@ def _backup_settings(args, state_dir: Path):
                           spool_limit=args.spool_size or DEFAULT_SPOOL, exclude=exclude,
                           compression=args.compression, unreachable=unreachable,
                           final_timeout=args.snapshot_timeout or FINAL_TIMEOUT,
-                          show_progress=not args.daemon and sys.stderr.isatty())
+                          show_progress=not args.daemon and sys.stderr.isatty(),
+                          targets=targets, required_targets=required,
+                          target_store=lambda record: as_writer(target_store(args, record)))
+
+
+def _required_targets(asked: int | None, count: int) -> int | None:
+    """K, the targets that must hold a snapshot before it counts as committed (None: all)."""
+    if asked is None:
+        return None
+    if asked < 1:
+        raise UsageError("--required-targets must be at least 1")
+    if asked > max(count, 1):
+        raise UsageError(f"--required-targets {asked} is more than the repository's {max(count, 1)} "
+                         "target(s): a snapshot could never be committed (`cloudfs targets list`)")
+    return asked
 
 
 def _umount(args) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from datetime import datetime, timezone
 
@@ -19,6 +20,7 @@ from cloudfs.cli.common import (
     run_async,
     snapshot_filter,
     snapshot_filter_options,
+    target_options,
     tuned_kdf,
     with_repository,
 )
@@ -64,22 +66,31 @@ def register(subparsers) -> None:
     passwd.add_argument("--new-password-file", help="read the new passphrase from this file")
     passwd.set_defaults(run=run_key_passwd)
 
-    snapshots = subparsers.add_parser("snapshots", parents=[repo, snapshot_filter_options(), as_of_options()],
+    snapshots = subparsers.add_parser("snapshots", parents=[repo, snapshot_filter_options(), as_of_options(), target_options()],
                                       help="list the snapshots",
                                       description="List the repository's snapshots, oldest first.")
     snapshots.add_argument("--json", action="store_true")
     snapshots.set_defaults(run=run_snapshots)
 
-    check = subparsers.add_parser("check", parents=[repo, as_of_options()], help="verify the repository",
+    check = subparsers.add_parser("check", parents=[repo, as_of_options(), target_options()], help="verify the repository",
                                   description="Check that every object the repository refers to is "
                                               "there and intact.")
-    check.add_argument("--read-data", action="store_true",
-                       help="also download and verify every chunk and every blob in it")
+    reading = check.add_mutually_exclusive_group()
+    reading.add_argument("--read-data", action="store_true",
+                         help="also download and verify every chunk and every blob in it")
+    reading.add_argument("--read-data-subset", type=_subset, metavar="N/T|P%",
+                         help="read a share of the chunks: slice N of T (1/3), or P%% of them (10%%); "
+                              "each run reads the next share, so T runs (or 100/P) read them all")
     check.add_argument("--json", action="store_true", help="the findings and counts as JSON")
     check.set_defaults(run=run_check)
 
-    repair = subparsers.add_parser("repair", help="repair repository metadata")
-    repair_commands = repair.add_subparsers(dest="repair_command", metavar="WHAT", required=True)
+    repair = subparsers.add_parser(
+        "repair", parents=[repo, target_options()], help="heal the repository from its other targets",
+        description="Read every target (or --target's) whole, copy each missing or damaged object "
+                    "to it from a target holding a checked copy, then index chunks no index names "
+                    "from their footers (as `repair index`). Maintenance work.")
+    repair.set_defaults(run=run_repair)
+    repair_commands = repair.add_subparsers(dest="repair_command", metavar="WHAT")
     repair_index = repair_commands.add_parser(
         "index", parents=[repo], help="rebuild the index from the chunks",
         description="Index every chunk that no readable index object lists, from the chunk's "
@@ -167,47 +178,157 @@ def run_key_passwd(args) -> int:
     return 0
 
 
+def _subset(text: str):
+    from cloudfs.check import parse_subset
+
+    try:
+        return parse_subset(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def run_check(args) -> int:
-    report = check_report(args)
+    reports = check_report(args)
     if args.json:
-        print_json(check_json(args, report))
-        return 0 if report.ok else 1
-    print_check(args, report)
-    return 0 if report.ok else 1
+        print_json(check_json(args, reports))
+    else:
+        print_check(args, reports)
+    return 0 if checked_ok(reports) else 1
 
 
 def check_report(args):
     from tqdm import tqdm
 
-    from cloudfs.check import check_repository
+    from cloudfs.check import Rotation, check_repository
+
+    chosen, args.from_target = getattr(args, "from_target", None), None   # each target on its own
+    subset, as_json = getattr(args, "read_data_subset", None), getattr(args, "json", False)
 
     async def check(repo):
-        with tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="reading chunks", file=sys.stderr,
-                  disable=not (args.read_data and sys.stderr.isatty())) as bar:
+        reports = []
+        for name, at in await _each_target(args, repo, chosen):
+            rotation = Rotation(_rotation_path(repo, name) if not args.no_cache else None)
+            choose = None
+            if subset:
+                kind, amount, count = subset
+                choose = rotation.slice(int(amount), count) if kind == "slice" else rotation.share(amount)
+            reading = args.read_data or choose is not None
+            with tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc=f"reading {name or 'chunks'}",
+                      file=sys.stderr, disable=as_json or not (reading and sys.stderr.isatty())) as bar:
 
-            def expect(total: int) -> None:
-                bar.total = total
-                bar.refresh()
+                def expect(total: int) -> None:
+                    bar.total = total
+                    bar.refresh()
 
-            return await check_repository(repo, read_data=args.read_data, progress=bar.update, expect=expect)
+                reports.append((name, await check_repository(at, read_data=args.read_data, choose=choose,
+                                                             progress=bar.update, expect=expect)))
+            rotation.save()
+        return reports
 
     return with_repository(args, check)
 
 
-def check_json(args, report) -> dict:
-    return {"ok": report.ok, "read_data": args.read_data, "snapshots": report.snapshots,
-            "chunks": report.chunks, "blobs": report.blobs, "bytes_read": report.bytes_read,
-            "errors": report.errors, "warnings": report.warnings}
+def check_json(args, reports) -> dict:
+    """One target's findings at the top level; with several, each under "targets"."""
+    each = [_target_json(args, name, report) for name, report in reports]
+    if len(each) == 1 and each[0]["target"] is None:
+        return each[0]
+    return {"ok": all(report["ok"] for report in each), "targets": each}
 
 
-def print_check(args, report) -> None:
+def _target_json(args, name: str | None, report) -> dict:
+    return {"target": name, "ok": report.ok,
+            "read_data": bool(args.read_data or getattr(args, "read_data_subset", None)),
+            "snapshots": report.snapshots, "chunks": report.chunks, "blobs": report.blobs,
+            "chunks_read": report.chunks_read, "bytes_read": report.bytes_read,
+            "errors": report.errors, "warnings": report.warnings, "damaged": report.damaged,
+            "affected": [list(place) for place in report.affected], "more_affected": report.more_affected}
+
+
+def checked_ok(reports) -> bool:
+    return all(report.ok for _, report in reports)
+
+
+def print_check(args, reports) -> None:
+    for name, report in reports:
+        _print_check(name, report, args)
+
+
+async def _each_target(args, repo, chosen: str | None) -> list:
+    """(target name, the repository as that target holds it) for each target to check;
+    (None, repo) for a repository kept in one place."""
+    from cloudfs.cli.common import as_writer, target_store
+    from cloudfs.repo.replicas import place
+
+    records = [] if getattr(args, "as_of", None) else await repo.targets()
+    if chosen:
+        records = [r for r in records if r.target == chosen]
+        if not records:
+            raise UsageError(f"the repository has no target {chosen!r} (`cloudfs targets list`)")
+    if not records:
+        return [(None, repo)]
+    opened = open_store_from(args)
+    return [(r.target, repo.at(opened if place(opened) == place(s := target_store(args, r)) else as_writer(s)))
+            for r in records]
+
+
+def _rotation_path(repo, target: str | None):
+    from cloudfs.system.statedir import state_home
+
+    return state_home() / "check" / f"{repo.config.repo_id_hex}-{target or 'repository'}.json"
+
+
+def _print_check(name: str | None, report, args) -> None:
+    prefix = f"{name}: " if name else ""
     for warning in report.warnings:
-        print(f"warning: {warning}")
+        print(f"{prefix}warning: {warning}")
     for error in report.errors:
-        print(f"error: {error}")
-    read = f", read {report.bytes_read / 2**20:.1f} MiB" if args.read_data else ""
-    print(f"checked {report.snapshots} snapshots, {report.chunks} chunks, {report.blobs} blobs{read}: "
+        print(f"{prefix}error: {error}")
+    for snapshot, path in report.affected:
+        print(f"{prefix}damaged: {snapshot.removeprefix('snapshots/')} {path}")
+    if report.more_affected:
+        print(f"{prefix}damaged: {report.more_affected} more paths")
+    read = ""
+    if args.read_data or getattr(args, "read_data_subset", None):
+        read = f", read {len(report.chunks_read)} chunks ({report.bytes_read / 2**20:.1f} MiB)"
+    print(f"{prefix}checked {report.snapshots} snapshots, {report.chunks} chunks, {report.blobs} blobs{read}: "
           + ("no errors found" if report.ok else f"{len(report.errors)} errors"))
+
+
+def run_repair(args) -> int:
+    from cloudfs.check import check_repository
+    from cloudfs.errors import CloudfsError
+    from cloudfs.store.replicated import find_replicated
+
+    chosen, args.from_target = args.from_target, None
+
+    async def repair(repo):
+        replicated = find_replicated(repo.store)
+        if replicated is None:
+            raise UsageError("the repository is kept in one place: nothing to copy a good object "
+                             "from (`cloudfs repair index` rebuilds its index)")
+        results = []
+        for target in replicated.targets:
+            if chosen and target.name != chosen:
+                continue
+            report = await check_repository(repo.at(target.store), read_data=True)
+            for name in sorted(report.damaged):
+                try:
+                    await replicated.store_copy(target, name, await replicated.good_copy(target, name))
+                    results.append((target.name, name, "healed"))
+                except CloudfsError as error:
+                    results.append((target.name, name, f"not healed: {error}"))
+            await replicated.level_now(target)          # and whatever it lacks altogether
+        indexed, dropped = await repo.rebuild_index()
+        return results, indexed, dropped
+
+    results, indexed, dropped = with_repository(args, repair, maintenance=True)
+    for target, name, outcome in results:
+        print(f"{target}: {name}: {outcome}")
+    for name in dropped:
+        print(f"removed damaged {name}")
+    print(f"indexed {indexed} chunks from their footers")
+    return 1 if any(outcome != "healed" for *_, outcome in results) else 0
 
 
 def run_repair_index(args) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 from cloudfs.cli import configured
 from cloudfs.cli.common import print_json, repository_options
 from cloudfs.cli.prune_commands import grace_period, print_report, prune_repository, report_json, unused_share
-from cloudfs.cli.repo_commands import check_json, check_report, print_check
+from cloudfs.cli.repo_commands import check_json, check_report, checked_ok, print_check
 from cloudfs.cli.retention_commands import forget_by_policy
 
 
@@ -110,8 +110,8 @@ def run_maintenance(args) -> int:
     if args.json:
         print_json({"forgot": [snapshot.name for snapshot in removed], "prune": report_json(pruned),
                     "check": check_json(args, checked)})
-        return 0 if checked.ok else 1
+        return 0 if checked_ok(checked) else 1
     print(f"forgot {len(removed)} snapshots (the repository's policy)")
     print_report(pruned)
     print_check(args, checked)
-    return 0 if checked.ok else 1
+    return 0 if checked_ok(checked) else 1

@@ -47,12 +47,12 @@ class ObjectCache:
             pass   # a cache that cannot be written is only slower
 
     def names(self, prefix: str) -> list[str]:
-        """The cached objects under `prefix` (e.g. "index/"), sorted."""
+        """The cached objects under `prefix` (e.g. "index/", "targets/"), sorted."""
         if self.directory is None:
             return []
         folder = self._path(prefix.rstrip("/"))
         try:
-            return sorted(f"{prefix}{path.name}" for path in folder.iterdir()
+            return sorted(f"{prefix}{path.relative_to(folder).as_posix()}" for path in folder.rglob("*")
                           if path.is_file() and not path.name.startswith("."))
         except OSError:
             return []

@@ -7,7 +7,7 @@ Every object begins with an 8-byte header, in the clear and authenticated:
     offset 5  1 byte   object kind (Kind)
     offset 6  2 bytes  flags, little-endian (bit 0: payload is zstd-compressed)
 
-Config, index, snapshot, policy, pin, doom-list and lease objects are a header followed by one sealed message
+Config, index, snapshot, policy, pin, doom-list, lease and target objects are a header followed by one sealed message
 whose associated data is the header and the object's name, so an object cannot
 be altered, swapped for another, or renamed without detection. Their plaintext
 is msgpack. See docs/format.md.
@@ -44,6 +44,7 @@ class Kind(enum.IntEnum):
     PIN = 7
     DOOM_LIST = 8
     LEASE = 9
+    TARGET = 10
 
 
 def make_header(kind: Kind, flags: int = 0) -> bytes:

@@ -22,6 +22,7 @@ from cloudfs.errors import (
     IntegrityError,
     ObjectNotFound,
     RepositoryError,
+    StoreUnavailable,
     UsageError,
     WrongPassphrase,
 )
@@ -54,6 +55,7 @@ from cloudfs.repo.packer import Packer
 from cloudfs.repo.pins import PINS_PREFIX, Pin, pinned_snapshot
 from cloudfs.repo.policy import POLICY_PREFIX, PolicyRecord
 from cloudfs.repo.snapshots import SNAPSHOTS_PREFIX, Snapshot
+from cloudfs.repo.targets import TARGETS_PREFIX, TargetRecord, current_records, target_of
 from cloudfs.store.base import Store
 from cloudfs.store.locking import LockingStore
 
@@ -297,8 +299,12 @@ class Repository:
                 return opener(self.master, name, data)
             except IntegrityError:
                 log.warning("cached copy of %s is damaged; fetching it again", name)
-        data = await self.store.get(name)
-        value = opener(self.master, name, data)
+
+        async def opened(data: bytes):
+            return opener(self.master, name, data), data
+
+        # With several targets, a copy that does not open is read from the next one.
+        value, data = await self.store.get_verified(name, opened)
         self.cache.put(name, data)
         return value
 
@@ -362,10 +368,14 @@ class Repository:
 
     async def _read_record(self, location: BlobLocation) -> bytes:
         name = chunk_name(location.chunk_id)
-        record = await self.store.get(name, location.offset, location.length)
-        if location.raw_length >= THREAD_THRESHOLD:
-            return await trio.to_thread.run_sync(open_record, self.master, location, record, name)
-        return open_record(self.master, location, record, name)
+
+        async def verified(record: bytes) -> bytes:
+            if location.raw_length >= THREAD_THRESHOLD:
+                return await trio.to_thread.run_sync(open_record, self.master, location, record, name)
+            return open_record(self.master, location, record, name)
+
+        # With several targets, a record that fails verification is read from the next.
+        return await self.store.get_verified(name, verified, location.offset, location.length)
 
     # -- snapshots -------------------------------------------------------------------
 
@@ -450,6 +460,51 @@ class Repository:
     async def save_doom_list(self, doom: DoomList) -> DoomList:
         return await self._save_sealed(doom)
 
+    # -- targets -------------------------------------------------------------------
+
+    async def targets(self) -> list[TargetRecord]:
+        """The repository's targets, one record each (none: the repository is kept
+        only where it was opened). Listed in the store; from the local cache while
+        the store cannot be reached, so a mount at boot still knows the others."""
+        try:
+            listed = [info.name for info in await self.store.list(TARGETS_PREFIX)]
+        except StoreUnavailable:
+            listed = self.cache.names(TARGETS_PREFIX)
+            if not listed:
+                raise
+        records = []
+        for name in sorted(listed):
+            if target_of(name) is None:
+                continue
+            try:
+                records.append(await self._load_cached(name, TargetRecord.open))
+            except (IntegrityError, ObjectNotFound, RepositoryError) as error:
+                log.warning("skipping target record: %s", error)
+                self.damaged_objects[name] = str(error)
+        return current_records(records)
+
+    async def save_target(self, record: TargetRecord) -> TargetRecord:
+        """Record a target (a put: the writer role may add targets)."""
+        return await self._save_sealed(record)
+
+    async def remove_target(self, target: str) -> list[str]:
+        """Delete every record of one target (maintenance); its copy of the data stays."""
+        names = [info.name for info in await self.store.list(f"{TARGETS_PREFIX}{target}/")
+                 if target_of(info.name) == target]
+        for name in names:
+            await self.store.delete(name)
+        return names
+
+    def use_store(self, store: Store) -> None:
+        """Read and write through `store` from now on (the targets' replicated store)."""
+        self.store = _locking(store, self.config)
+
+    def at(self, store: Store) -> "Repository":
+        """The same repository as one of its targets holds it, read through `store`
+        alone and without the local cache (so a copy there cannot hide its damage);
+        its index is loaded by the first load_index()."""
+        return Repository(store, self.master, self.config, self.slot, ObjectCache(None))
+
     # -- the retention policy --------------------------------------------------------
 
     async def current_policy(self) -> PolicyRecord | None:
@@ -462,7 +517,7 @@ class Repository:
         return await self._save_sealed(record)
 
     async def _save_sealed(self, record):
-        """Name, seal and write once a write-once object (pin, policy, doom list);
+        """Name, seal and write once a write-once object (pin, policy, doom list, target);
         keep a copy in the cache. Returns it with its name."""
         record = record.with_name()
         data = record.seal(self.master)

@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 
 import trio
 
-from cloudfs.browse.blobs import BlobFetcher, Span, fetch_span_bytes, plan_spans
+from cloudfs.browse.blobs import STORE_DOWN, BlobFetcher, Span, fetch_span_bytes, plan_spans
 from cloudfs.browse.trees import TreeCache
-from cloudfs.errors import CloudfsError, IntegrityError, UsageError, first_cloudfs_error
+from cloudfs.errors import CloudfsError, IntegrityError, StoreError, UsageError, first_cloudfs_error
 from cloudfs.repo import Repository, Snapshot
 from cloudfs.repo.chunk import BlobLocation, open_record
 from cloudfs.restore.walk import DirectoryFinishes, HardLinks, Item, walk
@@ -468,21 +468,42 @@ class Restorer:
             async for span in spans:
                 data = await fetch_span_bytes(self.repo, span)
                 written, failures = await trio.to_thread.run_sync(self._write_span, span, data, batch)
+                for location, error in failures:
+                    written += await self._from_another_copy(location, error, batch)
                 self.report.bytes_written += written
                 self.progress(written)
-                for blob_id, error in failures:
-                    self._damage_places(batch[blob_id], error)
+
+    async def _from_another_copy(self, location: BlobLocation, error: IntegrityError, batch) -> int:
+        """A record that failed verification, read alone: a repository kept on several
+        targets reads it from the next one (Repository.read_blob). Returns the bytes
+        written, or damages the files that need it."""
+        try:
+            plaintext = await self.repo.read_blob(location)
+        except STORE_DOWN:
+            raise
+        except (IntegrityError, StoreError):
+            self._damage_places(batch[location.blob_id], error)
+            return 0
+
+        def write() -> int:
+            with RunWriter() as writer:
+                for item, offset in batch[location.blob_id]:
+                    if item.damage is None:
+                        writer.add(item.destination, offset, plaintext)
+            return writer.written
+
+        return await trio.to_thread.run_sync(write)
 
     def _write_span(self, span: Span, data, batch) -> tuple[int, list]:
         """Verify a span's records one by one and write each to its places (a
         worker thread); only the current run of consecutive blocks is held."""
         if isinstance(data, IntegrityError):
-            return 0, [(location.blob_id, data) for location in span.locations]
+            return 0, [(location, data) for location in span.locations]
         failures = []
         with RunWriter() as writer:
             for location, plaintext in self._open_records(span, data):
                 if isinstance(plaintext, IntegrityError):
-                    failures.append((location.blob_id, plaintext))
+                    failures.append((location, plaintext))
                     continue
                 for item, offset in batch[location.blob_id]:
                     if item.damage is None:

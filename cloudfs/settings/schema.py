@@ -47,6 +47,12 @@ duration_or_off = _number_or_text(parse_duration_or_off)
 size = _number_or_text(parse_size)
 
 
+def positive_integer(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"must be a whole number of at least 1, not {value!r}")
+    return value
+
+
 def compression(value) -> str:
     from cloudfs.repo.config import parse_compression
 
@@ -116,6 +122,7 @@ SHARED: dict[str, Checker] = {
     "exclude": patterns,
     "cache_dir": absolute_path,
     "allow_other": boolean,
+    "required_targets": positive_integer,
 }
 
 #: Keys only a [directories.NAME] table may hold.

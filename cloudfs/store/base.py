@@ -14,10 +14,12 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Awaitable, Callable, TypeVar
 
 from cloudfs.errors import ObjectNotFound, UsageError
 
 LOCK_MODES = ("governance", "compliance")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,14 @@ class Store(ABC):
 
         Raises ObjectNotFound if there is no such object.
         """
+
+    async def get_verified(self, name: str, verify: Callable[[bytes], Awaitable[T]], offset: int = 0,
+                           length: int | None = None) -> T:
+        """`await verify(bytes)` of what get() returns. `verify` raises IntegrityError
+        when the bytes are damaged; a store with several copies (the replicated store
+        of a repository's targets) then tries the next copy, so one damaged copy is
+        not a read error while another is good."""
+        return await verify(await self.get(name, offset, length))
 
     @abstractmethod
     async def head(self, name: str) -> ObjectInfo:

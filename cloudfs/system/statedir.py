@@ -25,15 +25,16 @@ LOG_NAME = "mount.log"
 
 def default_state_dir(source: Path) -> Path:
     """A live mount's: $XDG_STATE_HOME/cloudfs/<first 16 hex digits of sha256(real path of SOURCE)>."""
-    return _state_home() / _digest(os.path.realpath(source))
+    return state_home() / _digest(os.path.realpath(source))
 
 
 def browse_state_dir(mountpoint: Path) -> Path:
     """A snapshot mount's: $XDG_STATE_HOME/cloudfs/browse-<16 hex digits of its mount point's hash>."""
-    return _state_home() / f"browse-{_digest(mountpoint)}"
+    return state_home() / f"browse-{_digest(mountpoint)}"
 
 
-def _state_home() -> Path:
+def state_home() -> Path:
+    """$XDG_STATE_HOME/cloudfs: where this machine keeps cloudfs state."""
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return Path(base) / "cloudfs"
 
