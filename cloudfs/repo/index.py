@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 
 from cloudfs.crypto import MasterKey
-from cloudfs.repo.chunk import BlobKind, BlobLocation
+from cloudfs.repo.chunk import BlobLocation
 from cloudfs.repo.format import Kind, open_object, seal_object
 
 INDEX_PREFIX = "index/"
