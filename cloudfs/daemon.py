@@ -137,6 +137,8 @@ class SnapshotDaemon:
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._wanted = 0
+        self._startup_decided = trio.Event()        # whether what was pending at startup is sealed
+        self._startup_ticket: int | None = None     # ... and the seal request that does it
         self._wanted_tags: dict[str, None] = {}   # for the next seal, in the order asked
         self._seals: collections.deque[_SealRecord] = collections.deque(maxlen=256)
         self._commits: collections.deque[tuple[int, str]] = collections.deque(maxlen=256)
@@ -197,9 +199,11 @@ class SnapshotDaemon:
         if self.settings is not None and self.replicas is not None:
             await nursery.start(self.replicas.run)
         if self.settings is not None:
-            if self._reconciled is None and (not self._trusted or self._has_work()):
-                self._seal_before_serving()
-            elif self._reconciled is not None:
+            if self._reconciled is None:
+                if not self._trusted or self._has_work():
+                    self._seal_before_serving()
+                self._startup_decided.set()
+            else:
                 nursery.start_soon(self._seal_once_reconciled)
             nursery.start_soon(self._run)
             if not self._index_complete.is_set():
@@ -218,7 +222,16 @@ class SnapshotDaemon:
         await self._until_reconciled()
         if not self._trusted or self._has_work():
             self._wanted += 1
+            self._startup_ticket = self._wanted
             self._notify()
+        self._startup_decided.set()
+
+    async def _until_startup_sealed(self) -> None:
+        """What was pending at startup (the journal's, the startup walk's) is sealed:
+        until then a flush would see no sealed epoch and return before it."""
+        await self._startup_decided.wait()
+        if self._startup_ticket is not None:
+            await self._wait_sealed(self._startup_ticket)
 
     async def _rescan_once_reconciled(self) -> None:
         await self._until_reconciled()
@@ -581,6 +594,7 @@ class SnapshotDaemon:
 
     async def _handle_flush(self, request: dict) -> dict:
         self._require_repository()
+        await self._until_startup_sealed()
         epochs = self.journal.sealed_epochs()
         if not epochs:
             return {"snapshot": self._last_snapshot_name()}
