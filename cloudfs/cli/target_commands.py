@@ -194,6 +194,7 @@ async def _answers(store) -> str:
 
     try:
         await store.check()
+        return "ok"
     except CloudfsError as error:
         return f"FAILS: {error}"
     finally:
