@@ -23,7 +23,10 @@ pytestmark = pytest.mark.timeout(180)
 
 DOC = Path(__file__).parent.parent / "docs" / "json.md"
 #: keys a command prints only sometimes, which this test does not provoke
-SOMETIMES = {"snapshot": {"queued"}}
+SOMETIMES = {"snapshot": {"queued"},
+             "status": {"targets", "required_targets", "waiting_for_targets"},   # tests/test_targets.py
+             "targets list": {"endpoint_url", "region", "profile", "credentials_file", "ca_bundle",
+                              "bandwidth_limit"}}
 
 
 def commands_with_json() -> set[str]:
@@ -99,6 +102,8 @@ def test_what_each_command_prints_is_what_docs_json_md_says(protected, tmp_path)
     config.write_text(f'[directories.documents]\nsource = "{protected.source}"\n')
     run("config", "check", "--config", str(config))
     run("doctor", "--config", str(config))
+    run_cloudfs("targets", "add", "copy", str(tmp_path / "copy"), "--no-progress", env=env)
+    assert [row["answers"] for row in run("targets", "list", "--check")] == ["ok", "ok"]
 
     docs = documented()
     for name, parts in printed.items():
