@@ -102,6 +102,7 @@ def test_what_each_command_prints_is_what_docs_json_md_says(protected, tmp_path)
     config.write_text(f'[directories.documents]\nsource = "{protected.source}"\n')
     run("config", "check", "--config", str(config))
     run("doctor", "--config", str(config))
+    (tmp_path / "copy").mkdir()
     run_cloudfs("targets", "add", "copy", str(tmp_path / "copy"), "--no-progress", env=env)
     assert [row["answers"] for row in run("targets", "list", "--check")] == ["ok", "ok"]
 
