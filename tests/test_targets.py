@@ -274,6 +274,30 @@ def test_a_chunk_corrupted_in_one_target_is_found_by_check_and_healed_by_repair(
     restore_alone(tree, "primary", tmp_path / "from-primary")
 
 
+def test_forget_and_prune_reclaim_space_on_every_target(two_targets, tmp_path):
+    tree, second = two_targets
+    fill(tree.source, count=10, size=300_000)
+    assert add_target(tree, second).returncode == 0
+    tree.mount(None, "--interval", "3600")
+    tree.flush()
+    for index in range(10):
+        (tree.source / f"file-{index}").unlink()
+    (tree.source / "kept").write_bytes(os.urandom(100_000))
+    tree.seal()
+    tree.flush()
+    tree.umount()
+    run_cloudfs("forget", "--keep-last", "1", env=tree.env)
+    for _ in range(2):                                  # the first marks, the second deletes
+        run_cloudfs("prune", "--grace", "0", env=tree.env, timeout=300)
+    primary, copy = set(tree.stored_objects()), set(second.objects())
+    assert copy == primary
+    assert sum(size for name, size in tree.stored_objects().items() if name.startswith("chunks/")) < 1_000_000
+    for target in ("primary", "second"):
+        checked = run_cloudfs("check", "--read-data", "--target", target, env=tree.env, check=False)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    restore_alone(tree, "second", tmp_path / "from-second")
+
+
 def test_three_checks_of_a_third_read_every_chunk(tmp_path, s3_env):
     tree = new_protected(tmp_path / "tree", s3_env, chunk_size=256 << 10)
     try:
