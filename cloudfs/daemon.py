@@ -52,6 +52,7 @@ from cloudfs.live.manifest import Checkpoint, Manifest, ManifestDelta
 from cloudfs.live.rescan import DEFAULT_INTERVAL as DEFAULT_RESCAN_INTERVAL, Rescanner
 from cloudfs.live.seal import Sealed, Sealer
 from cloudfs.live.spool import Spool, SpoolFull
+from cloudfs.live.startup import StartupReconcile
 from cloudfs.repo import Repository, Snapshot
 from cloudfs.repo.snapshots import SNAPSHOTS_PREFIX
 from cloudfs.repo.config import parse_compression
@@ -123,10 +124,11 @@ class SnapshotDaemon:
                  device: str | None, settings: BackupSettings | None,
                  unmount: Callable[[], Awaitable[None]],
                  rescan_interval: float | None = DEFAULT_RESCAN_INTERVAL,
-                 reconciled: trio.Event | None = None):
-        #: Set once the startup walk has journaled what changed while unmounted: no
-        #: seal before it (None: nothing to wait for, a first mount).
-        self._reconciled = reconciled
+                 startup: StartupReconcile | None = None):
+        #: The startup walk, journaling what changed while unmounted: no seal before it
+        #: is done (None: nothing to wait for, a first mount).
+        self._startup = startup
+        self._reconciled = startup.done if startup is not None else None
         self.source = source
         self.mountpoint = mountpoint
         self.state_dir = state_dir
@@ -204,7 +206,8 @@ class SnapshotDaemon:
                     self._seal_before_serving()
                 self._startup_decided.set()
             else:
-                nursery.start_soon(self._seal_once_reconciled)
+                # Taken before the first request is served: what earlier sessions left.
+                nursery.start_soon(self._seal_once_reconciled, not self._trusted or self._has_work())
             nursery.start_soon(self._run)
             if not self._index_complete.is_set():
                 nursery.start_soon(self._complete_index)
@@ -216,11 +219,14 @@ class SnapshotDaemon:
         if self._reconciled is not None:
             await self._reconciled.wait()
 
-    async def _seal_once_reconciled(self) -> None:
+    async def _seal_once_reconciled(self, pending_before: bool) -> None:
         """What is pending from before, or what the startup walk found, is sealed at
-        once; and everything, if no snapshot describes the manifest."""
+        once; and everything, if no snapshot describes the manifest. Not what was
+        written since the mount started serving: that waits for the interval or a
+        request, so a `cloudfs snapshot` right after mounting is not held up behind
+        an upload of its own changes that the store may not take yet."""
         await self._until_reconciled()
-        if not self._trusted or self._has_work():
+        if pending_before or self._startup.found_changes():
             self._wanted += 1
             self._startup_ticket = self._wanted
             self._notify()

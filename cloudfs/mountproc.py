@@ -79,7 +79,7 @@ def _serve_with(plan: MountPlan, source_fd: int, on_ready: Callable[[], None],
                                 operations=live.operations, source_fd=source_fd, device=live.device,
                                 settings=backup, unmount=lambda: fuseproc.detach_now(mountpoint),
                                 rescan_interval=plan.rescan_interval,
-                                reconciled=live.reconcile.done if live.reconcile is not None else None)
+                                startup=live.reconcile)
         plan.state.announce(Holder(os.getpid(), str(plan.source), mountpoint, source_fd))
         trio.run(_serve_requests, live, daemon, on_ready, exporter)
         served = True

@@ -101,6 +101,10 @@ class StartupReconcile:
                 last_seen.setdefault(ino, final)
         self.done.set()
 
+    def found_changes(self) -> bool:
+        """Whether the walk found anything changed while unmounted (once `done`)."""
+        return self.findings is not None and bool(self.findings.changes)
+
     def _compare(self) -> Findings:
         fd = os.dup(self.source_fd)
         try:
