@@ -23,11 +23,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import trio
 
 from cloudfs.locals3 import free_port
 from tests.faults import FaultyProxy
 from tests.live_fixtures import run_cloudfs
-from tests.snapshot_fixtures import protected, wait_until  # noqa: F401 - fixture
+from tests.snapshot_fixtures import new_protected, protected, wait_until  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -151,6 +152,27 @@ def test_thresholds_that_make_no_sense_are_refused_before_mounting(tmp_path):
         result = run_cloudfs("mount", "--state-dir", tmp_path / "state", *options, tmp_path / "source", check=False)
         assert result.returncode == 2 and result.stderr == f"cloudfs: error: {message}\n"
     assert not (tmp_path / "state" / "alerts.json").exists()
+
+
+def test_with_object_lock_the_locks_of_the_pinned_snapshot_are_extended(tmp_path, moto_env):
+    from cloudfs.repo.config import ObjectLock
+
+    tree = new_protected(tmp_path, moto_env, bucket=moto_env.new_bucket(object_lock=True),
+                         object_lock=ObjectLock("governance", 1))
+    try:
+        paths = plain_files(tree.source, 120)
+        clean = mount_with_a_first_snapshot(tree)
+        attack_began = time.time()
+        encrypt_in_place(paths)
+        alert = pinned_alert(tree)
+        assert alert["snapshot"] == clean
+        locked = wait_until(lambda: tree.status()["alerts"][0]["locks"], what="the locks extended")
+        assert locked.endswith("objects locked until at least " + time.strftime(
+            "%Y-%m-%d", time.gmtime(attack_began + 86400))), locked
+        retention = trio.run(tree.store().retention, clean)
+        assert retention.until.timestamp() >= attack_began + 86400 - 5
+    finally:
+        tree.cleanup()
 
 
 @pytest.mark.slow
