@@ -29,6 +29,7 @@ from cloudfs.live.tripwire import Burst
 log = logging.getLogger(__name__)
 
 ALERTS_FILE = "alerts.json"
+RETRY_AFTER_FAILURE = 15.0     # seconds before pinning is tried again after an unexpected error
 PENDING, PINNED, NOTHING_TO_PIN, NO_REPOSITORY = "pending", "pinned", "no snapshot before the burst", "no repository"
 
 
@@ -68,8 +69,9 @@ class AlertBook:
     def open_alerts(self) -> list[Alert]:
         return [alert for alert in self.alerts if alert.acknowledged_ns is None]
 
-    def add(self, burst: Burst) -> Alert:
-        alert = Alert(os.urandom(4).hex(), burst)
+    def add(self, burst: Burst, pin_state: str = PENDING) -> Alert:
+        """Record a new alert (saved; if saving fails, it is kept in memory and raised)."""
+        alert = Alert(os.urandom(4).hex(), burst, pin_state)
         self.alerts.append(alert)
         self.save()
         return alert
@@ -134,11 +136,13 @@ class Alarm:
         self.rearm: Callable[[], None] = lambda: None    # set by the daemon: the tripwire's
 
     def fired(self, burst: Burst) -> None:
-        """The tripwire's on_fire (in a FUSE handler: no await, no network)."""
-        alert = self.book.add(burst)
-        if self.pinning is None:
-            alert.pin_state = NO_REPOSITORY
-            self.book.save()
+        """The tripwire's on_fire (in a FUSE handler: no await, no network, and no
+        exception may reach the write that fired it)."""
+        try:
+            alert = self.book.add(burst, NO_REPOSITORY if self.pinning is None else PENDING)
+        except OSError as error:
+            log.critical("RANSOMWARE TRIPWIRE: cannot record the alert in %s: %s", self.book.path, error)
+            alert = self.book.alerts[-1]
         log.critical("RANSOMWARE TRIPWIRE: %s since %s; %s. Check the directory, then `cloudfs alerts "
                      "ack` (docs/operations.md, \"Ransomware tripwire\")", alert.describe(),
                      _iso(burst.started_ns),
@@ -153,7 +157,13 @@ class Alarm:
             woken = trio.Event()
             self._wake = woken.set
             for alert in [a for a in self.book.alerts if a.pin_state == PENDING]:
-                await self._pin(alert)
+                try:
+                    await self._pin(alert)
+                except Exception as error:  # noqa: BLE001 - the mount serves whatever happens here
+                    log.error("tripwire alert %s: cannot pin the snapshot before it yet (%s); retrying",
+                              alert.id, error)
+                    await trio.sleep(RETRY_AFTER_FAILURE)
+                    woken.set()
             await woken.wait()
 
     async def _pin(self, alert: Alert) -> None:

@@ -119,3 +119,15 @@ def test_alerts_survive_in_the_state_directory(tmp_path):
     assert [a.id for a in again.open_alerts()] == [alert.id] and again.alerts[0].burst.rewrites == 2
     assert [a.id for a in again.acknowledge()] == [alert.id]
     assert AlertBook(tmp_path).open_alerts() == [] and AlertBook(tmp_path).acknowledge() == []
+
+
+def test_without_a_repository_or_a_writable_state_directory_the_alert_still_stands(tmp_path):
+    from cloudfs.alerts import NO_REPOSITORY, Alarm
+
+    wire, fired, clock = tripwire(files=2)
+    alarm = Alarm(AlertBook(tmp_path / "gone"), None)      # saving fails: no such directory
+    wire.on_fire = alarm.fired
+    wire.wrote_start(1, os.urandom(1024))
+    wire.wrote_start(2, os.urandom(1024))                 # fires; nothing reaches the handler
+    assert [alert["pin_state"] for alert in alarm.status()] == [NO_REPOSITORY]
+    assert not (tmp_path / "gone").exists()
