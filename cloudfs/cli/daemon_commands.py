@@ -170,17 +170,19 @@ def _alerts_request(args, ack: bool, in_file: Callable) -> list[dict]:
 
 def alert_line(alert: dict, now_ns: int) -> str:
     """One line: what the tripwire saw, when, and which snapshot it pinned."""
+    from cloudfs.alerts import Alert
+
     burst = alert["burst"]
-    what = (f"{burst['rewrites']} files rewritten with high-entropy data" if burst["rule"] == "rewrites"
-            else f"{burst['renames']} files renamed to .{burst['extension']}")
     if alert["pin_state"] == "pinned":
         pinned = f"pinned {alert['snapshot']}"
     elif alert["pin_state"] == "pending":
         pinned = "pinning the snapshot before it (waits for the store)"
     else:
         pinned = f"nothing pinned: {alert['pin_state']}"
+    if alert.get("locks"):
+        pinned += f" (Object Lock: {alert['locks']})"
     acknowledged = f"; acknowledged {_ago(alert['acknowledged_ns'], now_ns)}" if alert.get("acknowledged_ns") else ""
-    return (f"tripwire alert {alert['id']}: {what} since {_when(burst['started_ns'], now_ns)}; "
+    return (f"{Alert.from_dict(alert).describe()} since {_when(burst['started_ns'], now_ns)}; "
             f"{pinned}{acknowledged}")
 
 
