@@ -12,7 +12,7 @@ import pytest
 import cloudfs
 
 from cloudfs.alerts import AlertBook
-from cloudfs.live.tripwire import CREATED_CAP, Thresholds, Tripwire, entropy, extension_of
+from cloudfs.live.tripwire import CREATED_CAP, Thresholds, Tripwire, entropy, extension_of, looks_encrypted
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -39,6 +39,8 @@ def test_entropy_tells_random_and_compressed_bytes_from_text():
     assert entropy(zlib.compress(sources, 6)[4096:4608]) > 7.5     # compressed data looks encrypted
     assert entropy(TEXT[:512]) < 5.0
     assert entropy(bytes(512)) == 0.0
+    assert looks_encrypted(os.urandom(4096), 7.5) and not looks_encrypted(TEXT, 7.5)
+    assert not looks_encrypted(bytes(4096), 0.5) and looks_encrypted(bytes(range(256)) * 2, 7.5)
 
 
 def test_rewriting_existing_files_with_random_bytes_fires_once_and_keeps_counting():
