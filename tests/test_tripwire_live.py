@@ -23,9 +23,10 @@ from pathlib import Path
 import pytest
 import trio
 
+from cloudfs import control
 from cloudfs.locals3 import free_port
 from tests.faults import FaultyProxy
-from tests.live_fixtures import run_cloudfs
+from tests.live_fixtures import live, run_cloudfs  # noqa: F401 - fixture
 from tests.snapshot_fixtures import new_protected, protected, wait_until  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.timeout(90)
@@ -150,6 +151,26 @@ def test_thresholds_that_make_no_sense_are_refused_before_mounting(tmp_path):
         result = run_cloudfs("mount", "--state-dir", tmp_path / "state", *options, tmp_path / "source", check=False)
         assert result.returncode == 2 and result.stderr == f"cloudfs: error: {message}\n"
     assert not (tmp_path / "state" / "alerts.json").exists()
+
+
+def test_the_configuration_file_sets_the_thresholds_and_a_mount_without_repository_alerts(live, tmp_path):
+    paths = plain_files(live.source, 7)
+    config = tmp_path / "config.toml"
+    config.write_text(f'tripwire_window = "2min"\n[directories.docs]\nsource = "{live.source}"\n'
+                      'tripwire_files = 7\n')
+    live.mount(None, "--config", config)
+    assert control.request(live.state_dir, "status")["tripwire"] == {"files": 7, "window": 120.0, "entropy": 7.5}
+    for path in paths:
+        os.rename(path, path.with_name(path.stem + ".enc"))
+    alert = wait_until(lambda: control.request(live.state_dir, "status")["alerts"], what="the alert")[0]
+    assert alert["pin_state"] == "no repository" and alert["burst"]["extension"] == "enc"
+    assert "nothing pinned: no repository" in run_cloudfs("status", live.source).stdout
+    live.umount()
+    config.write_text(f'[directories.docs]\nsource = "{live.source}"\ntripwire = false\n')
+    live.mount(None, "--config", config)
+    assert control.request(live.state_dir, "status")["tripwire"] is None
+    shown = run_cloudfs("status", live.source).stdout
+    assert "tripwire       off" in shown and "ALERT" in shown      # the open alert stays until acknowledged
 
 
 def test_with_object_lock_the_locks_of_the_pinned_snapshot_are_extended(tmp_path, moto_env):
