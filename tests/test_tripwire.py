@@ -79,6 +79,16 @@ def test_new_files_text_and_slow_rewrites_do_not_fire():
     assert not fired
 
 
+def test_files_created_long_ago_count_even_when_nothing_was_created_since():
+    wire, fired, clock = tripwire(files=10)
+    for ino in range(1, 11):
+        wire.created(ino)
+    clock.now += 3600                                # an hour later, no create in between
+    for ino in range(1, 11):
+        wire.wrote_start(ino, os.urandom(4096))
+    assert len(fired) == 1
+
+
 def test_renames_to_one_new_extension_fire_but_atomic_saves_do_not():
     wire, fired, clock = tripwire(files=10)
     for ino in range(1, 200):                        # editors and rsync: a new file renamed over the old

@@ -140,7 +140,7 @@ class Tripwire:
 
     def wrote_start(self, ino: int, data: bytes) -> None:
         """A write at offset 0 of `ino` (the handler checks the offset)."""
-        if ino in self._created or len(data) < MIN_SAMPLE:
+        if len(data) < MIN_SAMPLE or self._is_new(ino):
             return
         if self.burst is not None:
             self._count_into_burst(ino, data)
@@ -153,7 +153,7 @@ class Tripwire:
 
     def renamed(self, ino: int, old_name: bytes, new_name: bytes) -> None:
         extension = extension_of(new_name)
-        if not extension or extension == extension_of(old_name) or ino in self._created:
+        if not extension or extension == extension_of(old_name) or self._is_new(ino):
             return
         if self.burst is not None:
             if extension.decode(errors="replace") == self.burst.extension:
@@ -169,6 +169,12 @@ class Tripwire:
         if window.add(ino, now) >= self.thresholds.files:
             self._fire(RENAMES, window, now, extension.decode(errors="replace"))
             self._example(new_name)
+
+    def _is_new(self, ino: int) -> bool:
+        """Created through the mount less than CREATED_MEMORY seconds ago (the map is
+        trimmed only as creates come, so its age is checked too)."""
+        created_at = self._created.get(ino)
+        return created_at is not None and self._clock() - created_at < CREATED_MEMORY
 
     # -- firing ------------------------------------------------------------------------
 
