@@ -42,6 +42,7 @@ from typing import Awaitable, Callable
 
 import trio
 
+from cloudfs.alerts import Alarm, AlertBook, PinningContext
 from cloudfs.control import server as control_server
 from cloudfs.errors import AccessDenied, CloudfsError, StoreUnavailable, UsageError, leaf_errors
 from cloudfs.live.capture import manifest_delta
@@ -157,6 +158,7 @@ class SnapshotDaemon:
         self._first_baseline: Manifest | None = None
         self.rescanner = None if isinstance(self.journal, NullJournal) else Rescanner(
             self.journal, source_fd, self._baseline, rescan_interval)
+        self.alarm = self._arm_tripwire()
 
     def _prepare_snapshots(self, settings: BackupSettings, source_fd: int, device: str | None) -> None:
         """Repository, uploader, spool, graveyard, sealer, and what the manifest describes."""
@@ -214,6 +216,8 @@ class SnapshotDaemon:
             nursery.start_soon(self._count_snapshots)
         if self.rescanner is not None:
             nursery.start_soon(self._rescan_once_reconciled)
+        if self.alarm.pinning is not None:
+            nursery.start_soon(self.alarm.run)
 
     async def _until_reconciled(self) -> None:
         if self._reconciled is not None:
@@ -264,6 +268,7 @@ class SnapshotDaemon:
             self.manifest.close()
         if self._first_baseline is not None:
             self._first_baseline.close()
+        self.alarm.book.save()     # the counts of a burst still going on
 
     async def final_snapshot(self, timeout: float | None = None) -> dict:
         """Before unmounting: seal and commit what is pending, waiting at most `timeout`
@@ -375,6 +380,23 @@ class SnapshotDaemon:
             if not committed:
                 self.sealer.release(sealed)
                 self._wanted_tags = dict.fromkeys(sealed.tags) | self._wanted_tags  # for the retry
+
+    # -- the tripwire ---------------------------------------------------------------------------
+
+    def _arm_tripwire(self) -> Alarm:
+        """Alerts of the tripwire (cloudfs.alerts), kept in the state directory. An open
+        one from before a remount goes on counting its burst until acknowledged."""
+        pinning = None if self.settings is None else PinningContext(
+            self.repo, str(self.source), self._until_store_answers,
+            uploading_sealed_before=lambda ns: self._inflight is not None and self._inflight.time_ns < ns,
+            committed=lambda: self._changed.wait())
+        alarm = Alarm(AlertBook(self.state_dir), pinning)
+        tripwire = getattr(self.operations, "tripwire", None)
+        if tripwire is not None:
+            tripwire.on_fire, alarm.rearm = alarm.fired, tripwire.rearm
+            if alarm.book.open_alerts():
+                tripwire.burst = alarm.book.open_alerts()[-1].burst
+        return alarm
 
     # -- targets ------------------------------------------------------------------------------
 
@@ -578,7 +600,8 @@ class SnapshotDaemon:
 
     def _handlers(self) -> dict:
         return {"status": self._handle_status, "snapshot": self._handle_snapshot,
-                "flush": self._handle_flush, "rescan": self._handle_rescan, "stop": self._handle_stop}
+                "flush": self._handle_flush, "rescan": self._handle_rescan, "stop": self._handle_stop,
+                "alerts": self._handle_alerts}
 
     async def _handle_status(self, request: dict) -> dict:
         return self.status()
@@ -612,6 +635,11 @@ class SnapshotDaemon:
                              "journal to record what a rescan finds")
         await self._until_reconciled()
         return await self.rescanner.rescan()
+
+    async def _handle_alerts(self, request: dict) -> dict:
+        if request.get("ack"):
+            return {"acknowledged": self.alarm.acknowledge(request.get("id"))}
+        return {"alerts": [alert.as_dict() for alert in self.alarm.book.alerts]}
 
     async def _handle_stop(self, request: dict) -> dict:
         reply = await self.final_snapshot(float(request.get("wait_seconds") or FINAL_TIMEOUT))
@@ -698,6 +726,8 @@ class SnapshotDaemon:
             "pending_files": files, "pending_bytes": size,
             "oldest_change_ns": oldest(self._manifest_time_ns()) if oldest else None,
             "reconciled": self._reconciled is None or self._reconciled.is_set(),
+            "alerts": self.alarm.status(),
+            "tripwire": _tripwire_settings(getattr(self.operations, "tripwire", None)),
             "rescan": None if self.rescanner is None else {
                 "interval": self.rescanner.interval, "last": self.rescanner.last},
         }
@@ -764,6 +794,13 @@ def _pending_figures(pending, current_stat: Callable[[int], os.stat_result | Non
                 size += max(0, end - start)
     files = [ino for ino, st in stats.items() if st is None or not stat.S_ISDIR(st.st_mode)]
     return len(files), size
+
+
+def _tripwire_settings(tripwire) -> dict | None:
+    if tripwire is None:
+        return None
+    thresholds = tripwire.thresholds
+    return {"files": thresholds.files, "window": thresholds.window, "entropy": thresholds.entropy}
 
 
 def _store_is_down(error: BaseException) -> bool:

@@ -7,8 +7,8 @@ the function given to `attach()` and turns it into `cloudfs_…` series with
 `families(status, now_ns)`: one source of truth, so the two always agree.
 
 Series that belong to work still to come have their place here, not yet their
-values: the last drill's RTO (drills), tripwire alerts, and cache hit rates
-(the live mount keeps no cache whose hits it counts today).
+values: the last drill's RTO (drills) and cache hit rates (the live mount
+keeps no cache whose hits it counts today).
 """
 
 from __future__ import annotations
@@ -47,8 +47,18 @@ def families(status: dict, now_ns: int) -> Iterator[Metric]:
         yield _gauge("rescan_last_timestamp_seconds", "When the last rescan ran", rescan["time_ns"] / NS)
         yield _gauge("rescan_changed_inodes", "Inodes the last rescan found changed outside the mount",
                      rescan["changed_inodes"])
+    yield from _tripwire_families(status)
     if status.get("repository") is not None:
         yield from _snapshot_families(status, now_ns)
+
+
+def _tripwire_families(status: dict) -> Iterator[Metric]:
+    alerts = status.get("alerts") or []
+    yield _gauge("tripwire_alerts", "Ransomware tripwire alerts not yet acknowledged (cloudfs alerts ack)",
+                 len(alerts))
+    if alerts:
+        yield _gauge("tripwire_alert_timestamp_seconds", "When the newest open tripwire alert fired",
+                     alerts[-1]["burst"]["fired_ns"] / NS)
 
 
 def _snapshot_families(status: dict, now_ns: int) -> Iterator[Metric]:

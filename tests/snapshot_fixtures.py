@@ -153,11 +153,12 @@ class Protected(LiveTree):
                 subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
-def new_protected(base: Path, server, **config) -> Protected:
-    """A Protected tree below `base` with a new repository (RepoConfig `config`)."""
+def new_protected(base: Path, server, bucket: str | None = None, **config) -> Protected:
+    """A Protected tree below `base` with a new repository (RepoConfig `config`), in a new
+    bucket unless given one."""
     from cloudfs.repo import RepoConfig
 
-    bucket = server.new_bucket()
+    bucket = bucket or server.new_bucket()
     base.mkdir(parents=True, exist_ok=True)
     tree = Protected(base, endpoint=server.endpoint, bucket=bucket, data_dir=server.data_dir)
     trio.run(lambda: Repository.init(tree.store(), PASSPHRASE, config=RepoConfig(**config),

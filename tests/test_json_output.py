@@ -8,6 +8,7 @@ keys each prints are compared with the keys its section documents, both ways.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from cloudfs.cli import build_parser
 from cloudfs.cli.parsertree import tree
 from tests.live_fixtures import run_cloudfs
-from tests.snapshot_fixtures import protected  # noqa: F401 - fixture
+from tests.snapshot_fixtures import protected, wait_until  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -78,13 +79,21 @@ def test_what_each_command_prints_is_what_docs_json_md_says(protected, tmp_path)
             printed[name]["upload"] |= keys_of(document["upload"])
         return document
 
-    root = protected.mount()
+    for name in ("a.txt", "b.txt"):
+        (protected.source / name).write_text("plain text, to be encrypted\n" * 100)
+    root = protected.mount(None, "--tripwire-files", "2")
     (root / "report.txt").write_text("quarterly\n")
+    for name in ("a.txt", "b.txt"):                  # the tripwire fires: status has an alert
+        (root / name).write_bytes(os.urandom(4096))
+    os.sync()
+    wait_until(lambda: protected.status()["alerts"], what="the tripwire's alert")
     run("status", str(root))
     run("snapshot", "--wait", str(root))
     run("flush", str(root))
     run("rescan", str(root))
     run("changes", "--state-dir", str(protected.state_dir), str(protected.source))
+    run("alerts", "list", str(root))
+    run("alerts", "ack", str(root))
     protected.umount()
 
     assert [row["files"] for row in run("snapshots")][-1] >= 1

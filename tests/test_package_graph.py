@@ -38,7 +38,8 @@ MAY_IMPORT = {
     "settings": BASE | {"repo"},
     "metrics": BASE,
     "doctor": BASE | {"system", "store"},
-    "daemon": BASE | {"system", "live", "uploader", "control", "repo", "snapshot", "store"},
+    "alerts": BASE | {"live", "repo", "snapshot", "store"},
+    "daemon": BASE | {"system", "live", "uploader", "control", "repo", "snapshot", "store", "alerts"},
     "mountproc": BASE | {"system", "live", "daemon", "control", "metrics"},
     "cli": None,         # the top: wires everything
     "__main__": {"cli"},

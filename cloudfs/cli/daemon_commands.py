@@ -1,8 +1,10 @@
-"""`cloudfs status|snapshot|flush|rescan`: ask a running mount's daemon over its control socket.
+"""`cloudfs status|snapshot|flush|rescan|alerts`: ask a running mount's daemon over its control socket.
 
 Each takes an optional MOUNT (the mount point, the protected directory, or the
 NAME of a [directories.NAME] of the configuration file); without it, the mount
-containing the current directory, or the only one.
+containing the current directory, or the only one. `cloudfs alerts` also works
+on a protected directory that is not mounted: the alerts are in its state
+directory.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from datetime import datetime, timezone
 from cloudfs import control
 from cloudfs.cli import configured
 from cloudfs.cli.common import human_size, print_json
+from cloudfs.errors import CloudfsError, UsageError
 
 MOUNT_HELP = "mount point, protected directory, or NAME of the configuration file"
 
@@ -56,6 +59,24 @@ def register(subparsers) -> None:
     rescan.add_argument("--json", action="store_true")
     rescan.set_defaults(run=run_rescan)
 
+    alerts = subparsers.add_parser(
+        "alerts", help="the ransomware tripwire's alerts: list, acknowledge",
+        description="When the live mount sees a burst that looks like mass encryption it pins the "
+                    "snapshot before it and raises an alert, shown by `cloudfs status` until "
+                    "acknowledged (docs/operations.md, \"Ransomware tripwire\").")
+    actions = alerts.add_subparsers(dest="alerts_command", metavar="ACTION", required=True)
+    for action, text in (("list", "every alert, open and acknowledged"),
+                         ("ack", "acknowledge the open alerts (exit 1 if there is none)")):
+        parser = actions.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
+        parser.add_argument("mount", nargs="?", metavar="MOUNT",
+                            help=MOUNT_HELP + " (a protected directory need not be mounted)")
+        configured.config_option(parser)
+        parser.add_argument("--state-dir", metavar="DIR", help="the protected directory's state directory")
+        if action == "ack":
+            parser.add_argument("--id", metavar="ID", help="only this alert")
+        parser.add_argument("--json", action="store_true")
+        parser.set_defaults(run=run_alerts_list if action == "list" else run_alerts_ack)
+
 
 def run_status(args) -> int:
     return _ask(args, "status", lambda reply: format_status(reply, time.time_ns()), timeout=30.0)
@@ -83,6 +104,86 @@ def run_flush(args) -> int:
 def run_rescan(args) -> int:
     return _ask(args, "rescan", lambda reply: f"scanned {reply['entries']} entries in {reply['seconds']:.1f} s: "
                 f"{reply['changed_inodes']} changed outside the mount")
+
+
+def run_alerts_list(args) -> int:
+    def in_file(state_dir):
+        from cloudfs.alerts import alerts_in
+
+        return alerts_in(state_dir)
+
+    alerts = _alerts_request(args, False, in_file)
+    if args.json:
+        print_json({"alerts": alerts})
+        return 0
+    now = time.time_ns()
+    for alert in alerts:
+        print(alert_line(alert, now))
+    if not alerts:
+        print("no tripwire alert")
+    return 0
+
+
+def run_alerts_ack(args) -> int:
+    def in_file(state_dir):
+        from cloudfs.alerts import acknowledge_in
+
+        return acknowledge_in(state_dir, args.id)
+
+    acknowledged = _alerts_request(args, True, in_file)
+    if not acknowledged:
+        raise CloudfsError(f"no open tripwire alert {args.id}" if args.id
+                           else "no open tripwire alert to acknowledge")
+    if args.json:
+        print_json({"acknowledged": acknowledged})
+        return 0
+    for alert in acknowledged:
+        print("acknowledged " + alert_line(alert, time.time_ns()))
+    return 0
+
+
+def _alerts_request(args, ack: bool, in_file: Callable) -> list[dict]:
+    """Ask the running mount (its alerts are live), or read the state directory's file."""
+    from pathlib import Path
+
+    from cloudfs.control import DaemonUnreachable
+
+    state_dir = Path(args.state_dir) if args.state_dir else None
+    if state_dir is None:
+        try:
+            state_dir = control.find_state_dir(_target(args))
+        except UsageError:
+            if args.mount is None:
+                raise
+            from cloudfs.system.statedir import default_state_dir
+
+            state_dir = default_state_dir(Path(_target(args)))
+    try:
+        reply = control.request(state_dir, "alerts", ack=ack, **({"id": args.id} if ack else {}))
+    except DaemonUnreachable:
+        if not state_dir.is_dir():
+            raise UsageError(f"no state directory at {state_dir}: name the protected directory or "
+                             "--state-dir") from None
+        return in_file(state_dir)
+    return reply["acknowledged" if ack else "alerts"]
+
+
+def alert_line(alert: dict, now_ns: int) -> str:
+    """One line: what the tripwire saw, when, and which snapshot it pinned."""
+    from cloudfs.alerts import Alert
+
+    burst = alert["burst"]
+    if alert["pin_state"] == "pinned":
+        pinned = f"pinned {alert['snapshot']}"
+    elif alert["pin_state"] == "pending":
+        pinned = "pinning the snapshot before it (waits for the store)"
+    else:
+        pinned = f"nothing pinned: {alert['pin_state']}"
+    if alert.get("locks"):
+        pinned += f" (Object Lock: {alert['locks']})"
+    acknowledged = f"; acknowledged {_ago(alert['acknowledged_ns'], now_ns)}" if alert.get("acknowledged_ns") else ""
+    return (f"{Alert.from_dict(alert).describe()} since {_when(burst['started_ns'], now_ns)}; "
+            f"{pinned}{acknowledged}")
 
 
 def _ask(args, op: str, said: Callable[[dict], str], timeout: float | None = None, **arguments) -> int:
@@ -136,7 +237,19 @@ def format_status(status: dict, now_ns: int) -> str:
     if status.get("next_snapshot_ns"):
         lines.append(f"next snapshot  in {_duration((status['next_snapshot_ns'] - now_ns) / 1e9)}")
     lines.extend(_rescan_lines(status.get("rescan"), now_ns))
+    lines.extend(_tripwire_lines(status, now_ns))
     return "\n".join(lines)
+
+
+def _tripwire_lines(status: dict, now_ns: int) -> list[str]:
+    lines = [f"ALERT          {alert_line(alert, now_ns)}; `cloudfs alerts ack` once handled"
+             for alert in status.get("alerts") or []]
+    tripwire = status.get("tripwire")
+    if tripwire:
+        lines.append(f"tripwire       on: {tripwire['files']} files within {_duration(tripwire['window'])}")
+    elif "tripwire" in status:
+        lines.append("tripwire       off")
+    return lines
 
 
 def _target_lines(status: dict, now_ns: int) -> list[str]:

@@ -79,6 +79,17 @@ def register(subparsers) -> None:
                            help="how long the final snapshot may take when a signal (SIGTERM, "
                                 "SIGINT, SIGHUP) stops the mount, before it unmounts anyway "
                                 "(default 30); what it misses stays in the journal")
+    tripwire = mount.add_argument_group(
+        "ransomware tripwire (docs/operations.md): fires when FILES existing files are rewritten "
+        "with high-entropy data, or renamed to one new extension, within WINDOW")
+    tripwire.add_argument("--no-tripwire", dest="tripwire", action="store_false", default=None,
+                          help="do not watch for mass encryption")
+    tripwire.add_argument("--tripwire-files", type=int, metavar="FILES",
+                          help="how many files make a burst (default 100)")
+    tripwire.add_argument("--tripwire-window", type=duration, metavar="WINDOW",
+                          help="within how long (default 60s)")
+    tripwire.add_argument("--tripwire-entropy", type=float, metavar="BITS",
+                          help="bits per byte (8 is random) from which a write looks encrypted (default 7.5)")
     mount.set_defaults(run=_mount)
 
     umount = subparsers.add_parser(
@@ -125,7 +136,7 @@ def _mount(args) -> int:
     _configure(args)
     plan = mount.plan(args.source, args.mountpoint, args.state_dir,
                       journaling=args.journaling, allow_other=args.allow_other,
-                      rescan_interval=_rescan_interval(args))
+                      rescan_interval=_rescan_interval(args), tripwire=_tripwire(args))
     backup = _backup_settings(args, plan.state.path) if args.repo else None
     return mountproc.run(plan, args.daemon, backup, metrics=args.metrics)
 
@@ -186,6 +197,25 @@ def _rescan_interval(args) -> float | None:
     if args.rescan_interval is None:
         return DEFAULT_INTERVAL
     return None if args.rescan_interval == OFF else args.rescan_interval
+
+
+def _tripwire(args):
+    """The tripwire's thresholds from the options and the file, or None if it is off."""
+    from cloudfs.live.tripwire import Thresholds
+
+    if args.tripwire is False:
+        return None
+    default = Thresholds()
+    files, window, entropy = (default_value if given is None else given for given, default_value in (
+        (args.tripwire_files, default.files), (args.tripwire_window, default.window),
+        (args.tripwire_entropy, default.entropy)))
+    if files < 2:
+        raise UsageError("tripwire_files must be at least 2")
+    if window <= 0:
+        raise UsageError("tripwire_window must be positive")
+    if not 0 < entropy <= 8:
+        raise UsageError("tripwire_entropy must be between 0 and 8 bits per byte")
+    return Thresholds(files, window, entropy)
 
 
 def _backup_settings(args, state_dir: Path):

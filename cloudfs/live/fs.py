@@ -89,6 +89,8 @@ class LiveOperations(pyfuse3.Operations):
         self.initialized = trio.Event()
         #: The sealed state of the snapshot in flight (copy-on-write), or None.
         self.frozen = None
+        #: The ransomware tripwire (cloudfs.live.tripwire.Tripwire), or None.
+        self.tripwire = None
 
     # -- replies ------------------------------------------------------------------
 
@@ -148,6 +150,8 @@ class LiveOperations(pyfuse3.Operations):
         if inode.protected:
             self.journal.record_dir(parent.ino)
             self.journal.record_whole(inode.ino)
+            if self.tripwire is not None:
+                self.tripwire.created(inode.ino)
         return inode
 
     def init(self):
@@ -324,6 +328,8 @@ class LiveOperations(pyfuse3.Operations):
         self.table.renamed(old_parent, old_name, new_parent, new_name, moved, replaced, exchanged)
         if old_parent.protected:
             self._journal_rename(old_parent, new_parent, moved, replaced, exchanged)
+            if self.tripwire is not None and stat.S_ISREG(moved.st_mode):
+                self.tripwire.renamed(moved.st_ino, old_name, new_name)
 
     def _journal_rename(self, old_parent, new_parent, moved, replaced, exchanged) -> None:
         journal = self.journal
@@ -392,6 +398,8 @@ class LiveOperations(pyfuse3.Operations):
             return self._write_rest(fh, inode, offset, data, written)
         if inode.protected:
             self.journal.record_write(inode.ino, offset, written)
+            if offset == 0 and self.tripwire is not None:
+                self.tripwire.wrote_start(inode.ino, data)
         return written
 
     def _write_rest(self, fh: int, inode: Inode, offset: int, data, written: int) -> int:

@@ -26,6 +26,7 @@ from cloudfs.live.inodes import InodeTable
 from cloudfs.live.journal import NullJournal
 from cloudfs.live.rescan import DEFAULT_INTERVAL as DEFAULT_RESCAN_INTERVAL
 from cloudfs.live.startup import StartupReconcile, open_journal
+from cloudfs.live.tripwire import Thresholds, Tripwire
 from cloudfs.system import fuseproc, mounttable
 from cloudfs.system.statedir import StateDir, default_state_dir
 
@@ -44,6 +45,7 @@ class MountPlan:
     journaling: bool = True
     allow_other: bool = False
     rescan_interval: float | None = DEFAULT_RESCAN_INTERVAL   # None: only on `cloudfs rescan`
+    tripwire: Thresholds | None = Thresholds()                 # None: no ransomware tripwire
 
     @property
     def over_source(self) -> bool:
@@ -52,7 +54,8 @@ class MountPlan:
 
 def plan(source: str, mountpoint: str | None, state_dir: str | None, *,
          journaling: bool = True, allow_other: bool | None = None,
-         rescan_interval: float | None = DEFAULT_RESCAN_INTERVAL) -> MountPlan:
+         rescan_interval: float | None = DEFAULT_RESCAN_INTERVAL,
+         tripwire: Thresholds | None = Thresholds()) -> MountPlan:
     """Check everything that can be checked before mounting; raise MountError if wrong."""
     source_path = fuseproc.checked_directory(source, "SOURCE")
     if mountpoint is None:
@@ -74,7 +77,7 @@ def plan(source: str, mountpoint: str | None, state_dir: str | None, *,
     if allow_other is None:
         allow_other = os.geteuid() == 0  # root serves everyone, as the plain directory did
     return MountPlan(source_path, mountpoint_path, StateDir(state_path), journaling, allow_other,
-                     rescan_interval)
+                     rescan_interval, tripwire if journaling else None)
 
 
 class LiveMount:
@@ -90,6 +93,8 @@ class LiveMount:
         self.source_fd = source_fd
         self.baseline_from_first_snapshot = baseline_from_first_snapshot
         self.operations = LiveOperations(InodeTable(source_fd), NullJournal())
+        if plan.tripwire is not None:
+            self.operations.tripwire = Tripwire(plan.tripwire)
         self.reconcile: StartupReconcile | None = None
 
     def mount(self) -> None:

@@ -66,6 +66,12 @@ def patterns(value) -> list[str]:
     return list(value)
 
 
+def bits_per_byte(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 8:
+        raise ValueError(f"must be a number of bits per byte above 0 and at most 8, not {value!r}")
+    return float(value)
+
+
 def boolean(value) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"must be true or false, not {_toml_type(value)}")
@@ -123,6 +129,10 @@ SHARED: dict[str, Checker] = {
     "cache_dir": absolute_path,
     "allow_other": boolean,
     "required_targets": positive_integer,
+    "tripwire": boolean,
+    "tripwire_files": positive_integer,
+    "tripwire_window": duration,
+    "tripwire_entropy": bits_per_byte,
 }
 
 #: Keys only a [directories.NAME] table may hold.
