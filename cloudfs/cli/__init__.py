@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "cloudfs.cli.lock_commands",
     "cloudfs.cli.completion_commands",
     "cloudfs.cli.target_commands",
+    "cloudfs.cli.drill_commands",
 )
 
 
