@@ -6,14 +6,22 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import subprocess
 import time
 from pathlib import Path
 
-import pytest
+import urllib.request
 
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from cloudfs.locals3 import free_port
 from tests.browse_fixtures import new_repo
 from tests.cli_helpers import one_line_error
+from tests.live_fixtures import run_cloudfs
+from tests.snapshot_fixtures import protected  # noqa: F401 - fixture
+from tests.test_targets import add_target, fill, stoppable_second  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -58,3 +66,99 @@ def test_the_projected_rto_is_within_30_percent_of_a_full_restore(mixed_repo, tm
     assert restored.returncode == 0, restored.stderr
     print(f"projected {target['rto_seconds']:.2f} s, measured {measured:.2f} s, model {target['model']}")
     assert abs(target["rto_seconds"] - measured) <= 0.3 * measured
+
+
+def test_a_sample_bigger_than_the_snapshot_restores_all_of_it(mixed_repo, tmp_path):
+    result = drill(mixed_repo, "--sample", "10GiB", "--scratch", tmp_path)
+    assert result.returncode == 0, result.stderr
+    [target] = json.loads(result.stdout)["targets"]
+    assert target["whole"] and target["files"] == target["snapshot_files"] == 1504
+    assert target["bytes"] == target["snapshot_bytes"] > 24 << 20
+    assert target["rto_seconds"] >= target["restore_seconds"] > 0
+    text = mixed_repo.cloudfs("drill", "--sample", "100%", "--scratch", tmp_path)
+    assert text.returncode == 0 and "repository: restored all 1504 files" in text.stdout, text.stdout
+    assert not [name for name in os.listdir(tmp_path) if name.startswith("cloudfs-drill-")]
+
+
+def test_no_snapshot_a_bad_sample_and_a_scratch_that_cannot_be_used_are_one_line_each(s3_env, tmp_path):
+    repo = new_repo(s3_env, tmp_path)
+    assert "no snapshot to drill yet" in one_line_error(repo.cloudfs("drill"))
+    source = tmp_path / "source"
+    mixed_tree(source, small=60, large=1)
+    repo.take_snapshot(source)
+    for bad in ("0", "150%", "5%,10", "lots", "10,"):
+        assert "--sample" in one_line_error(repo.cloudfs("drill", "--sample", bad)), bad
+    line = one_line_error(repo.cloudfs("drill", "--scratch", tmp_path / "missing"))
+    assert "cannot make a scratch directory in" in line and "No such file" in line
+    with tmpfs(tmp_path / "read-only", "ro,size=1m") as read_only:
+        line = one_line_error(repo.cloudfs("drill", "--scratch", read_only))
+        assert "cannot make a scratch directory in" in line and "Read-only" in line
+    with tmpfs(tmp_path / "small", "size=1m") as small:
+        result = repo.cloudfs("drill", "--scratch", small)
+        assert "not enough space in the scratch directory" in one_line_error(result)
+        assert "repository: failed: not enough space" in result.stdout
+        assert os.listdir(small) == []
+
+
+class tmpfs:
+    """A tmpfs mounted at `path` for the length of a `with` block (we run as root)."""
+
+    def __init__(self, path: Path, options: str):
+        self.path, self.options = path, options
+
+    def __enter__(self) -> Path:
+        self.path.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", self.options, "tmpfs", self.path], check=True)
+        return self.path
+
+    def __exit__(self, *exc) -> None:
+        subprocess.run(["umount", self.path], check=True)
+
+
+def test_a_target_that_is_down_fails_and_the_others_are_still_drilled(stoppable_second, tmp_path):
+    tree, second = stoppable_second
+    tree.env["XDG_STATE_HOME"] = str(tmp_path / "state")
+    fill(tree.source)
+    tree.mount(None, "--interval", "3600")
+    tree.flush()
+    tree.umount()
+    assert add_target(tree, second).returncode == 0
+    second.stop()
+    result = run_cloudfs("drill", "--retries", "1", "--scratch", tmp_path, env=tree.env, check=False)
+    line = one_line_error(result)
+    assert "the drill failed from target second" in line
+    assert "primary: restored" in result.stdout and "second: failed" in result.stdout
+    saved = json.loads(next((tmp_path / "state" / "cloudfs" / "drills").glob("*.json")).read_text())
+    assert [t["ok"] for t in saved["targets"]] == [True, False] and not saved["ok"]
+    assert saved["targets"][0]["rto_seconds"] > 0 and saved["targets"][1]["rto_seconds"] is None
+
+
+def labelled(port: int, name: str) -> dict[str, float]:
+    """label `target` -> value of one series."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {sample.labels.get("target", ""): sample.value for family in text_string_to_metric_families(text)
+            for sample in family.samples if sample.name == name}
+
+
+def test_status_and_metrics_show_the_last_drill_and_the_rpo(protected, tmp_path):
+    protected.env["XDG_STATE_HOME"] = str(tmp_path / "state")
+    port = free_port()
+    fill(protected.source, count=5)
+    protected.mount(None, "--metrics", f"127.0.0.1:{port}", "--interval", "1h")
+    protected.flush()
+    status = run_cloudfs("status", protected.source, env=protected.env).stdout
+    assert "last drill     none yet" in status and "RPO            0 s" in status
+    drilled = run_cloudfs("drill", "--json", "--scratch", tmp_path, env=protected.env)
+    [target] = json.loads(drilled.stdout)["targets"]
+    (protected.source / "new.txt").write_text("not yet in a snapshot\n")
+    time.sleep(1.1)
+    status = json.loads(run_cloudfs("status", "--json", protected.source, env=protected.env).stdout)
+    assert status["last_drill"]["targets"] == [target] and status["last_drill"]["ok"]
+    assert status["rpo_seconds"] >= 1
+    text = run_cloudfs("status", protected.source, env=protected.env).stdout
+    assert re.search(r"last drill     \d+ s ago, every target restored its sample", text), text
+    assert f"repository   RTO {target['rto_seconds']:.0f} s" in text and target["bytes"] == 1_000_000, text
+    assert re.search(r"RPO            [1-9]\d* s: what a loss now would lose", text), text
+    assert labelled(port, "cloudfs_last_drill_rto_seconds") == {"repository": target["rto_seconds"]}
+    assert labelled(port, "cloudfs_last_drill_ok") == {"repository": 1.0}

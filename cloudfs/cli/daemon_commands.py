@@ -119,6 +119,8 @@ def format_status(status: dict, now_ns: int) -> str:
     rpo = f", oldest change {_ago(oldest, now_ns)} (RPO)" if oldest else ""
     lines.append(f"pending        {status.get('pending_files', 0)} files, "
                  f"{human_size(status.get('pending_bytes', 0))}{rpo}")
+    lines.append(f"RPO            {_duration((now_ns - oldest) / 1e9) if oldest else '0 s'}: what a loss now "
+                 "would lose (changes not yet in a committed snapshot)")
     if upload.get("uploading"):
         lines.append(f"upload         snapshot in progress since {_ago(upload['uploading_since_ns'], now_ns)}, "
                      f"{human_size(upload.get('current_bytes_read', 0))} read")
@@ -136,6 +138,8 @@ def format_status(status: dict, now_ns: int) -> str:
     if status.get("next_snapshot_ns"):
         lines.append(f"next snapshot  in {_duration((status['next_snapshot_ns'] - now_ns) / 1e9)}")
     lines.extend(_rescan_lines(status.get("rescan"), now_ns))
+    if "last_drill" in status:
+        lines.extend(_drill_lines(status["last_drill"], now_ns))
     return "\n".join(lines)
 
 
@@ -168,6 +172,24 @@ def _rescan_lines(rescan: dict | None, now_ns: int) -> list[str]:
         return [f"rescan         {every}; none yet"]
     return [f"rescan         {every}; last {_ago(last['time_ns'], now_ns)}, "
             f"{last['changed_inodes']} changed outside the mount"]
+
+
+def _drill_lines(drill: dict | None, now_ns: int) -> list[str]:
+    """The last `cloudfs drill` run here: its age, and per target the projected RTO or why it failed."""
+    if drill is None:
+        return ["last drill     none yet (cloudfs drill)"]
+    lines = [f"last drill     {_ago(drill['time_ns'], now_ns)}, "
+             + ("every target restored its sample" if drill["ok"] else "FAILED")]
+    for target in drill["targets"]:
+        name = target["target"] or "repository"
+        if target["ok"]:
+            lines.append(f"  {name:<12} RTO {_duration(target['rto_seconds'])} "
+                         f"({human_size(target['throughput_bytes_per_second'])}/s, "
+                         f"snapshot {target['snapshot']})")
+        else:
+            why = target["error"] or f"{len(target['damaged'])} files of the sample damaged"
+            lines.append(f"  {name:<12} failed: {why}")
+    return lines
 
 
 def _when(time_ns: int, now_ns: int) -> str:

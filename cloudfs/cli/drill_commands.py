@@ -134,7 +134,7 @@ def _print_result(result) -> None:
     if result.error is not None:
         print(f"{name}: failed: {result.error}")
         return
-    share = "all" if result.whole else f"{result.files} of {result.snapshot_files}"
+    share = f"all {result.files}" if result.whole else f"{result.files} of {result.snapshot_files}"
     print(f"{name}: restored {share} files, {human_size(result.bytes)} of {human_size(result.snapshot_bytes)} "
           f"of snapshot {result.snapshot} in {result.restore_seconds:.1f} s "
           f"({human_size(result.throughput)}/s), verified; projected full restore (RTO): "
