@@ -10,6 +10,7 @@ import re
 import tempfile
 import time
 
+from cloudfs.cli import configured
 from cloudfs.cli.common import each_target, human_size, print_json, repository_options, target_options, with_repository
 from cloudfs.errors import CloudfsError, UsageError
 
@@ -32,6 +33,10 @@ def register(subparsers) -> None:
                     "directory that is removed afterwards; report the throughput and the projected "
                     "time of a full restore (RTO) per target. The result is kept on this machine "
                     "and shown by `cloudfs status`.")
+    drill.add_argument("name", nargs="?", metavar="NAME",
+                       help="drill the repository of [directories.NAME] of the configuration file "
+                            "(what cloudfs-drill@NAME.timer runs); default: --repo")
+    configured.config_option(drill)
     drill.add_argument("--sample", default=DEFAULT_SAMPLE, metavar="P%|N|SIZE|N,SIZE",
                        help="how much to restore: P%% of the files and of the bytes, N files, SIZE bytes "
                             "(e.g. 2GiB), or both (500,2GiB); at least 50 files and 16 MiB, or the "
@@ -69,6 +74,8 @@ def sample_size(text: str) -> tuple[int | None, int | None, float | None]:
 def run_drill(args) -> int:
     started = time.time_ns()
     sample = sample_size(args.sample)
+    if args.name is not None:
+        configured.apply(args, configured.load_config(args).entry(args.name).settings)
     chosen, args.from_target = args.from_target, None   # each target on its own
     repo_id, results = with_repository(args, lambda repo: _drill_each(args, repo, chosen, sample))
     record = {"time_ns": started, "sample": args.sample, "ok": all(r.ok for r in results),
