@@ -23,7 +23,9 @@ pytestmark = pytest.mark.timeout(180)
 
 DOC = Path(__file__).parent.parent / "docs" / "json.md"
 #: keys a command prints only sometimes, which this test does not provoke
-SOMETIMES = {"snapshot": {"queued"}}
+SOMETIMES = {"snapshot": {"queued"},
+             "targets list": {"endpoint_url", "region", "profile", "credentials_file", "ca_bundle",
+                              "bandwidth_limit", "answers"}}
 
 
 def commands_with_json() -> set[str]:
@@ -60,7 +62,7 @@ def test_every_command_with_json_has_a_section_and_no_other_does():
     assert set(documented()) == commands_with_json()
 
 
-def test_what_each_command_prints_is_what_docs_json_md_says(protected, tmp_path):
+def test_what_each_command_prints_is_what_docs_json_md_says(protected, s3_env, tmp_path):
     env = protected.env
     printed: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
 
@@ -90,6 +92,7 @@ def test_what_each_command_prints_is_what_docs_json_md_says(protected, tmp_path)
     run("repair", "index")
     assert run("restore", "latest", str(tmp_path / "out"), "--dry-run")["estimate"]["seconds"] >= 0
     assert run("restore", "latest", str(tmp_path / "out"))["files"] >= 1
+    assert run("drill", "--scratch", str(tmp_path))["ok"] is True
     run("forget", "--dry-run")
     assert run("prune", "--dry-run")["dry_run"] is True
     run("policy", "show")
@@ -99,6 +102,9 @@ def test_what_each_command_prints_is_what_docs_json_md_says(protected, tmp_path)
     config.write_text(f'[directories.documents]\nsource = "{protected.source}"\n')
     run("config", "check", "--config", str(config))
     run("doctor", "--config", str(config))
+    second = f"s3+http://127.0.0.1:{s3_env.endpoint.rsplit(':', 1)[1]}/{s3_env.new_bucket()}/repo"
+    run_cloudfs("targets", "add", "second", second, "--no-progress", env=env)
+    assert [row["name"] for row in run("targets", "list")] == ["primary", "second"]
 
     docs = documented()
     for name, parts in printed.items():
