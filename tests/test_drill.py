@@ -7,6 +7,7 @@ import json
 import os
 import random
 import re
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -51,21 +52,25 @@ def drill(repo, *options, timeout: float = 240) -> subprocess.CompletedProcess:
 
 
 def test_the_projected_rto_is_within_30_percent_of_a_full_restore(mixed_repo, tmp_path):
+    """Five rounds of a drill and a full restore from an empty cache (as on a new
+    machine), whole commands; the medians compared (the machine is shared)."""
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    result = drill(mixed_repo, "--sample", "10%", "--scratch", scratch)
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
-    [target] = report["targets"]
-    assert target["ok"] and not target["whole"]
-    assert 150 <= target["files"] < 1500 and target["snapshot_files"] == 1504
-    assert os.listdir(scratch) == []                              # the sample is gone
-    started = time.monotonic()
-    restored = mixed_repo.cloudfs("restore", "--no-cache", "latest", tmp_path / "full")
-    measured = time.monotonic() - started
-    assert restored.returncode == 0, restored.stderr
-    print(f"projected {target['rto_seconds']:.2f} s, measured {measured:.2f} s, model {target['model']}")
-    assert abs(target["rto_seconds"] - measured) <= 0.3 * measured
+    projected, measured = [], []
+    for round in range(5):
+        result = drill(mixed_repo, "--sample", "25%", "--scratch", scratch)
+        assert result.returncode == 0, result.stderr
+        [target] = json.loads(result.stdout)["targets"]
+        assert target["ok"] and not target["whole"]
+        assert 200 <= target["files"] < 700 and target["snapshot_files"] == 1504
+        assert os.listdir(scratch) == []                              # the sample is gone
+        projected.append(target["rto_seconds"])
+        started = time.monotonic()
+        restored = mixed_repo.cloudfs("restore", "--no-cache", "latest", tmp_path / f"full-{round}")
+        measured.append(time.monotonic() - started)
+        assert restored.returncode == 0, restored.stderr
+    print(f"projected {projected}, measured {measured}")
+    assert abs(statistics.median(projected) - statistics.median(measured)) <= 0.3 * statistics.median(measured)
 
 
 def test_a_sample_bigger_than_the_snapshot_restores_all_of_it(mixed_repo, tmp_path):
@@ -162,3 +167,17 @@ def test_status_and_metrics_show_the_last_drill_and_the_rpo(protected, tmp_path)
     assert re.search(r"RPO            [1-9]\d* s: what a loss now would lose", text), text
     assert labelled(port, "cloudfs_last_drill_rto_seconds") == {"repository": target["rto_seconds"]}
     assert labelled(port, "cloudfs_last_drill_ok") == {"repository": 1.0}
+
+
+def test_a_file_larger_than_the_sample_is_still_measured_when_nothing_else_has_bytes(s3_env, tmp_path):
+    repo = new_repo(s3_env, tmp_path, block_size=64 << 10, chunk_size=4 << 20)
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "image.bin").write_bytes(os.urandom(24 << 20))
+    for index in range(3):
+        (source / f"note-{index}.txt").write_text("x" * 100)
+    repo.take_snapshot(source)
+    result = repo.cloudfs("drill", "--json", "--sample", "1%", "--scratch", tmp_path)
+    [target] = json.loads(result.stdout)["targets"]
+    assert not target["whole"] and target["bytes"] >= 24 << 20
+    assert target["rto_seconds"] >= target["model"]["fixed_seconds"] + target["restore_seconds"] * 0.5

@@ -191,7 +191,7 @@ async def plan_sample(repo: Repository, snapshot: Snapshot, size: SampleSize, rn
     file_budget, byte_budget = size.budgets(files, total)
     if file_budget >= files and byte_budget >= total:
         return plan
-    sampler = _Sampler(file_budget / max(1, files), byte_budget, rng)
+    sampler = _Sampler(file_budget / max(1, files), byte_budget, total / max(1, files), rng)
     plan.files = plan.bytes = 0
     links = HardLinks()
     async for items in walk(trees, snapshot, Item(b"", None, b""), _unreadable):
@@ -213,29 +213,35 @@ def _unreadable(item: Item, error: Exception) -> None:
 
 
 class _Sampler:
-    """Picks the two halves of a sample from a stream of files: `few`, runs of RUN
-    neighbours started with a probability that makes about `file_share` of the
-    files; `heavy`, the files that win an exponential race weighted by size (a
-    weighted sample without replacement, Efraimidis and Spirakis) until they make
-    `byte_budget`. A file larger than the budget is never picked."""
+    """Picks the two halves of a sample from a stream of files: `few`, of the files
+    below the mean size (`large`), runs of RUN neighbours started with a
+    probability that makes about `file_share` of them; `heavy`, of the others, those that
+    win an exponential race weighted by size (a weighted sample without
+    replacement, Efraimidis and Spirakis) until they make `byte_budget`. A file larger than the budget is never picked, unless the
+    others cannot make half of it: then `heavy` takes the smallest such file too
+    (a sample of next to no bytes would measure nothing)."""
 
-    def __init__(self, file_share: float, byte_budget: int, rng: random.Random):
-        self.file_share = file_share
+    def __init__(self, file_share: float, byte_budget: int, large: float, rng: random.Random):
+        # a run starts with this probability at a file not in one, so that runs hold file_share of them
+        self._run_start = min(1.0, file_share / (RUN - (RUN - 1) * min(1.0, file_share)))
         self.byte_budget = byte_budget
+        self.large = large
         self.rng = rng
         self.few: dict[bytes, int] = {}
         self._run = 0
         self._heavy: list[tuple[float, bytes, int]] = []     # a max-heap by key: (-key, path, size)
         self._heavy_bytes = 0
+        self._smallest_too_large: tuple[int, bytes] | None = None
 
     def offer(self, path: bytes, size: int) -> None:
         if size > self.byte_budget:
+            self._smallest_too_large = min(self._smallest_too_large or (size, path), (size, path))
             return
-        if self._run or self.rng.random() < self.file_share / RUN:
+        if size >= self.large:
+            self._weigh(path, size)
+        elif self._run or self.rng.random() < self._run_start:
             self._run = (self._run or RUN) - 1
             self.few[path] = size
-        elif size:
-            self._weigh(path, size)
 
     def _weigh(self, path: bytes, size: int) -> None:
         key = -math.log(1.0 - self.rng.random()) / size
@@ -245,7 +251,11 @@ class _Sampler:
             self._heavy_bytes -= heapq.heappop(self._heavy)[2]
 
     def heavy(self) -> dict[bytes, int]:
-        return {path: size for _, path, size in self._heavy}
+        picked = {path: size for _, path, size in self._heavy}
+        if self._heavy_bytes < self.byte_budget / 2 and self._smallest_too_large:
+            size, path = self._smallest_too_large
+            picked[path] = size
+        return picked
 
 
 async def _restore_into(repo: Repository, snapshot: Snapshot, only: Selection | None, scratch: str,
