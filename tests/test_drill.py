@@ -7,8 +7,10 @@ import json
 import os
 import random
 import re
+import signal
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -181,3 +183,21 @@ def test_a_file_larger_than_the_sample_is_still_measured_when_nothing_else_has_b
     [target] = json.loads(result.stdout)["targets"]
     assert not target["whole"] and target["bytes"] >= 24 << 20
     assert target["rto_seconds"] >= target["model"]["fixed_seconds"] + target["restore_seconds"] * 0.5
+
+
+def test_an_interrupted_drill_leaves_no_scratch_behind(mixed_repo, tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    process = subprocess.Popen([sys.executable, "-m", "cloudfs", "drill", "--sample", "100%", "--scratch", scratch],
+                               env=mixed_repo.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(scratch.glob("*/repository/all/*")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert list(scratch.glob("*/repository/all/*")), "the restore never started"
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130 and "interrupted" in stderr, stderr
+    assert os.listdir(scratch) == []
