@@ -6,17 +6,24 @@ every record is verified as in any restore (I5), and it is timed in parts:
 
 - the fixed part, measured whole: the command's start-up (given), loading the
   target's index, walking every directory node of the snapshot (`plan`, which
-  also picks the sample) and a restore that selects nothing;
-- two restores of two halves of the sample, each into its own scratch
-  directory: `few` takes files by count (runs of RUN neighbours, so that their
-  blocks lie together in the chunks as in a full restore: mostly small files),
-  `heavy` takes them by size (each byte equally likely: mostly large files).
+  also counts what a full restore creates and picks the sample) and a restore
+  that selects nothing;
+- `few`: one run of neighbouring files smaller than the mean, as many as the
+  file budget, from a random place in the tree (neighbours, because their
+  blocks lie together in the chunks and their directories are fetched
+  together, as in a full restore); and `one`, its first file alone;
+- `heavy`: files of at least the mean size, each byte equally likely, until
+  they make the byte budget.
 
-From the two halves, time = per_entry · entries + per_byte · bytes is solved
-for its two costs (entries are files, directories and links created), and the
-projection is the fixed part plus those costs times the snapshot's own
-entries and bytes. A sample that covers the whole snapshot is simply restored
-whole, and its time is the RTO.
+Each restore's time is modelled as per_place · places + per_entry · entries +
+per_byte · bytes, where a place is somewhere the restore has to reach on its
+own (the directories on its way, the first request for its data: `one` and
+`few` are one place each, `heavy` one per file). A full restore reaches the
+whole tree in one sweep, already timed in the fixed part, so the three costs
+are solved from the three restores and the projection is the fixed part plus
+one place, plus per entry and per byte times the snapshot's entries and bytes.
+A sample that covers the whole snapshot is simply restored whole, and its
+time is the RTO.
 """
 
 from __future__ import annotations
@@ -40,7 +47,6 @@ from cloudfs.snapshot.tree import subtree_totals
 
 MIN_FILES = 50                # a smaller sample measures noise (or everything, if the snapshot is smaller)
 MIN_BYTES = 16 << 20
-RUN = 8                       # neighbouring files `few` takes together
 SPACE_MARGIN = 1.05           # restored files take a little more room than their bytes
 
 
@@ -76,17 +82,20 @@ class Plan:
     files: int = 0
     bytes: int = 0
     few: Selection | None = None        # None: restore the whole snapshot
+    one: Selection | None = None
     heavy: Selection | None = None
     seconds: float = 0.0                # walking every directory node
 
 
 @dataclass
 class Model:
-    """Seconds to restore: fixed + per_entry · entries + per_byte · bytes."""
+    """Seconds to restore: fixed + per_entry · entries + per_byte · bytes (the
+    fixed part includes the one place a full restore reaches)."""
 
     fixed: float
     per_entry: float
     per_byte: float
+    per_place: float = 0.0
 
     def project(self, entries: int, size: int) -> float:
         return self.fixed + self.per_entry * entries + self.per_byte * size
@@ -130,6 +139,7 @@ class TargetDrill:
             "snapshot_bytes": self.snapshot_bytes,
             "rto_seconds": None if self.rto_seconds is None else round(self.rto_seconds, 3),
             "model": None if model is None else {"fixed_seconds": round(model.fixed, 4),
+                                                 "per_place_seconds": model.per_place,
                                                  "per_entry_seconds": model.per_entry,
                                                  "per_byte_seconds": model.per_byte},
             "damaged": [{"path": path, "why": why} for path, why in self.damaged],
@@ -172,9 +182,11 @@ async def _drill(repo: Repository, size: SampleSize, scratch: str, startup: floa
         result.rto_seconds = fixed + report.seconds
         return
     empty = await _restore_into(repo, plan.snapshot, Selection({}), scratch, "none", 0, result)
+    one = await _restore_into(repo, plan.snapshot, plan.one, scratch, "one", plan.one.bytes, result, count=False)
     few = await _restore_into(repo, plan.snapshot, plan.few, scratch, "few", plan.few.bytes, result)
     heavy = await _restore_into(repo, plan.snapshot, plan.heavy, scratch, "heavy", plan.heavy.bytes, result)
-    result.model = fit(fixed + empty.seconds, empty.seconds, [few, heavy])
+    result.model = fit(fixed + empty.seconds, empty.seconds,
+                       [(min(1, one.files), one), (min(1, few.files), few), (heavy.files, heavy)])
     result.rto_seconds = result.model.project(plan.entries, plan.bytes)
 
 
@@ -191,7 +203,8 @@ async def plan_sample(repo: Repository, snapshot: Snapshot, size: SampleSize, rn
     file_budget, byte_budget = size.budgets(files, total)
     if file_budget >= files and byte_budget >= total:
         return plan
-    sampler = _Sampler(file_budget / max(1, files), byte_budget, total / max(1, files), rng)
+    sampler = _Sampler(rng.randrange(max(1, files - file_budget + 1)), file_budget, byte_budget,
+                       total / max(1, files), rng)
     plan.files = plan.bytes = 0
     links = HardLinks()
     async for items in walk(trees, snapshot, Item(b"", None, b""), _unreadable):
@@ -204,6 +217,7 @@ async def plan_sample(repo: Repository, snapshot: Snapshot, size: SampleSize, rn
                 plan.files, plan.bytes = plan.files + 1, plan.bytes + item.entry.size
                 sampler.offer(item.path, item.entry.size)
     plan.few, plan.heavy = Selection(sampler.few), Selection(sampler.heavy())
+    plan.one = Selection(dict(list(sampler.few.items())[:1]))
     plan.seconds = time.monotonic() - started
     return plan
 
@@ -213,34 +227,33 @@ def _unreadable(item: Item, error: Exception) -> None:
 
 
 class _Sampler:
-    """Picks the two halves of a sample from a stream of files: `few`, of the files
-    below the mean size (`large`), runs of RUN neighbours started with a
-    probability that makes about `file_share` of them; `heavy`, of the others, those that
-    win an exponential race weighted by size (a weighted sample without
-    replacement, Efraimidis and Spirakis) until they make `byte_budget`. A file larger than the budget is never picked, unless the
+    """Picks the sample from a stream of files: `few`, the first `file_budget` files
+    smaller than the mean (`large`) from the `start`-th file on; `heavy`, of the
+    others, those that win an exponential race weighted by size (a weighted
+    sample without replacement, Efraimidis and Spirakis) until they make
+    `byte_budget`. A file larger than the budget is never picked, unless the
     others cannot make half of it: then `heavy` takes the smallest such file too
     (a sample of next to no bytes would measure nothing)."""
 
-    def __init__(self, file_share: float, byte_budget: int, large: float, rng: random.Random):
-        # a run starts with this probability at a file not in one, so that runs hold file_share of them
-        self._run_start = min(1.0, file_share / (RUN - (RUN - 1) * min(1.0, file_share)))
+    def __init__(self, start: int, file_budget: int, byte_budget: int, large: float, rng: random.Random):
+        self.start = start
+        self.file_budget = file_budget
         self.byte_budget = byte_budget
         self.large = large
         self.rng = rng
         self.few: dict[bytes, int] = {}
-        self._run = 0
+        self._seen = 0
         self._heavy: list[tuple[float, bytes, int]] = []     # a max-heap by key: (-key, path, size)
         self._heavy_bytes = 0
         self._smallest_too_large: tuple[int, bytes] | None = None
 
     def offer(self, path: bytes, size: int) -> None:
+        self._seen += 1
         if size > self.byte_budget:
             self._smallest_too_large = min(self._smallest_too_large or (size, path), (size, path))
-            return
-        if size >= self.large:
+        elif size >= self.large:
             self._weigh(path, size)
-        elif self._run or self.rng.random() < self._run_start:
-            self._run = (self._run or RUN) - 1
+        elif self._seen > self.start and len(self.few) < self.file_budget:
             self.few[path] = size
 
     def _weigh(self, path: bytes, size: int) -> None:
@@ -259,18 +272,20 @@ class _Sampler:
 
 
 async def _restore_into(repo: Repository, snapshot: Snapshot, only: Selection | None, scratch: str,
-                        part: str, size: int, result: TargetDrill) -> RestoreReport:
-    """Restore (a part of) the sample into scratch/part, count it, and remove it."""
+                        part: str, size: int, result: TargetDrill, count: bool = True) -> RestoreReport:
+    """Restore (a part of) the sample into scratch/part, count it (unless it is
+    restored again in another part), and remove it."""
     destination = os.path.join(scratch, part)
     _check_space(scratch, size)
     try:
         report = await restore(repo, snapshot, b"", destination, RestoreOptions(only=only))
     finally:
         remove_tree(destination)
-    result.files += report.files
-    result.bytes += report.bytes_written
     result.restore_seconds += report.seconds
     result.damaged += report.damaged
+    if count:
+        result.files += report.files
+        result.bytes += report.bytes_written
     return report
 
 
@@ -286,25 +301,22 @@ def _check_space(scratch: str, size: int) -> None:
                            "(use --scratch elsewhere or a smaller --sample)")
 
 
-def fit(fixed: float, overhead: float, runs: list[RestoreReport]) -> Model:
-    """The model through the two timed halves (each less `overhead`, what a restore
-    of nothing took): solved exactly when they differ enough in bytes per entry,
-    else their time is shared half and half between entries and bytes. A cost that
-    comes out negative (noise) is dropped and the other takes the whole time."""
-    (e1, n1, t1), (e2, n2, t2) = [(_entries(r), r.bytes_written, max(0.0, r.seconds - overhead)) for r in runs]
-    entries, size, spent = e1 + e2, n1 + n2, t1 + t2
-    determinant = e1 * n2 - e2 * n1
-    if not entries or not size:
-        return Model(fixed, spent / entries if entries else 0.0, spent / size if size else 0.0)
-    if abs(determinant) > 0.1 * max(e1 * n2, e2 * n1):
-        per_entry, per_byte = (t1 * n2 - t2 * n1) / determinant, (e1 * t2 - e2 * t1) / determinant
-    else:
-        per_entry, per_byte = spent / 2 / entries, spent / 2 / size
-    if per_entry < 0:
-        per_entry, per_byte = 0.0, spent / size
-    elif per_byte < 0:
-        per_entry, per_byte = spent / entries, 0.0
-    return Model(fixed, per_entry, per_byte)
+def fit(fixed: float, overhead: float, runs: list[tuple[int, RestoreReport]]) -> Model:
+    """The costs through the timed restores, each given with its places and less
+    `overhead` (what a restore of nothing took): the linear system solved by
+    Gauss-Seidel sweeps, each cost kept at or above zero (noise can push one
+    below). A cost that no restore measured (no bytes, say) stays zero."""
+    rows = [(places, _entries(report), report.bytes_written, max(0.0, report.seconds - overhead))
+            for places, report in runs]
+    costs = [0.0, 0.0, 0.0]                  # per place, per entry, per byte
+    for _ in range(100):
+        for unknown, (row) in enumerate(rows):
+            weights, spent = row[:3], row[3]
+            if weights[unknown]:
+                others = sum(w * c for i, (w, c) in enumerate(zip(weights, costs)) if i != unknown)
+                costs[unknown] = max(0.0, (spent - others) / weights[unknown])
+    per_place, per_entry, per_byte = costs
+    return Model(fixed + per_place, per_entry, per_byte, per_place)
 
 
 def _entries(report: RestoreReport) -> int:
