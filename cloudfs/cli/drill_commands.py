@@ -11,7 +11,15 @@ import tempfile
 import time
 
 from cloudfs.cli import configured
-from cloudfs.cli.common import each_target, human_size, print_json, repository_options, target_options, with_repository
+from cloudfs.cli.common import (
+    each_target,
+    human_duration,
+    human_size,
+    print_json,
+    repository_options,
+    target_options,
+    with_repository,
+)
 from cloudfs.errors import CloudfsError, UsageError
 
 DEFAULT_SAMPLE = "2%"
@@ -145,7 +153,7 @@ def _print_result(result) -> None:
     print(f"{name}: restored {share} files, {human_size(result.bytes)} of {human_size(result.snapshot_bytes)} "
           f"of snapshot {result.snapshot} in {result.restore_seconds:.1f} s "
           f"({human_size(result.throughput)}/s), verified; projected full restore (RTO): "
-          f"{_duration(result.rto_seconds)}")
+          f"{human_duration(result.rto_seconds)}")
 
 
 def _raise_if_failed(results) -> None:
@@ -158,10 +166,3 @@ def _raise_if_failed(results) -> None:
     more = f" (and {len(failed) - 1} more targets)" if len(failed) > 1 else ""
     raise DrillFailed(f"the drill failed{where}: {why}{more}")
 
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
