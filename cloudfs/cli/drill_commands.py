@@ -47,7 +47,7 @@ def register(subparsers) -> None:
     configured.config_option(drill)
     drill.add_argument("--sample", default=DEFAULT_SAMPLE, metavar="P%|N|SIZE|N,SIZE",
                        help="how much to restore: P%% of the files and of the bytes, N files, SIZE bytes "
-                            "(e.g. 2GiB), or both (500,2GiB); at least 50 files and 16 MiB, or the "
+                            "(e.g. 2GiB), or both (500,2GiB); at least 200 files and 16 MiB, or the "
                             "whole snapshot if it is smaller (default %(default)s)")
     drill.add_argument("--scratch", metavar="DIR", default=DEFAULT_SCRATCH,
                        help="restore the sample into a new directory in DIR, removed afterwards; best on "

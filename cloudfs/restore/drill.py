@@ -16,12 +16,14 @@ every record is verified as in any restore (I5), and it is timed in parts:
   they make the byte budget.
 
 Each restore's time is modelled as per_place · places + per_entry · entries +
-per_byte · bytes, where a place is somewhere the restore has to reach on its
-own (the directories on its way, the first request for its data: `one` and
-`few` are one place each, `heavy` one per file). A full restore reaches the
-whole tree in one sweep, already timed in the fixed part, so the three costs
-are solved from the three restores and the projection is the fixed part plus
-one place, plus per entry and per byte times the snapshot's entries and bytes.
+per_byte · bytes, where a place is a restore's reach into the tree: the
+directories on its way, fetched level by level (all of a level together, so a
+restore reaches its files' directories in one sweep), and the first requests
+for its data; `one`, `few` and `heavy` are one place each. A full restore
+reaches the whole tree in one sweep too, already timed in the fixed part, so
+the three costs are solved from the three restores and the projection is the
+fixed part plus one place, plus per entry and per byte times the snapshot's
+entries and bytes.
 A sample that covers the whole snapshot is simply restored whole, and its
 time is the RTO.
 """
@@ -45,7 +47,7 @@ from cloudfs.restore.walk import HardLinks, Item, Selection, walk
 from cloudfs.restore.writing import RestoreError
 from cloudfs.snapshot.tree import subtree_totals
 
-MIN_FILES = 50                # a smaller sample measures noise (or everything, if the snapshot is smaller)
+MIN_FILES = 200               # a smaller sample measures noise (or everything, if the snapshot is smaller)
 MIN_BYTES = 16 << 20
 SPACE_MARGIN = 1.05           # restored files take a little more room than their bytes
 
@@ -186,7 +188,7 @@ async def _drill(repo: Repository, size: SampleSize, scratch: str, startup: floa
     few = await _restore_into(repo, plan.snapshot, plan.few, scratch, "few", plan.few.bytes, result)
     heavy = await _restore_into(repo, plan.snapshot, plan.heavy, scratch, "heavy", plan.heavy.bytes, result)
     result.model = fit(fixed + empty.seconds, empty.seconds,
-                       [(min(1, one.files), one), (min(1, few.files), few), (heavy.files, heavy)])
+                       [(min(1, one.files), one), (min(1, few.files), few), (min(1, heavy.files), heavy)])
     result.rto_seconds = result.model.project(plan.entries, plan.bytes)
 
 
