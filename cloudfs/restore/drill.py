@@ -8,10 +8,11 @@ every record is verified as in any restore (I5), and it is timed in parts:
   target's index, walking every directory node of the snapshot (`plan`, which
   also counts what a full restore creates and picks the sample) and a restore
   that selects nothing;
-- `few`: one run of neighbouring files smaller than the mean, as many as the
-  file budget, from a random place in the tree (neighbours, because their
-  blocks lie together in the chunks and their directories are fetched
-  together, as in a full restore); and `one`, its first file alone;
+- `few`: files smaller than the mean, as many as the file budget, that lie
+  side by side in one chunk around a randomly picked one (found through the
+  index in a second, untimed walk): the files a full restore reads with one
+  request, so that the sample has its locality; and `one`, that picked file
+  alone;
 - `heavy`: files of at least the mean size, each byte equally likely, until
   they make the byte budget.
 
@@ -205,8 +206,8 @@ async def plan_sample(repo: Repository, snapshot: Snapshot, size: SampleSize, rn
     file_budget, byte_budget = size.budgets(files, total)
     if file_budget >= files and byte_budget >= total:
         return plan
-    sampler = _Sampler(rng.randrange(max(1, files - file_budget + 1)), file_budget, byte_budget,
-                       total / max(1, files), rng)
+    large = total / max(1, files)
+    sampler = _Sampler(byte_budget, large, rng)
     plan.files = plan.bytes = 0
     links = HardLinks()
     async for items in walk(trees, snapshot, Item(b"", None, b""), _unreadable):
@@ -218,10 +219,37 @@ async def plan_sample(repo: Repository, snapshot: Snapshot, size: SampleSize, rn
             if item.has_data:
                 plan.files, plan.bytes = plan.files + 1, plan.bytes + item.entry.size
                 sampler.offer(item.path, item.entry.size)
-    plan.few, plan.heavy = Selection(sampler.few), Selection(sampler.heavy())
-    plan.one = Selection(dict(list(sampler.few.items())[:1]))
     plan.seconds = time.monotonic() - started
+    plan.heavy = Selection(sampler.heavy())
+    anchor = sampler.anchor
+    plan.one = Selection({} if anchor is None else {anchor[0]: anchor[1]})
+    plan.few = Selection(await _chunk_neighbours(repo, trees, snapshot, anchor, file_budget, large))
     return plan
+
+
+async def _chunk_neighbours(repo: Repository, trees: TreeCache, snapshot: Snapshot,
+                            anchor: tuple[bytes, int] | None, count: int, large: float) -> dict[bytes, int]:
+    """Up to `count` files smaller than `large` whose first block lies in the same
+    chunk as the anchor's, the nearest to it: the files a full restore reads with one
+    request (a second walk, untimed; it keeps `count` files at most)."""
+    if anchor is None:
+        return {}
+    first = await trees.block_ids((await trees.lookup(snapshot.tree, anchor[0])), 0, 1)
+    where = repo.index.get_many(first).get(first[0]) if first and first[0] else None
+    if where is None:
+        return {anchor[0]: anchor[1]}
+    nearest: list[tuple[int, bytes, int]] = []          # a max-heap by distance: (-distance, path, size)
+    async for items in walk(trees, snapshot, Item(b"", None, b""), _unreadable):
+        small = [item for item in items if item.has_data and 0 < item.entry.size < large and item.entry.nlink < 2]
+        firsts = [(item, (await trees.block_ids(item.entry, 0, 1) or [None])[0]) for item in small]
+        found = repo.index.get_many(block for _, block in firsts if block is not None)
+        for item, block in firsts:
+            location = found.get(block)
+            if location is not None and location.chunk_id == where.chunk_id:
+                heapq.heappush(nearest, (-abs(location.offset - where.offset), item.path, item.entry.size))
+                if len(nearest) > count:
+                    heapq.heappop(nearest)
+    return {path: size for _, path, size in nearest}
 
 
 def _unreadable(item: Item, error: Exception) -> None:
@@ -229,34 +257,33 @@ def _unreadable(item: Item, error: Exception) -> None:
 
 
 class _Sampler:
-    """Picks the sample from a stream of files: `few`, the first `file_budget` files
-    smaller than the mean (`large`) from the `start`-th file on; `heavy`, of the
-    others, those that win an exponential race weighted by size (a weighted
-    sample without replacement, Efraimidis and Spirakis) until they make
-    `byte_budget`. A file larger than the budget is never picked, unless the
-    others cannot make half of it: then `heavy` takes the smallest such file too
-    (a sample of next to no bytes would measure nothing)."""
+    """Picks from a stream of files: `anchor`, one file smaller than the mean
+    (`large`), each equally likely (`few` is its neighbours in the chunks);
+    `heavy`, of the others, those that win an exponential race weighted by size
+    (a weighted sample without replacement, Efraimidis and Spirakis) until they
+    make `byte_budget`. A file larger than the budget is never picked, unless
+    the others cannot make half of it: then `heavy` takes the smallest such
+    file too (a sample of next to no bytes would measure nothing)."""
 
-    def __init__(self, start: int, file_budget: int, byte_budget: int, large: float, rng: random.Random):
-        self.start = start
-        self.file_budget = file_budget
+    def __init__(self, byte_budget: int, large: float, rng: random.Random):
         self.byte_budget = byte_budget
         self.large = large
         self.rng = rng
-        self.few: dict[bytes, int] = {}
-        self._seen = 0
+        self.anchor: tuple[bytes, int] | None = None
+        self._small = 0
         self._heavy: list[tuple[float, bytes, int]] = []     # a max-heap by key: (-key, path, size)
         self._heavy_bytes = 0
         self._smallest_too_large: tuple[int, bytes] | None = None
 
     def offer(self, path: bytes, size: int) -> None:
-        self._seen += 1
         if size > self.byte_budget:
             self._smallest_too_large = min(self._smallest_too_large or (size, path), (size, path))
         elif size >= self.large:
             self._weigh(path, size)
-        elif self._seen > self.start and len(self.few) < self.file_budget:
-            self.few[path] = size
+        elif size:
+            self._small += 1
+            if self.rng.random() * self._small < 1:
+                self.anchor = (path, size)
 
     def _weigh(self, path: bytes, size: int) -> None:
         key = -math.log(1.0 - self.rng.random()) / size
