@@ -339,7 +339,7 @@ def fit(fixed: float, overhead: float, runs: list[tuple[int, RestoreReport]]) ->
             for places, report in runs]
     costs = [0.0, 0.0, 0.0]                  # per place, per entry, per byte
     for _ in range(100):
-        for unknown, (row) in enumerate(rows):
+        for unknown, row in enumerate(rows):              # one prices places, few entries, heavy bytes
             weights, spent = row[:3], row[3]
             if weights[unknown]:
                 others = sum(w * c for i, (w, c) in enumerate(zip(weights, costs)) if i != unknown)
