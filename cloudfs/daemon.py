@@ -64,6 +64,7 @@ from cloudfs.snapshot.source import exclusion_matcher
 from cloudfs.store.base import Store
 from cloudfs.store.replicated import ReplicatedStore
 from cloudfs.store.roles import WriterStore
+from cloudfs.system.drills import last_drill
 from cloudfs.uploader import Uploader, latest_snapshot_of
 
 log = logging.getLogger(__name__)
@@ -717,6 +718,7 @@ class SnapshotDaemon:
         pending = self.journal.pending()
         files, size = _pending_figures(pending, self._current_stat)
         oldest = getattr(self.journal, "oldest_change_ns", None)
+        oldest = oldest(self._manifest_time_ns()) if oldest else None
         reply = {
             "source": str(self.source), "mountpoint": str(self.mountpoint), "state_dir": str(self.state_dir),
             "pid": os.getpid(),
@@ -724,7 +726,8 @@ class SnapshotDaemon:
             "epoch": getattr(self.journal, "epoch", None),
             "sealed_epochs": getattr(self.journal, "sealed_epochs", list)(),
             "pending_files": files, "pending_bytes": size,
-            "oldest_change_ns": oldest(self._manifest_time_ns()) if oldest else None,
+            "oldest_change_ns": oldest,
+            "rpo_seconds": (time.time_ns() - oldest) / 1e9 if oldest else 0.0,
             "reconciled": self._reconciled is None or self._reconciled.is_set(),
             "alerts": self.alarm.status(),
             "tripwire": _tripwire_settings(getattr(self.operations, "tripwire", None)),
@@ -747,6 +750,7 @@ class SnapshotDaemon:
                 "given_up": inflight.frozen.failure},
             "failures": self._failures, "last_error": self._last_error,
             "history": list(self.history),
+            "last_drill": last_drill(self.repo.config.repo_id_hex),
         })
         if self.replicas is not None:
             reply.update(targets=self.replicas.status(), required_targets=self._required_targets(),

@@ -7,8 +7,8 @@ the function given to `attach()` and turns it into `cloudfs_…` series with
 `families(status, now_ns)`: one source of truth, so the two always agree.
 
 Series that belong to work still to come have their place here, not yet their
-values: the last drill's RTO (drills) and cache hit rates (the live mount
-keeps no cache whose hits it counts today).
+value: cache hit rates (the live mount keeps no cache whose hits it counts
+today).
 """
 
 from __future__ import annotations
@@ -88,6 +88,7 @@ def _snapshot_families(status: dict, now_ns: int) -> Iterator[Metric]:
         yield _gauge("next_snapshot_timestamp_seconds", "When the next snapshot is due",
                      status["next_snapshot_ns"] / NS)
     yield from _target_families(status.get("targets") or [])
+    yield from _drill_families(status.get("last_drill"), now_ns)
     last = upload.get("last_snapshot_time_ns")
     if last:
         yield _gauge("last_snapshot_timestamp_seconds", "Time of the newest committed snapshot", last / NS)
@@ -109,6 +110,29 @@ def _target_families(targets: list[dict]) -> Iterator[Metric]:
         family = GaugeMetricFamily(f"cloudfs_{name}", documentation, labels=["target"])
         for target in targets:
             family.add_metric([target["name"]], value_of(target))
+        yield family
+
+
+def _drill_families(drill: dict | None, now_ns: int) -> Iterator[Metric]:
+    """The last `cloudfs drill` of the repository on this machine: when, and per
+    target (a label; `repository` for one kept in one place) its RTO and throughput."""
+    if not drill:
+        return
+    yield _gauge("last_drill_timestamp_seconds", "When the last recovery drill ran", drill["time_ns"] / NS)
+    yield _gauge("last_drill_age_seconds", "Age of the last recovery drill", (now_ns - drill["time_ns"]) / NS)
+    series = {
+        "last_drill_ok": ("1 if the target restored its sample in the last drill", lambda t: 1 if t["ok"] else 0),
+        "last_drill_rto_seconds": ("Projected time to restore the whole snapshot from the target (RTO)",
+                                   lambda t: t["rto_seconds"]),
+        "last_drill_throughput_bytes_per_second": ("Restore throughput the last drill measured",
+                                                   lambda t: t["throughput_bytes_per_second"]),
+    }
+    for name, (documentation, value_of) in series.items():
+        family = GaugeMetricFamily(f"cloudfs_{name}", documentation, labels=["target"])
+        for target in drill["targets"]:
+            value = value_of(target)
+            if value is not None:
+                family.add_metric([target["target"] or "repository"], value)
         yield family
 
 

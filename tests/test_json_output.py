@@ -102,6 +102,7 @@ def test_what_each_command_prints_is_what_docs_json_md_says(protected, tmp_path)
     run("repair", "index")
     assert run("restore", "latest", str(tmp_path / "out"), "--dry-run")["estimate"]["seconds"] >= 0
     assert run("restore", "latest", str(tmp_path / "out"))["files"] >= 1
+    assert run("drill", "--scratch", str(tmp_path))["ok"] is True
     run("forget", "--dry-run")
     assert run("prune", "--dry-run")["dry_run"] is True
     run("policy", "show")

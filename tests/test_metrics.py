@@ -104,7 +104,9 @@ def test_the_sample_alert_rules_use_only_series_that_exist():
     status = {"source": "/s", "mountpoint": "/s", "repository": "s3://b/r", "pending_files": 1,
               "pending_bytes": 2, "oldest_change_ns": 1, "sealed_epochs": [], "failures": 0,
               "spool_bytes": 0, "spool_limit": 1, "interval": 300, "next_snapshot_ns": 2,
-              "upload": {"last_snapshot_time_ns": 1, "store_ok": True}}
+              "upload": {"last_snapshot_time_ns": 1, "store_ok": True},
+              "last_drill": {"time_ns": 1, "ok": True, "targets": [
+                  {"target": None, "ok": True, "rto_seconds": 12.5, "throughput_bytes_per_second": 9}]}}
     exported = set()
     for family in families(status, now_ns=10):
         exported.add(family.name + ("_total" if family.type == "counter" else ""))

@@ -54,10 +54,14 @@ def test_service_install_writes_and_enables_the_units(configured, tmp_path):
     timer = unit_dir / "timers.target.wants" / "cloudfs-maintenance@documents.timer"
     assert timer.resolve() == unit_dir / "cloudfs-maintenance@.timer"
     assert "ExecStart=" in (unit_dir / "cloudfs-maintenance@.service").read_text()
+    drill = unit_dir / "timers.target.wants" / "cloudfs-drill@documents.timer"
+    assert drill.resolve() == unit_dir / "cloudfs-drill@.timer"
+    assert f"ExecStart={INSTALLED} drill %i --config" in (unit_dir / "cloudfs-drill@.service").read_text()
     if shutil.which("systemd-analyze"):
         verified = subprocess.run(
             ["systemd-analyze", "verify", "--man=no", "cloudfs@documents.service",
-             "cloudfs-maintenance@documents.service", "cloudfs-maintenance@documents.timer"],
+             "cloudfs-maintenance@documents.service", "cloudfs-maintenance@documents.timer",
+             "cloudfs-drill@documents.service", "cloudfs-drill@documents.timer"],
             cwd=unit_dir, env=dict(os.environ, SYSTEMD_UNIT_PATH=f"{unit_dir}:"),
             capture_output=True, text=True, timeout=60)
         assert verified.returncode == 0 and verified.stderr == "", verified.stderr
@@ -69,6 +73,8 @@ def test_maintenance_checks_the_entry_s_repository(configured, monkeypatch):
     configured.add("documents", password_env="DOCS_PASS")
     monkeypatch.setenv("DOCS_PASS", "correct horse battery staple")
     assert "no errors found" in configured.cloudfs("maintenance", "documents").stdout
+    drilled = configured.cloudfs("drill", "documents", check=False)        # the entry's repository, opened
+    assert "no snapshot to drill yet" in drilled.stderr and drilled.returncode == 2
 
 
 def test_the_unit_s_command_notifies_ready_and_sigterm_snapshots_then_unmounts(configured, tmp_path):

@@ -11,7 +11,7 @@ import sys
 
 from cloudfs import __version__
 from cloudfs.cli import logs
-from cloudfs.errors import CloudfsError, first_cloudfs_error
+from cloudfs.errors import CloudfsError, first_cloudfs_error, leaf_errors
 
 # Modules that add subcommands; each has register(subparsers).
 COMMAND_MODULES = (
@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "cloudfs.cli.lock_commands",
     "cloudfs.cli.completion_commands",
     "cloudfs.cli.target_commands",
+    "cloudfs.cli.drill_commands",
 )
 
 
@@ -56,9 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     except (CloudfsError, BaseExceptionGroup) as raised:
         error = first_cloudfs_error(raised)
         if error is None:
+            if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaf_errors(raised)):
+                return _interrupted()    # Ctrl-C inside a trio nursery
             raise
         print(f"cloudfs: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
-        print("cloudfs: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted()
+
+
+def _interrupted() -> int:
+    print("cloudfs: interrupted", file=sys.stderr)
+    return 130

@@ -205,6 +205,23 @@ async def use_targets(args, repo: Repository, opened: Store, role: Callable[[Sto
     return repo
 
 
+async def each_target(args, repo, chosen: str | None) -> list:
+    """(target name, the repository as that target holds it) for each target to check or drill;
+    (None, repo) for a repository kept in one place."""
+    from cloudfs.repo.replicas import place
+
+    records = [] if getattr(args, "as_of", None) else await repo.targets()
+    if chosen:
+        records = [r for r in records if r.target == chosen]
+        if not records:
+            raise UsageError(f"the repository has no target {chosen!r} (`cloudfs targets list`)")
+    if not records:
+        return [(None, repo)]
+    opened = open_store_from(args)
+    return [(r.target, repo.at(opened if place(opened) == place(s := target_store(args, r)) else as_writer(s)))
+            for r in records]
+
+
 def _store_from(args, *, profile: str | None = None, credentials_file: str | None = None) -> Store:
     from cloudfs.store import RetryPolicy, S3Options, open_store
 
@@ -372,3 +389,13 @@ def human_size(count: float) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1024
     return f"{count:.1f} TiB"
+
+
+def human_duration(seconds: float) -> str:
+    """95 -> "2 min"."""
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

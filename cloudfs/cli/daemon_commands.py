@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 
 from cloudfs import control
 from cloudfs.cli import configured
-from cloudfs.cli.common import human_size, print_json
+from cloudfs.cli.common import human_duration, human_size, print_json
 from cloudfs.errors import CloudfsError, UsageError
 
 MOUNT_HELP = "mount point, protected directory, or NAME of the configuration file"
@@ -220,6 +220,8 @@ def format_status(status: dict, now_ns: int) -> str:
     rpo = f", oldest change {_ago(oldest, now_ns)} (RPO)" if oldest else ""
     lines.append(f"pending        {status.get('pending_files', 0)} files, "
                  f"{human_size(status.get('pending_bytes', 0))}{rpo}")
+    lines.append(f"RPO            {human_duration((now_ns - oldest) / 1e9) if oldest else '0 s'}: what a loss now "
+                 "would lose (changes not yet in a committed snapshot)")
     if upload.get("uploading"):
         lines.append(f"upload         snapshot in progress since {_ago(upload['uploading_since_ns'], now_ns)}, "
                      f"{human_size(upload.get('current_bytes_read', 0))} read")
@@ -235,9 +237,11 @@ def format_status(status: dict, now_ns: int) -> str:
     if "spool_bytes" in status:
         lines.append(f"spool          {human_size(status['spool_bytes'])} of {human_size(status.get('spool_limit', 0))}")
     if status.get("next_snapshot_ns"):
-        lines.append(f"next snapshot  in {_duration((status['next_snapshot_ns'] - now_ns) / 1e9)}")
+        lines.append(f"next snapshot  in {human_duration((status['next_snapshot_ns'] - now_ns) / 1e9)}")
     lines.extend(_rescan_lines(status.get("rescan"), now_ns))
     lines.extend(_tripwire_lines(status, now_ns))
+    if "last_drill" in status:
+        lines.extend(_drill_lines(status["last_drill"], now_ns))
     return "\n".join(lines)
 
 
@@ -246,7 +250,7 @@ def _tripwire_lines(status: dict, now_ns: int) -> list[str]:
              for alert in status.get("alerts") or []]
     tripwire = status.get("tripwire")
     if tripwire:
-        lines.append(f"tripwire       on: {tripwire['files']} files within {_duration(tripwire['window'])}")
+        lines.append(f"tripwire       on: {tripwire['files']} files within {human_duration(tripwire['window'])}")
     elif "tripwire" in status:
         lines.append("tripwire       off")
     return lines
@@ -265,7 +269,7 @@ def _target_lines(status: dict, now_ns: int) -> list[str]:
         line = f"  {target['name']:<12} {target['state']:<8}"
         if target["backlog_objects"]:
             line += (f" backlog {target['backlog_objects']} objects, {human_size(target['backlog_bytes'])}, "
-                     f"{_duration(target['lag_seconds'])} behind")
+                     f"{human_duration(target['lag_seconds'])} behind")
         if target.get("error"):
             line += f"; failing since {_ago(target.get('error_since_ns'), now_ns)}: {target['error']}"
         lines.append(line)
@@ -275,12 +279,30 @@ def _target_lines(status: dict, now_ns: int) -> list[str]:
 def _rescan_lines(rescan: dict | None, now_ns: int) -> list[str]:
     if rescan is None:
         return []
-    every = f"every {_duration(rescan['interval'])}" if rescan.get("interval") else "only when asked"
+    every = f"every {human_duration(rescan['interval'])}" if rescan.get("interval") else "only when asked"
     last = rescan.get("last")
     if last is None:
         return [f"rescan         {every}; none yet"]
     return [f"rescan         {every}; last {_ago(last['time_ns'], now_ns)}, "
             f"{last['changed_inodes']} changed outside the mount"]
+
+
+def _drill_lines(drill: dict | None, now_ns: int) -> list[str]:
+    """The last `cloudfs drill` run here: its age, and per target the projected RTO or why it failed."""
+    if drill is None:
+        return ["last drill     none yet (cloudfs drill)"]
+    lines = [f"last drill     {_ago(drill['time_ns'], now_ns)}, "
+             + ("every target restored its sample" if drill["ok"] else "FAILED")]
+    for target in drill["targets"]:
+        name = target["target"] or "repository"
+        if target["ok"]:
+            lines.append(f"  {name:<12} RTO {human_duration(target['rto_seconds'])} "
+                         f"({human_size(target['throughput_bytes_per_second'])}/s, "
+                         f"snapshot {target['snapshot']})")
+        else:
+            why = target["error"] or f"{len(target['damaged'])} files of the sample damaged"
+            lines.append(f"  {name:<12} failed: {why}")
+    return lines
 
 
 def _when(time_ns: int, now_ns: int) -> str:
@@ -291,13 +313,4 @@ def _when(time_ns: int, now_ns: int) -> str:
 def _ago(time_ns: int | None, now_ns: int) -> str:
     if not time_ns:
         return "-"
-    return f"{_duration((now_ns - time_ns) / 1e9)} ago"
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    return f"{human_duration((now_ns - time_ns) / 1e9)} ago"

@@ -9,10 +9,10 @@ from datetime import datetime, timezone
 from cloudfs.cli.common import (
     as_of_options,
     checked_compression,
+    each_target,
     human_size,
     kdf_options,
     open_maintenance_store,
-    open_store_from,
     print_json,
     read_new_passphrase,
     read_passphrase,
@@ -206,7 +206,7 @@ def check_report(args):
 
     async def check(repo):
         reports = []
-        for name, at in await _each_target(args, repo, chosen):
+        for name, at in await each_target(args, repo, chosen):
             rotation = Rotation(_rotation_path(repo, name) if not args.no_cache else None)
             choose = None
             if subset:
@@ -252,24 +252,6 @@ def checked_ok(reports) -> bool:
 def print_check(args, reports) -> None:
     for name, report in reports:
         _print_check(name, report, args)
-
-
-async def _each_target(args, repo, chosen: str | None) -> list:
-    """(target name, the repository as that target holds it) for each target to check;
-    (None, repo) for a repository kept in one place."""
-    from cloudfs.cli.common import as_writer, target_store
-    from cloudfs.repo.replicas import place
-
-    records = [] if getattr(args, "as_of", None) else await repo.targets()
-    if chosen:
-        records = [r for r in records if r.target == chosen]
-        if not records:
-            raise UsageError(f"the repository has no target {chosen!r} (`cloudfs targets list`)")
-    if not records:
-        return [(None, repo)]
-    opened = open_store_from(args)
-    return [(r.target, repo.at(opened if place(opened) == place(s := target_store(args, r)) else as_writer(s)))
-            for r in records]
 
 
 def _rotation_path(repo, target: str | None):

@@ -42,7 +42,7 @@ from cloudfs.browse.trees import TreeCache
 from cloudfs.errors import CloudfsError, IntegrityError, StoreError, UsageError, first_cloudfs_error
 from cloudfs.repo import Repository, Snapshot
 from cloudfs.repo.chunk import BlobLocation, open_record
-from cloudfs.restore.walk import DirectoryFinishes, HardLinks, Item, walk
+from cloudfs.restore.walk import DirectoryFinishes, HardLinks, Item, Selection, walk
 from cloudfs.restore.writing import RestoreError, RunWriter, remove
 from cloudfs.snapshot.tree import subtree_totals
 
@@ -66,6 +66,7 @@ class RestoreOptions:
     verify: bool = False      # read every restored file back and check it
     dry_run: bool = False     # plan and check TARGET, count what would be restored, write nothing
     jobs: int = JOBS
+    only: Selection | None = None   # restore these files of the snapshot alone (a drill's sample)
 
 
 @dataclass
@@ -149,7 +150,7 @@ class Restorer:
         """A first walk: refuse, before anything is written, to touch existing
         files unless told (a directory where a file should go is always refused)."""
         conflicts, first = 0, None
-        async for items in walk(self.trees, snapshot, top, lambda item, error: None):
+        async for items in walk(self.trees, snapshot, top, lambda item, error: None, self.options.only):
             for item in items:
                 if self._decide(item, top):
                     conflicts, first = conflicts + 1, first or item
@@ -181,6 +182,8 @@ class Restorer:
 
     async def _total_bytes(self, snapshot: Snapshot, top: Item) -> int:
         """What the progress bar counts to, from the totals directories record."""
+        if self.options.only is not None:
+            return self.options.only.bytes
         if top.entry is not None:
             return top.entry.tree_bytes if top.is_dir else top.entry.size if top.entry.is_file else 0
         root = (await self.trees.directories([snapshot.tree]))[snapshot.tree]
@@ -193,7 +196,7 @@ class Restorer:
         """The report a restore would give, nothing written (bytes_written is
         what would be fetched and written), and a sample of its first batch."""
         first_batch: list[Item] = []
-        async for items in walk(self.trees, snapshot, top, self._unreadable):
+        async for items in walk(self.trees, snapshot, top, self._unreadable, self.options.only):
             for item in items:
                 self.links.group(item)
                 self._count(item)
@@ -273,7 +276,7 @@ class Restorer:
         """Walk, create each listed directory's entries, and pass them on in batches."""
         async with batches:
             batch = _Batch()
-            async for items in walk(self.trees, snapshot, top, self._unreadable):
+            async for items in walk(self.trees, snapshot, top, self._unreadable, self.options.only):
                 for item in items:
                     self.links.group(item)
                 await trio.to_thread.run_sync(self._create_all, items, top, directories)

@@ -9,6 +9,10 @@ before anything is created in it. What the walk holds: a small record (path,
 destination, node id) per directory still to list, and one group of decoded
 nodes; nothing per file.
 
+A `Selection` narrows the walk to some files of the snapshot (and the
+directories on their way): a recovery drill restores a sample this way, with
+the same restorer as a full restore.
+
 Hard links: files of one snapshot with the same recorded inode are one file;
 the first name met keeps the data, the others become links to it
 (`HardLinks`, which remembers only files whose link count is above one).
@@ -73,11 +77,33 @@ class _Unlisted:
 Unreadable = Callable[[Item, Exception], None]
 
 
-async def walk(trees: TreeCache, snapshot: Snapshot, top: Item, unreadable: Unreadable
-               ) -> AsyncIterator[list[Item]]:
-    """[top], then the children of each directory below it, breadth first. A
-    directory whose node cannot be read is passed to `unreadable` (as an Item
-    without an entry) and its content is left out."""
+class Selection:
+    """Some paths of a snapshot (no leading slash), and the directories that lead to them."""
+
+    def __init__(self, paths: dict[bytes, int]):
+        self.paths = paths                        # path -> size
+        self.directories = {path[:end] for path in paths for end in _slashes(path)}
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.paths.values())
+
+    def keeps(self, item: Item) -> bool:
+        return item.path in self.paths or (item.is_dir and item.path in self.directories)
+
+
+def _slashes(path: bytes) -> Iterator[int]:
+    at = path.find(b"/")
+    while at != -1:
+        yield at
+        at = path.find(b"/", at + 1)
+
+
+async def walk(trees: TreeCache, snapshot: Snapshot, top: Item, unreadable: Unreadable,
+               only: Selection | None = None) -> AsyncIterator[list[Item]]:
+    """[top], then the children of each directory below it, breadth first (with
+    `only`, those it keeps). A directory whose node cannot be read is passed to
+    `unreadable` (as an Item without an entry) and its content is left out."""
     yield [top]
     if not top.is_dir:
         return
@@ -92,6 +118,8 @@ async def walk(trees: TreeCache, snapshot: Snapshot, top: Item, unreadable: Unre
             for node_id in group:
                 for unlisted in by_node[node_id]:
                     children = _children(unlisted, found[node_id], unreadable)
+                    if only is not None:
+                        children = [child for child in children if only.keeps(child)]
                     waiting.extend(_Unlisted(child.path, child.destination, child.entry.subtree)
                                    for child in children if child.entry.is_dir)
                     if children:

@@ -6,6 +6,8 @@
   final snapshot (at most `snapshot_timeout`) and unmounts.
 - `cloudfs-maintenance@.service` and `.timer`: the repository's upkeep with the
   maintenance role's credentials (its own environment file), weekly.
+- `cloudfs-drill@.service` and `.timer`: a recovery drill of the repository
+  (`cloudfs drill NAME`, the mount's own credentials: it only reads), monthly.
 
 `install()` writes them, a drop-in for the instance (the mounts it needs first,
 the units it comes before), and enables the instance the way `systemctl enable`
@@ -27,6 +29,8 @@ from cloudfs.fsutil import make_directories, replace_durably
 MOUNT = "cloudfs@.service"
 MAINTENANCE = "cloudfs-maintenance@.service"
 MAINTENANCE_TIMER = "cloudfs-maintenance@.timer"
+DRILL = "cloudfs-drill@.service"
+DRILL_TIMER = "cloudfs-drill@.timer"
 DROP_IN = "cloudfs.conf"
 
 _MOUNT_TEXT = """\
@@ -86,6 +90,34 @@ Persistent=true
 WantedBy=timers.target
 """
 
+_DRILL_TEXT = """\
+# cloudfs: a recovery drill of the repository of [directories.%i] of {config}:
+# `cloudfs drill` restores a sample of the latest snapshot from each target into
+# a scratch directory (removed after), and keeps the projected time to restore
+# everything (RTO) for `cloudfs status`. It only reads: the mount's credentials do.
+[Unit]
+Description=cloudfs: recovery drill of the repository of %i
+{network}
+[Service]
+Type=oneshot
+ExecStart={cloudfs} drill %i --config {config}
+Nice=10
+"""
+
+_DRILL_TIMER_TEXT = """\
+# cloudfs: monthly recovery drill of the repository of [directories.%i]
+[Unit]
+Description=cloudfs: monthly recovery drill of the repository of %i
+
+[Timer]
+OnCalendar=monthly
+RandomizedDelaySec=6h
+Persistent=true
+
+[Install]
+WantedBy=timers.target
+"""
+
 _NETWORK = "Wants=network-online.target\nAfter=network-online.target\n"
 
 
@@ -101,14 +133,16 @@ class UnitSettings:
 
 
 def templates(settings: UnitSettings) -> dict[str, str]:
-    """File name -> text of the three unit templates."""
+    """File name -> text of the unit templates."""
     values = dict(cloudfs=settings.cloudfs.replace("%", "%%"), config=_exec_word(settings.config), drop_in=DROP_IN,
                   wanted_by=settings.wanted_by,
                   network="" if settings.user else _NETWORK,
                   environment_dir="%E/cloudfs" if settings.user else "/etc/cloudfs")
     return {MOUNT: _MOUNT_TEXT.format(**values),
             MAINTENANCE: _MAINTENANCE_TEXT.format(**values),
-            MAINTENANCE_TIMER: _TIMER_TEXT.format(**values)}
+            MAINTENANCE_TIMER: _TIMER_TEXT.format(**values),
+            DRILL: _DRILL_TEXT.format(**values),
+            DRILL_TIMER: _DRILL_TIMER_TEXT.format(**values)}
 
 
 def _exec_word(text: str) -> str:
@@ -138,7 +172,7 @@ def default_unit_dir(user: bool) -> Path:
 def install(unit_dir: Path, name: str, settings: UnitSettings, instance_drop_in: str,
             enable: bool = True) -> list[Path]:
     """Write the templates and the drop-in of instance `name`; with `enable`, link the
-    instance and its timer into their targets' .wants/. Returns the paths written."""
+    instance and its timers into their targets' .wants/. Returns the paths written."""
     written = []
     for file_name, text in templates(settings).items():
         written.append(_write(unit_dir / file_name, text))
@@ -146,8 +180,9 @@ def install(unit_dir: Path, name: str, settings: UnitSettings, instance_drop_in:
     if enable:
         written.append(_link(unit_dir / f"{settings.wanted_by}.wants" / f"cloudfs@{name}.service",
                              unit_dir / MOUNT))
-        written.append(_link(unit_dir / "timers.target.wants" / f"cloudfs-maintenance@{name}.timer",
-                             unit_dir / MAINTENANCE_TIMER))
+        for timer in (MAINTENANCE_TIMER, DRILL_TIMER):
+            written.append(_link(unit_dir / "timers.target.wants" / timer.replace("@", f"@{name}"),
+                                 unit_dir / timer))
     return written
 
 
