@@ -50,9 +50,9 @@ WORKER_THREADS = 4
 
 
 class BlobSink(Protocol):
-    def store_blocks_sync(self, data: bytes, block_size: int) -> list[bytes | None]:
-        """Store each block of `data`, returning their ids (None for zero blocks).
-        Called in worker threads only."""
+    def store_buffers_sync(self, buffers: list[bytes], block_size: int) -> list[list[bytes | None]]:
+        """Store each block of each buffer, returning their ids per buffer (None for
+        zero blocks). Called in worker threads only."""
 
     async def put_tree(self, data: bytes) -> bytes:
         """Store one tree blob (a directory node or block-list node)."""
@@ -227,7 +227,11 @@ class TreeBuilder:
                 directory.release(self._finish)
 
     def _read_small_files(self, files: list[tuple[FileReader, int]]) -> list[tuple[list, int]]:
-        return [self._read_and_store(reader, 0, size) for reader, size in files]
+        for reader, size in files:
+            reader.prefetch(size, 0)   # the disk gets the group's reads at once, not one by one
+        read = [_read(reader, 0, size) for reader, size in files]
+        stored = self.sink.store_buffers_sync([data for data, _ in read], self.block_size)
+        return [(ids, length) for ids, (_, length) in zip(stored, read)]
 
     async def _file_task(self, directory: "_Directory", path: bytes, st, old: Entry | None, entry: Entry,
                          plan: Content) -> None:
@@ -287,11 +291,18 @@ class TreeBuilder:
     def _read_and_store(self, reader: FileReader, offset: int, length: int):
         """In a worker thread: one pread, then every block of it into the sink.
         Returns the block ids and how many bytes were read."""
-        data = reader.pread(length, offset)
-        read = len(data)
-        if read < length:
-            data += bytes(length - read)   # shrank while read: zeros
-        return self.sink.store_blocks_sync(data, self.block_size), read
+        data, read = _read(reader, offset, length)
+        return self.sink.store_buffers_sync([data], self.block_size)[0], read
+
+
+def _read(reader: FileReader, offset: int, length: int) -> tuple[bytes, int]:
+    """`length` bytes at `offset` (zeros where the file shrank while read), and how
+    many were read."""
+    data = reader.pread(length, offset)
+    read = len(data)
+    if read < length:
+        data += bytes(length - read)
+    return data, read
 
 
 def _runs(indices: list[int], limit: int) -> list[list[int]]:
