@@ -24,10 +24,10 @@ class CountingSink(RepositorySink):
         super().__init__(repo)
         self.trees = self.data = 0
 
-    def store_blocks_sync(self, data, block_size):
-        ids = super().store_blocks_sync(data, block_size)
-        self.data += sum(1 for i in ids if i is not None)
-        return ids
+    def store_buffers_sync(self, buffers, block_size):
+        stored = super().store_buffers_sync(buffers, block_size)
+        self.data += sum(1 for ids in stored for i in ids if i is not None)
+        return stored
 
     async def put_tree(self, data):
         self.trees += 1
@@ -189,6 +189,9 @@ class _WaitingSource(DirectorySource):
                 if not source.second_opened.wait(timeout=5):
                     source.waited_in_vain = True
                 return reader.pread(length, offset)
+
+            def prefetch(self, length, offset):
+                reader.prefetch(length, offset)
 
             def close(self):
                 reader.close()

@@ -21,9 +21,10 @@ every mount.
 Access patterns it is built for: the walker records a directory's entries
 right after listing it, then their xattrs, targets and reads, so writes are
 buffered per table and go in batches; the builder asks about the entries
-of one directory after listing it (depth first), so a reader loads a
-directory's rows in one query and keeps the directories on its current path
-(`_Rows`). Connections are per thread (the builder reads on the trio thread,
+of one directory after listing it (depth first), and opens small files in
+groups a directory or two behind its walk, so a reader loads a directory's
+rows in one query and keeps the directories on its current path and the ones
+it used last, up to ROWS_KEPT rows (`_Rows`). Connections are per thread (the builder reads on the trio thread,
 the manifest's delta in a worker thread).
 """
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import sqlite3
 import struct
+from collections import OrderedDict
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 
@@ -42,6 +44,7 @@ from cloudfs.sqlitedb import ThreadConnections
 
 CAPTURE_NAME = "capture.db"
 _BATCH = 10_000
+ROWS_KEPT = 16_384   # rows a reading thread keeps in memory, beyond its current path
 # mode, ino, dev, nlink, uid, gid, rdev, size, mtime_ns, ctime_ns: a FrozenStat's fields
 STAT = struct.Struct("<IQQQIIQQqq")
 _STAT, _XATTRS, _TARGET, _RANGES = range(4)
@@ -169,20 +172,36 @@ class CaptureStore:
 
 
 class _Rows:
-    """One thread's rows of the directories on its current path (depth first:
-    what the builder asks about next is in the directory it last listed, or in
-    one of that directory's parents)."""
+    """One thread's rows of recently used directories: those on its current path
+    (depth first: what the builder asks about next is in the directory it last
+    listed, or in one of its parents), and, up to ROWS_KEPT rows, the directories
+    used last. The builder opens small files in groups while its walk goes on, so
+    a group's files are often a directory or two behind the walk: reloading that
+    directory for each group cost more than the files."""
 
     def __init__(self, store: CaptureStore):
         self.store = store
-        self.directories: dict[bytes, dict[bytes, tuple]] = {}
+        self.directories: OrderedDict[bytes, dict[bytes, list]] = OrderedDict()
+        self._count = 0
 
-    def of(self, path: bytes) -> dict[bytes, tuple]:
+    def of(self, path: bytes) -> dict[bytes, list]:
         rows = self.directories.get(path)
-        if rows is None:
-            self.directories = {d: r for d, r in self.directories.items() if _is_within(path, d)}
-            rows = self.directories[path] = self._load(path)
+        if rows is not None:
+            self.directories.move_to_end(path)
+            return rows
+        rows = self._load(path)
+        self._make_room(path, len(rows))
+        self.directories[path] = rows
+        self._count += len(rows)
         return rows
+
+    def _make_room(self, path: bytes, adding: int) -> None:
+        """Drop the least recently used directories, never the parents of `path`."""
+        for directory in list(self.directories):
+            if self._count + adding <= ROWS_KEPT:
+                return
+            if not _is_within(path, directory):
+                self._count -= len(self.directories.pop(directory))
 
     def _load(self, path: bytes) -> dict[bytes, list]:
         """name -> [stat, xattrs, target, ranges] of every entry recorded in `path`."""

@@ -40,7 +40,7 @@ from cloudfs.live.graveyard import NAME as GRAVEYARD_NAME
 from cloudfs.live.graveyard import Graveyard
 from cloudfs.live.inodes import InodeTable
 from cloudfs.live.spool import Spool, SpoolFull
-from cloudfs.snapshot.source import FileReader
+from cloudfs.snapshot.source import FileReader, prefetch
 
 log = logging.getLogger(__name__)
 
@@ -191,11 +191,13 @@ class FrozenState:
 
     def open_live(self, ino: int, path: bytes) -> int:
         """A read-only descriptor of inode `ino` (sealed at `path`) wherever it is now:
-        the graveyard, a name the inode table knows, its sealed path, or a scan.
+        its sealed path (where nearly every file still is: one open), the graveyard,
+        a name the inode table knows, or a scan. Whatever is opened is checked to be
+        that inode: an inode the graveyard keeps cannot be reused for another file.
         Trio thread (the inode table)."""
-        for opener in (lambda: self.graveyard.open(ino, _READ_FLAGS),
+        for opener in (lambda: os.open(path, _READ_FLAGS | os.O_NOFOLLOW, dir_fd=self.root_fd),
+                       lambda: self.graveyard.open(ino, _READ_FLAGS),
                        lambda: self._open_by_table(ino),
-                       lambda: os.open(path, _READ_FLAGS | os.O_NOFOLLOW, dir_fd=self.root_fd),
                        lambda: self._open_by_scan(ino)):
             try:
                 fd = opener()
@@ -316,6 +318,10 @@ class FrozenReader:
             low, high = max(start, offset), min(end, offset + length)
             data[low - offset:high - offset] = spool.read(spool_offset + low - start, high - low)
         return bytes(data)
+
+    def prefetch(self, length: int, offset: int) -> None:
+        """Only a hint to the kernel: what is read is checked by `pread`."""
+        prefetch(self.fd, length, offset)
 
     def close(self) -> None:
         os.close(self.fd)

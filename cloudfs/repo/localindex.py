@@ -239,6 +239,10 @@ class BlobIndex:
     def __contains__(self, blob_id: bytes) -> bool:
         return blob_id in self._unnamed_blobs or self._stored(blob_id)
 
+    def stored_this_session(self, blob_id: bytes) -> bool:
+        """Whether a chunk this session stored holds the blob (no query: in memory)."""
+        return blob_id in self._unnamed_blobs
+
     def _stored(self, blob_id: bytes) -> bool:
         return self._one("SELECT 1 FROM blobs WHERE id = ?", (blob_id,)) is not None
 

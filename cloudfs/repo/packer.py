@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 
 import trio
@@ -85,17 +86,24 @@ class Packer:
 
     # -- worker threads -------------------------------------------------------------
 
+    def indexed(self, blob_ids: Iterable[bytes]) -> set[bytes]:
+        """Which of these blobs the index holds now, in one query: what a caller storing
+        a batch passes to `store_sync` as `known`, instead of a query per blob."""
+        return set(self.repo.index.get_many(blob_ids))
+
     def store_sync(self, kind: BlobKind, plaintext, *, blob_id: bytes | None = None,
-                   compress: bool = True, payload=None, force: bool = False) -> bytes:
+                   compress: bool = True, payload=None, force: bool = False,
+                   known: Container[bytes] | None = None) -> bytes:
         """Store one blob unless the repository has it (`force`: unless this packer
         is storing it already); return its id. Worker threads only. `payload`, if
-        given, is the already encoded (maybe compressed) plaintext."""
+        given, is the already encoded (maybe compressed) plaintext; `known`, if
+        given, is what `indexed` said of a batch this blob belongs to."""
         blob_id = blob_id or self.repo.master.blob_id(plaintext)
         with self._lock:
             self._raise_if_failed()
             if blob_id in self._pending:
                 return blob_id
-            if not force and blob_id in self.repo.index:
+            if not force and self._in_index(blob_id, known):
                 self.relied_on.hit(blob_id)
                 return blob_id
             self._pending.add(blob_id)
@@ -109,6 +117,16 @@ class Packer:
         if done:
             self._ship_from_thread(chunk)
         return blob_id
+
+    def _in_index(self, blob_id: bytes, known: Container[bytes] | None) -> bool:
+        """Under the lock. A blob that entered the index since `known` was asked was
+        pending then, in this packer, so it is among this session's chunks (in
+        memory). One another process added meanwhile, or (rarely) that an index
+        object named and took out of memory in between, is stored again: that
+        costs space, not correctness."""
+        if known is None:
+            return blob_id in self.repo.index
+        return blob_id in known or self.repo.index.stored_this_session(blob_id)
 
     def _reserve(self, blob_id: bytes, kind: BlobKind, payload_length: int, raw_length: int):
         """Claim a place in the open chunk, opening one (in a free slot) if needed."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import AsyncIterator
 
+import trio
+
 from cloudfs.repo import Repository
 from cloudfs.snapshot import blocklist
 from cloudfs.snapshot.source import join
@@ -22,13 +24,22 @@ class TreeReader:
         self._cache: OrderedDict[bytes, bytes] = OrderedDict()
         self._cache_bytes = 0
         self._cache_limit = cache_bytes
+        self._fetching: dict[bytes, trio.Event] = {}   # asked for and on its way
 
     async def tree_blob(self, blob_id: bytes) -> bytes:
+        """A tree blob, fetched once however many tasks ask for it at the same time."""
+        while blob_id in self._fetching:
+            await self._fetching[blob_id].wait()
         data = self._cache.get(blob_id)
         if data is not None:
             self._cache.move_to_end(blob_id)
             return data
-        data = await self.repo.get_blob(blob_id)
+        self._fetching[blob_id] = arrived = trio.Event()
+        try:
+            data = await self.repo.get_blob(blob_id)
+        finally:
+            del self._fetching[blob_id]
+            arrived.set()
         self._cache[blob_id] = data
         self._cache_bytes += len(data)
         while self._cache_bytes > self._cache_limit and len(self._cache) > 1:
