@@ -14,10 +14,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import os
 from dataclasses import dataclass, field
 
 import boto3
 import botocore.exceptions as bce
+import botocore.loaders
 import botocore.session
 import trio
 from botocore.config import Config
@@ -346,14 +348,57 @@ def _session(options: S3Options) -> boto3.session.Session:
     """boto3's session; with a credentials file, only that file's profile supplies
     credentials (a profile named explicitly outranks $AWS_ACCESS_KEY_ID)."""
     try:
-        if options.credentials_file is None:
-            return boto3.session.Session(profile_name=options.profile)
         core = botocore.session.Session()
+        core.lazy_register_component("data_loader", lambda: _Loader.like(core))
+        if options.credentials_file is None:
+            return boto3.session.Session(botocore_session=core, profile_name=options.profile)
         core.set_config_variable("credentials_file", options.credentials_file)
         return boto3.session.Session(botocore_session=core, profile_name=options.profile or "default")
     except bce.ProfileNotFound:
         where = options.credentials_file or "the AWS configuration"
         raise StoreError(f"no profile {options.profile or 'default'!r} in {where}") from None
+
+
+class _Loader(botocore.loaders.Loader):
+    """botocore's model loader, except that checking whether a service exists
+    looks in that service's directory alone: botocore lists every one of its
+    ~400 services to find s3 (1,300 directory reads at every start, from disk
+    when the page cache is cold: 0.15-0.2 s here)."""
+
+    @classmethod
+    def like(cls, session: botocore.session.Session) -> "_Loader":
+        """The loader botocore would make for `session` (honouring AWS_DATA_PATH)."""
+        paths = session.get_config_variable("data_path")
+        extra = [os.path.expanduser(os.path.expandvars(path)) for path in paths.split(os.pathsep)] if paths else []
+        return cls(extra_search_paths=extra)
+
+    def list_available_services(self, type_name):
+        return _KnownServices(self, type_name)
+
+
+class _KnownServices:
+    """The services a loader knows: membership asks one directory, the rest lists all."""
+
+    def __init__(self, loader: _Loader, type_name: str):
+        self._loader, self._type_name = loader, type_name
+
+    def __contains__(self, service_name) -> bool:
+        try:
+            return bool(self._loader.list_api_versions(service_name, self._type_name))
+        except bce.DataNotFoundError:
+            return False
+
+    def _all(self) -> list[str]:
+        return botocore.loaders.Loader.list_available_services(self._loader, self._type_name)
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def __getitem__(self, index):
+        return self._all()[index]
 
 
 def _version(version_id: str | None) -> dict:
