@@ -1,6 +1,6 @@
-"""An S3 store on boto3: AWS S3 and S3-compatible servers (MinIO, Ceph RGW, rclone).
+"""An S3 store on botocore (boto3's core): AWS S3 and S3-compatible servers (MinIO, Ceph RGW, rclone).
 
-boto3 is blocking, so every request runs in a worker thread, at most
+botocore is blocking, so every request runs in a worker thread, at most
 `max_concurrency` at a time. boto3's own retries are off; ours retry timeouts,
 resets and 5xx/SlowDown with exponential backoff and full jitter, and never
 retry 403 or 404. Checksums: boto3's default flexible checksums (CRC trailers,
@@ -17,7 +17,6 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-import boto3
 import botocore.exceptions as bce
 import botocore.loaders
 import botocore.session
@@ -318,7 +317,7 @@ def _make_client(options: S3Options):
     if addressing == "auto":
         addressing = "path" if options.endpoint_url else "virtual"
     session = _session(options)
-    region = options.region or session.region_name or "us-east-1"
+    region = options.region or session.get_config_variable("region") or "us-east-1"
     config = Config(
         # With a checksum header on every PUT (itself covered by the request's
         # signature, and verified by the server) signing the payload too would
@@ -333,7 +332,7 @@ def _make_client(options: S3Options):
         response_checksum_validation="when_required",
     )
     try:
-        return session.client(
+        return session.create_client(
             "s3",
             endpoint_url=options.endpoint_url,
             region_name=region,
@@ -344,16 +343,20 @@ def _make_client(options: S3Options):
         raise StoreError(f"cannot use S3 endpoint {options.endpoint_url!r}: {error}") from None
 
 
-def _session(options: S3Options) -> boto3.session.Session:
-    """boto3's session; with a credentials file, only that file's profile supplies
-    credentials (a profile named explicitly outranks $AWS_ACCESS_KEY_ID)."""
+def _session(options: S3Options) -> botocore.session.Session:
+    """botocore's session (boto3's adds only resources and transfers, and 65 modules
+    to import at every start); with a credentials file, only that file's profile
+    supplies credentials (a profile named explicitly outranks $AWS_ACCESS_KEY_ID)."""
     try:
-        core = botocore.session.Session()
-        core.lazy_register_component("data_loader", lambda: _Loader.like(core))
-        if options.credentials_file is None:
-            return boto3.session.Session(botocore_session=core, profile_name=options.profile)
-        core.set_config_variable("credentials_file", options.credentials_file)
-        return boto3.session.Session(botocore_session=core, profile_name=options.profile or "default")
+        session = botocore.session.Session()
+        session.lazy_register_component("data_loader", lambda: _Loader.like(session))
+        if options.credentials_file is not None:
+            session.set_config_variable("credentials_file", options.credentials_file)
+        profile = options.profile or ("default" if options.credentials_file is not None else None)
+        if profile is not None:
+            session.set_config_variable("profile", profile)
+        session.get_scoped_config()     # a missing profile fails here, with the line below
+        return session
     except bce.ProfileNotFound:
         where = options.credentials_file or "the AWS configuration"
         raise StoreError(f"no profile {options.profile or 'default'!r} in {where}") from None
