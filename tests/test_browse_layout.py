@@ -246,6 +246,27 @@ def test_hard_links_inside_a_snapshot_are_one_inode(five_snapshots):
         assert os.stat(mount / "latest" / "sparse.img").st_blocks * 512 < 3 * BLOCK   # a hole is a hole
 
 
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_ls_l_asks_for_labels_and_acls_once_per_mount_not_per_entry(five_snapshots, tmp_path):
+    repo, _, _ = five_snapshots
+    trace = tmp_path / "ls.trace"
+    with BrowseMount(repo) as mount:
+        inside = mount / "latest"
+        entries = len(os.listdir(inside))
+        result = subprocess.run(["strace", "-f", "-e", "trace=getxattr,lgetxattr", "-o", str(trace),
+                                 "ls", "-l", f"{inside}/"], capture_output=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        asked = [line for line in trace.read_bytes().splitlines() if b"getxattr(" in line]
+        assert entries >= 8 and len(asked) <= 3, asked
+        with pytest.raises(OSError) as caught:
+            os.getxattr(inside / "small.txt", "security.selinux")
+        assert caught.value.errno == errno.ENOTSUP
+        with pytest.raises(OSError) as caught:
+            os.getxattr(inside / "small.txt", "user.not-there")
+        assert caught.value.errno == errno.ENODATA
+        assert capture_directory(inside) == repo.references[-1]    # recorded xattrs read as they were
+
+
 @pytest.mark.skipif(shutil.which("testparm") is None, reason="Samba's testparm is not installed")
 def test_the_samba_example_in_the_docs_parses_as_written(tmp_path):
     """smb.conf has no inline comments: the example's values must be exactly the

@@ -63,6 +63,15 @@ def test_kdf_tuning_reaches_roughly_the_target_time():
     assert 0.005 < elapsed < 0.5
 
 
+def test_argon2id_on_several_threads_gives_the_key_of_the_single_threaded_one():
+    from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+
+    params = crypto.KdfParams("argon2id", b"s" * crypto.SALT_SIZE, memory_kib=1024, iterations=3, lanes=4)
+    single = Argon2id(salt=params.salt, length=crypto.KEY_SIZE, iterations=3, lanes=4,
+                      memory_cost=1024).derive(b"passphrase")
+    assert crypto.derive_key_encryption_key(b"passphrase", params) == single
+
+
 def test_kdf_params_round_trip_and_reject_unknown_algorithms():
     params = crypto.tune_kdf(0.01)
     again = crypto.KdfParams.from_dict(params.to_dict())

@@ -241,3 +241,14 @@ def test_tls_is_verified_and_a_private_ca_bundle_can_be_trusted(tmp_path, s3_env
         assert run(trusted.get, "obj") == b"over tls"
     finally:
         locals3.stop(server.proc)
+
+
+@pytest.mark.timeout(60)
+def test_the_s3_client_finds_its_model_without_listing_every_aws_service():
+    from cloudfs.store import s3
+
+    loader = s3._session(S3Options()).get_component("data_loader")
+    assert isinstance(loader, s3._Loader)
+    known = loader.list_available_services("service-2")
+    assert "s3" in known and "no-such-service" not in known
+    assert "s3" in list(known) and len(known) > 100       # listing them all still works when asked

@@ -34,6 +34,11 @@ IMMUTABLE_TIMEOUT = 24 * 3600.0   # seconds the kernel may keep what a snapshot 
 CHANGING_TIMEOUT = 1.0            # ... and the views that grow with new snapshots
 NAME_MAX = 255
 INODE_FIRST = {"lookup", "getattr", "readlink", "getxattr", "listxattr", "opendir", "open"}
+# Asked of every entry by `ls -l` (GNU ls, through libselinux and gnulib's
+# file_has_acl) and cached by no kernel: answered "not supported" where the
+# snapshot recorded none, ls stops asking for the rest of the mount (it
+# remembers the device) instead of making two round trips per entry.
+LABEL_AND_ACL_XATTRS = frozenset({b"security.selinux", b"system.posix_acl_access", b"system.posix_acl_default"})
 
 
 def _answers(handler):
@@ -176,7 +181,7 @@ class BrowseOperations(pyfuse3.Operations):
         node = await self._node(inode)
         value = node.entry.xattrs.get(name) if node.entry is not None else None
         if value is None:
-            raise FUSEError(errno.ENODATA)
+            raise FUSEError(errno.ENOTSUP if name in LABEL_AND_ACL_XATTRS else errno.ENODATA)
         return value
 
     @_answers

@@ -14,6 +14,7 @@ mount point>`, whose lock this process holds while it serves.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -104,6 +105,7 @@ def serve(plan: BrowsePlan, open_repository: OpenRepository, on_ready: Callable[
 
 async def _serve(plan: BrowsePlan, open_repository: OpenRepository, on_ready) -> None:
     repo = await open_repository()
+    gc.freeze()   # start-up's objects live as long as the mount: kept out of every full collection
     disk = None
     try:
         disk = await _open_disk_cache(repo, plan.settings)

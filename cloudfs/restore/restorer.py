@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 BATCH_BLOCKS = 1 << 16        # blocks planned at once (bounded memory for huge restores)
 BATCH_ITEMS = 8192            # entries created, filled and finished together
+FIRST_BATCH_ITEMS = 512       # ... the first batch, so fetching starts early; each next one doubles
 TREE_ENTRIES = 16_384         # decoded directory entries kept (the walk reads each node once)
 SPAN_BYTES = 16 << 20         # the largest ranged GET
 SPAN_FLOOR = 1 << 20          # ... and the largest a batch's share per job may make it
@@ -275,7 +276,7 @@ class Restorer:
                               batches: trio.MemorySendChannel) -> None:
         """Walk, create each listed directory's entries, and pass them on in batches."""
         async with batches:
-            batch = _Batch()
+            batch = _Batch(FIRST_BATCH_ITEMS)
             async for items in walk(self.trees, snapshot, top, self._unreadable, self.options.only):
                 for item in items:
                     self.links.group(item)
@@ -283,7 +284,7 @@ class Restorer:
                 batch.add(items, self.block_size)
                 if batch.full:
                     await batches.send(batch)
-                    batch = _Batch()
+                    batch = _Batch(min(BATCH_ITEMS, 2 * batch.item_limit))
             if batch.items:
                 await batches.send(batch)
 
@@ -592,6 +593,7 @@ class Restorer:
 class _Batch:
     """Created entries waiting to be filled and finished together."""
 
+    item_limit: int = BATCH_ITEMS
     items: list[Item] = field(default_factory=list)
     blocks: int = 0
 
@@ -601,7 +603,7 @@ class _Batch:
 
     @property
     def full(self) -> bool:
-        return len(self.items) >= BATCH_ITEMS or self.blocks >= BATCH_BLOCKS
+        return len(self.items) >= self.item_limit or self.blocks >= BATCH_BLOCKS
 
 
 def _created_by_its_blocks(item: Item) -> bool:

@@ -3,8 +3,9 @@ stream, in memory that does not grow with the number of files (I8).
 
 `walk` is breadth first, a group of directories at a time: their nodes are
 fetched together (coalesced ranged GETs, about a MiB of nodes per group,
-`TreeCache.groups`), and each listed directory's children come out as one
-list of Items. Parents come before their children, so a directory exists
+`TreeCache.groups`), and the children of a group's directories come out as
+one list of Items (one thread hop for the restorer to create them, not one
+per directory). Parents come before their children, so a directory exists
 before anything is created in it. What the walk holds: a small record (path,
 destination, node id) per directory still to list, and one group of decoded
 nodes; nothing per file.
@@ -115,6 +116,7 @@ async def walk(trees: TreeCache, snapshot: Snapshot, top: Item, unreadable: Unre
             by_node[unlisted.node_id].append(unlisted)
         for group in trees.groups(list(by_node)):
             found = await trees.directories(group, remember=False)
+            listed: list[Item] = []
             for node_id in group:
                 for unlisted in by_node[node_id]:
                     children = _children(unlisted, found[node_id], unreadable)
@@ -122,8 +124,9 @@ async def walk(trees: TreeCache, snapshot: Snapshot, top: Item, unreadable: Unre
                         children = [child for child in children if only.keeps(child)]
                     waiting.extend(_Unlisted(child.path, child.destination, child.entry.subtree)
                                    for child in children if child.entry.is_dir)
-                    if children:
-                        yield children
+                    listed += children
+            if listed:
+                yield listed
 
 
 def _children(unlisted: _Unlisted, directory, unreadable: Unreadable) -> list[Item]:
