@@ -135,7 +135,7 @@ def test_a_stopped_target_lags_then_catches_up_also_across_a_remount(stoppable_s
     fill(tree.source, count=10)
     tree.seal()
     tree.flush(timeout=60)                                  # K=1: committed on primary alone
-    wait_until(lambda: second_status(tree)["state"] == "down", what="the second target down")
+    wait_until(lambda: second_status(tree)["state"] == "down", timeout=90, what="the second target down")
     lagging = second_status(tree)
     assert lagging["backlog_objects"] > 0 and lagging["backlog_bytes"] > 1_000_000
     shown = run_cloudfs("status", tree.source, env=tree.env).stdout
