@@ -13,7 +13,7 @@ every record is verified as in any restore (I5). The projection is stratified:
   files into one, and a full restore reads each with a few large requests),
   the small files whose first block lies in them, until the sample holds the
   file budget, at least SMALL_FILES (found through the index in a second,
-  untimed walk). The
+  untimed walk); it is restored SMALL_ROUNDS times, and the median taken. The
   first of them is also restored alone: what a restore's first file costs
   beyond the empty one (its first request) is paid once, and each further
   file's cost, from the sample, is multiplied by the small files of the
@@ -52,6 +52,7 @@ from cloudfs.snapshot.tree import subtree_totals
 MIN_FILES = 200               # a smaller sample measures noise (or everything, if the snapshot is smaller)
 MIN_BYTES = 16 << 20
 SMALL_FILES = 1000            # the fewest small files sampled: fewer restore in too little time to measure
+SMALL_ROUNDS = 3              # the small files' sample is restored this often, the median taken (noise)
 LARGE_FILE = 4 << 20          # files this large are sampled by stretches of their bytes, smaller ones whole
 STRETCH_BYTES = 32 << 20      # the shortest stretch of a large file restored (or all of it)
 SPACE_MARGIN = 1.05           # restored files take a little more room than their bytes
@@ -204,9 +205,13 @@ async def _drill(repo: Repository, size: SampleSize, scratch: str, startup: floa
         result.rto_seconds = fixed + report.seconds
         return
     empty = await _restore_into(repo, plan.snapshot, Selection({}), scratch, "none", 0, result)
-    one = await _restore_into(repo, plan.snapshot, plan.one, scratch, "one", plan.one.bytes, result, count=False)
-    small = await _restore_into(repo, plan.snapshot, plan.small.sample, scratch, "small",
-                                plan.small.sample.bytes, result)
+    ones, smalls = [], []
+    for round in range(SMALL_ROUNDS):
+        ones.append(await _restore_into(repo, plan.snapshot, plan.one, scratch, "one", plan.one.bytes, result,
+                                        count=False))
+        smalls.append(await _restore_into(repo, plan.snapshot, plan.small.sample, scratch, "small",
+                                          plan.small.sample.bytes, result, count=round == 0))
+    one, small = _median(ones), _median(smalls)
     large = await _restore_into(repo, plan.snapshot, plan.large.sample, scratch, "large",
                                 plan.large.sample.bytes, result)
     small_share = small.files / plan.small.files if plan.small.files else 1.0
@@ -214,6 +219,10 @@ async def _drill(repo: Repository, size: SampleSize, scratch: str, startup: floa
     result.model = Model(fixed + empty.seconds, _small_files(plan.small.files, small, one, empty),
                          _scaled(large, empty, large_share), small_share, large_share)
     result.rto_seconds = result.model.seconds
+
+
+def _median(reports: list[RestoreReport]) -> RestoreReport:
+    return sorted(reports, key=lambda report: report.seconds)[len(reports) // 2]
 
 
 def _small_files(files: int, sample: RestoreReport, one: RestoreReport, empty: RestoreReport) -> float:
@@ -347,16 +356,16 @@ class _Stretches:
 async def _restore_into(repo: Repository, snapshot: Snapshot, only: Selection | None, scratch: str,
                         part: str, size: int, result: TargetDrill, count: bool = True) -> RestoreReport:
     """Restore (a part of) the sample into scratch/part, count it (unless it is
-    restored again in another part), and remove it."""
+    restored again in another part or round), and remove it."""
     destination = os.path.join(scratch, part)
     _check_space(scratch, size)
     try:
         report = await restore(repo, snapshot, b"", destination, RestoreOptions(only=only))
     finally:
         remove_tree(destination)
-    result.restore_seconds += report.seconds
     result.damaged += report.damaged
     if count:
+        result.restore_seconds += report.seconds
         result.files += report.files
         result.bytes += report.bytes_written
     return report
