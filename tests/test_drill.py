@@ -29,8 +29,9 @@ from tests.test_targets import add_target, fill, stoppable_second  # noqa: F401 
 pytestmark = pytest.mark.timeout(300)
 
 
-def mixed_tree(root: Path, small: int = 1500, large: int = 4, seed: int = 7) -> None:
-    """Many small files in a few dozen directories, and a few larger ones."""
+def mixed_tree(root: Path, small: int = 1500, large: int = 4, huge_mib: int = 0, seed: int = 7) -> None:
+    """Many small files in a few dozen directories, a few larger ones, and one
+    huge one that a drill samples a stretch of (huge_mib above 32)."""
     rng = random.Random(seed)
     for index in range(small):
         directory = root / f"d{index % 37}" / f"e{index % 5}"
@@ -38,13 +39,15 @@ def mixed_tree(root: Path, small: int = 1500, large: int = 4, seed: int = 7) -> 
         (directory / f"f{index}.txt").write_bytes(rng.randbytes(rng.randint(100, 8000)))
     for index in range(large):
         (root / f"large-{index}.bin").write_bytes(os.urandom(6 << 20))
+    if huge_mib:
+        (root / "huge.bin").write_bytes(os.urandom(huge_mib << 20))
 
 
 @pytest.fixture
 def mixed_repo(s3_env, tmp_path):
     repo = new_repo(s3_env, tmp_path, block_size=64 << 10, chunk_size=4 << 20)
     source = tmp_path / "source"
-    mixed_tree(source)
+    mixed_tree(source, huge_mib=64)
     repo.take_snapshot(source)
     return repo
 
@@ -56,7 +59,9 @@ def drill(repo, *options, timeout: float = 240) -> subprocess.CompletedProcess:
 @pytest.mark.timeout(600)                # five rounds; a loaded machine makes each slower
 def test_the_projected_rto_is_within_30_percent_of_a_full_restore(mixed_repo, tmp_path):
     """Five rounds of a drill and a full restore from an empty cache (as on a new
-    machine), whole commands; the medians compared (the machine is shared)."""
+    machine), whole commands; the medians compared (the machine is shared). The
+    sample: 1000 of the 1500 small files (the fewest sampled), in clusters, and
+    at least a 32 MiB stretch of the large files' 88 MiB."""
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     projected, measured = [], []
@@ -65,7 +70,9 @@ def test_the_projected_rto_is_within_30_percent_of_a_full_restore(mixed_repo, tm
         assert result.returncode == 0, result.stderr
         [target] = json.loads(result.stdout)["targets"]
         assert target["ok"] and not target["whole"]
-        assert 200 <= target["files"] < 700 and target["snapshot_files"] == 1504
+        assert 1000 <= target["files"] <= 1005 and target["snapshot_files"] == 1505    # at least 1000 small
+        assert target["model"]["small_files_share"] == pytest.approx(2 / 3)
+        assert 0.3 < target["model"]["large_bytes_share"] < 0.7            # the huge file: a stretch
         assert os.listdir(scratch) == []                              # the sample is gone
         projected.append(target["rto_seconds"])
         started = time.monotonic()
@@ -80,11 +87,11 @@ def test_a_sample_bigger_than_the_snapshot_restores_all_of_it(mixed_repo, tmp_pa
     result = drill(mixed_repo, "--sample", "10GiB", "--scratch", tmp_path)
     assert result.returncode == 0, result.stderr
     [target] = json.loads(result.stdout)["targets"]
-    assert target["whole"] and target["files"] == target["snapshot_files"] == 1504
-    assert target["bytes"] == target["snapshot_bytes"] > 24 << 20
+    assert target["whole"] and target["files"] == target["snapshot_files"] == 1505
+    assert target["bytes"] == target["snapshot_bytes"] > 88 << 20
     assert target["rto_seconds"] >= target["restore_seconds"] > 0
     text = mixed_repo.cloudfs("drill", "--sample", "100%", "--scratch", tmp_path)
-    assert text.returncode == 0 and "repository: restored all 1504 files" in text.stdout, text.stdout
+    assert text.returncode == 0 and "repository: restored all 1505 files" in text.stdout, text.stdout
     assert not [name for name in os.listdir(tmp_path) if name.startswith("cloudfs-drill-")]
 
 
@@ -172,18 +179,21 @@ def test_status_and_metrics_show_the_last_drill_and_the_rpo(protected, tmp_path)
     assert labelled(port, "cloudfs_last_drill_ok") == {"repository": 1.0}
 
 
-def test_a_file_larger_than_the_sample_is_still_measured_when_nothing_else_has_bytes(s3_env, tmp_path):
+def test_a_large_file_is_sampled_by_a_stretch_of_its_bytes(s3_env, tmp_path):
     repo = new_repo(s3_env, tmp_path, block_size=64 << 10, chunk_size=4 << 20)
     source = tmp_path / "source"
     source.mkdir()
-    (source / "image.bin").write_bytes(os.urandom(24 << 20))
+    (source / "image.bin").write_bytes(os.urandom(48 << 20))
     for index in range(3):
         (source / f"note-{index}.txt").write_text("x" * 100)
     repo.take_snapshot(source)
     result = repo.cloudfs("drill", "--json", "--sample", "1%", "--scratch", tmp_path)
     [target] = json.loads(result.stdout)["targets"]
-    assert not target["whole"] and target["bytes"] >= 24 << 20
-    assert target["model"]["per_byte_seconds"] > 0 and target["rto_seconds"] > target["model"]["fixed_seconds"]
+    assert target["ok"] and not target["whole"]
+    assert target["files"] == 4 and target["bytes"] == (32 << 20) + 300     # 32 MiB of the image, the notes
+    model = target["model"]
+    assert model["large_bytes_share"] == pytest.approx(2 / 3) and model["small_files_share"] == 1
+    assert model["large_files_seconds"] > 0 and target["rto_seconds"] > model["fixed_seconds"]
 
 
 def test_an_interrupted_drill_leaves_no_scratch_behind(mixed_repo, tmp_path):

@@ -2,35 +2,36 @@
 how long restoring all of it would take (the RTO).
 
 The sample is restored by the restorer itself (`RestoreOptions.only`), so
-every record is verified as in any restore (I5), and it is timed in parts:
+every record is verified as in any restore (I5). The projection is stratified:
 
-- the fixed part, measured whole: the command's start-up (given), loading the
-  target's index, walking every directory node of the snapshot (`plan`, which
-  also counts what a full restore creates and picks the sample) and a restore
-  that selects nothing;
-- `few`: files smaller than the mean, as many as the file budget, that lie
-  side by side in one chunk around a randomly picked one (found through the
-  index in a second, untimed walk): the files a full restore reads with one
-  request, so that the sample has its locality; and `one`, that picked file
-  alone;
-- `heavy`: files of at least the mean size, each byte equally likely, until
-  they make the byte budget.
+- the fixed part is measured whole: the command's start-up (given), loading
+  the target's index, walking every directory node of the snapshot (`plan`,
+  which also counts what a full restore creates and picks the sample) and a
+  restore that selects nothing;
+- small files (below LARGE_FILE) are sampled in clusters, as a full restore
+  reads them: whole chunks picked at random (the uploader packs many small
+  files into one, and a full restore reads each with a few large requests),
+  the small files whose first block lies in them, until the sample holds the
+  file budget, at least SMALL_FILES (found through the index in a second,
+  untimed walk); it is restored SMALL_ROUNDS times, and the median taken. The
+  first of them is also restored alone: what a restore's first file costs
+  beyond the empty one (its first request) is paid once, and each further
+  file's cost, from the sample, is multiplied by the small files of the
+  snapshot (scaling the whole sample's time would scale that start cost too:
+  +74% on the standard library);
+- large files are sampled by their bytes: a contiguous stretch of each picked
+  file, the budget's share of it but at least STRETCH_BYTES (or the file),
+  the files picked with probability proportional to their size until the
+  stretches make the byte budget. Their restore, less the empty one, is
+  scaled by large bytes in the snapshot / large bytes restored.
 
-Each restore's time is modelled as per_place · places + per_entry · entries +
-per_byte · bytes, where a place is a restore's reach into the tree: the
-directories on its way, fetched level by level (all of a level together, so a
-restore reaches its files' directories in one sweep), and the first requests
-for its data; `one`, `few` and `heavy` are one place each. A full restore
-reaches the whole tree in one sweep too, already timed in the fixed part, so
-the three costs are solved from the three restores and the projection is the
-fixed part plus one place, plus per entry and per byte times the snapshot's
-entries and bytes.
-A sample that covers the whole snapshot is simply restored whole, and its
-time is the RTO.
+RTO = fixed + small + large. A sample that covers the whole snapshot is
+simply restored whole, and its time is the RTO.
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import math
 import os
@@ -50,6 +51,10 @@ from cloudfs.snapshot.tree import subtree_totals
 
 MIN_FILES = 200               # a smaller sample measures noise (or everything, if the snapshot is smaller)
 MIN_BYTES = 16 << 20
+SMALL_FILES = 1000            # the fewest small files sampled: fewer restore in too little time to measure
+SMALL_ROUNDS = 3              # the small files' sample is restored this often, the median taken (noise)
+LARGE_FILE = 4 << 20          # files this large are sampled by stretches of their bytes, smaller ones whole
+STRETCH_BYTES = 32 << 20      # the shortest stretch of a large file restored (or all of it)
 SPACE_MARGIN = 1.05           # restored files take a little more room than their bytes
 
 
@@ -77,6 +82,15 @@ class SampleSize:
 
 
 @dataclass
+class Stratum:
+    """Files of one size class in the snapshot, and the sample taken of them."""
+
+    files: int = 0
+    bytes: int = 0
+    sample: Selection = field(default_factory=lambda: Selection({}))
+
+
+@dataclass
 class Plan:
     """The snapshot's totals as a restore counts them, and the sample picked."""
 
@@ -84,24 +98,32 @@ class Plan:
     entries: int = 0
     files: int = 0
     bytes: int = 0
-    few: Selection | None = None        # None: restore the whole snapshot
-    one: Selection | None = None
-    heavy: Selection | None = None
-    seconds: float = 0.0                # walking every directory node
+    whole: bool = True                  # restore the whole snapshot
+    small: Stratum = field(default_factory=Stratum)
+    large: Stratum = field(default_factory=Stratum)
+    one: Selection = field(default_factory=lambda: Selection({}))     # the first small file of the sample
+    seconds: float = 0.0                # walking every directory node (not picking the sample)
 
 
 @dataclass
 class Model:
-    """Seconds to restore: fixed + per_entry · entries + per_byte · bytes (the
-    fixed part includes the one place a full restore reaches)."""
+    """Seconds to restore: the fixed part, measured whole, and each stratum's
+    sample time scaled up by the share of it restored."""
 
     fixed: float
-    per_entry: float
-    per_byte: float
-    per_place: float = 0.0
+    small: float
+    large: float
+    small_share: float
+    large_share: float
 
-    def project(self, entries: int, size: int) -> float:
-        return self.fixed + self.per_entry * entries + self.per_byte * size
+    @property
+    def seconds(self) -> float:
+        return self.fixed + self.small + self.large
+
+    def as_dict(self) -> dict:
+        return {"fixed_seconds": round(self.fixed, 4), "small_files_seconds": round(self.small, 4),
+                "large_files_seconds": round(self.large, 4), "small_files_share": round(self.small_share, 6),
+                "large_bytes_share": round(self.large_share, 6)}
 
 
 @dataclass
@@ -141,10 +163,7 @@ class TargetDrill:
             "snapshot_entries": self.snapshot_entries, "snapshot_files": self.snapshot_files,
             "snapshot_bytes": self.snapshot_bytes,
             "rto_seconds": None if self.rto_seconds is None else round(self.rto_seconds, 3),
-            "model": None if model is None else {"fixed_seconds": round(model.fixed, 4),
-                                                 "per_place_seconds": model.per_place,
-                                                 "per_entry_seconds": model.per_entry,
-                                                 "per_byte_seconds": model.per_byte},
+            "model": None if model is None else model.as_dict(),
             "damaged": [{"path": path, "why": why} for path, why in self.damaged],
         }
 
@@ -174,23 +193,52 @@ async def _drill(repo: Repository, size: SampleSize, scratch: str, startup: floa
     snapshots = await repo.snapshots()
     if not snapshots:
         raise RepositoryError("it holds no snapshot")
+    loaded = time.monotonic() - started
     plan = await plan_sample(repo, snapshots[-1], size, rng)
-    fixed = startup + time.monotonic() - started
+    fixed = startup + loaded + plan.seconds
     result.snapshot = plan.snapshot.name.removeprefix("snapshots/")
     result.snapshot_entries, result.snapshot_files, result.snapshot_bytes = plan.entries, plan.files, plan.bytes
-    if plan.few is None:
+    if plan.whole:
         report = await _restore_into(repo, plan.snapshot, None, scratch, "all", plan.bytes, result)
         result.whole = True
         result.snapshot_entries, result.snapshot_files = _entries(report), report.files
         result.rto_seconds = fixed + report.seconds
         return
     empty = await _restore_into(repo, plan.snapshot, Selection({}), scratch, "none", 0, result)
-    one = await _restore_into(repo, plan.snapshot, plan.one, scratch, "one", plan.one.bytes, result, count=False)
-    few = await _restore_into(repo, plan.snapshot, plan.few, scratch, "few", plan.few.bytes, result)
-    heavy = await _restore_into(repo, plan.snapshot, plan.heavy, scratch, "heavy", plan.heavy.bytes, result)
-    result.model = fit(fixed + empty.seconds, empty.seconds,
-                       [(min(1, one.files), one), (min(1, few.files), few), (min(1, heavy.files), heavy)])
-    result.rto_seconds = result.model.project(plan.entries, plan.bytes)
+    ones, smalls = [], []
+    for round in range(SMALL_ROUNDS):
+        ones.append(await _restore_into(repo, plan.snapshot, plan.one, scratch, "one", plan.one.bytes, result,
+                                        count=False))
+        smalls.append(await _restore_into(repo, plan.snapshot, plan.small.sample, scratch, "small",
+                                          plan.small.sample.bytes, result, count=round == 0))
+    one, small = _median(ones), _median(smalls)
+    large = await _restore_into(repo, plan.snapshot, plan.large.sample, scratch, "large",
+                                plan.large.sample.bytes, result)
+    small_share = small.files / plan.small.files if plan.small.files else 1.0
+    large_share = large.bytes_written / plan.large.bytes if plan.large.bytes else 1.0
+    result.model = Model(fixed + empty.seconds, _small_files(plan.small.files, small, one, empty),
+                         _scaled(large, empty, large_share), small_share, large_share)
+    result.rto_seconds = result.model.seconds
+
+
+def _median(reports: list[RestoreReport]) -> RestoreReport:
+    return sorted(reports, key=lambda report: report.seconds)[len(reports) // 2]
+
+
+def _small_files(files: int, sample: RestoreReport, one: RestoreReport, empty: RestoreReport) -> float:
+    """The small files' restore time: the cost of a restore's first small file
+    (its first request, its writers), which a full restore pays once, from `one`;
+    the cost of each further file from the sample, less its first."""
+    if not sample.files:
+        return 0.0
+    first = max(0.0, one.seconds - empty.seconds)
+    each = max(0.0, sample.seconds - one.seconds) / max(1, sample.files - 1)
+    return first + each * (files - 1)
+
+
+def _scaled(sample: RestoreReport, empty: RestoreReport, share: float) -> float:
+    """A stratum's restore time from its sample's (less what restoring nothing takes)."""
+    return max(0.0, sample.seconds - empty.seconds) / share if share else 0.0
 
 
 async def plan_sample(repo: Repository, snapshot: Snapshot, size: SampleSize, rng: random.Random) -> Plan:
@@ -205,9 +253,10 @@ async def plan_sample(repo: Repository, snapshot: Snapshot, size: SampleSize, rn
     plan = Plan(snapshot, files=files, bytes=total)
     file_budget, byte_budget = size.budgets(files, total)
     if file_budget >= files and byte_budget >= total:
+        plan.seconds = time.monotonic() - started
         return plan
-    large = total / max(1, files)
-    sampler = _Sampler(byte_budget, large, rng)
+    plan.whole = False
+    stretches = _Stretches(byte_budget / max(1, total), total, repo.config.block_size, rng)
     plan.files = plan.bytes = 0
     links = HardLinks()
     async for items in walk(trees, snapshot, Item(b"", None, b""), _unreadable):
@@ -218,101 +267,105 @@ async def plan_sample(repo: Repository, snapshot: Snapshot, size: SampleSize, rn
             links.group(item)
             if item.has_data:
                 plan.files, plan.bytes = plan.files + 1, plan.bytes + item.entry.size
-                sampler.offer(item.path, item.entry.size)
+                stratum = plan.large if item.entry.size >= LARGE_FILE else plan.small
+                stratum.files, stratum.bytes = stratum.files + 1, stratum.bytes + item.entry.size
+                if stratum is plan.large:
+                    stretches.offer(item.path, item.entry.size)
     plan.seconds = time.monotonic() - started
-    plan.heavy = Selection(sampler.heavy())
-    anchor = sampler.anchor
-    plan.one = Selection({} if anchor is None else {anchor[0]: anchor[1]})
-    plan.few = Selection(await _chunk_neighbours(repo, trees, snapshot, anchor, file_budget, large))
+    plan.large.sample = stretches.pick(plan.large.bytes)
+    salt = rng.randbytes(16)
+    small = await _in_random_chunks(repo, trees, snapshot, max(file_budget, SMALL_FILES), salt)
+    plan.small.sample, plan.one = Selection(dict(small)), Selection(dict(small[:1]))
     return plan
 
 
-async def _chunk_neighbours(repo: Repository, trees: TreeCache, snapshot: Snapshot,
-                            anchor: tuple[bytes, int] | None, count: int, large: float) -> dict[bytes, int]:
-    """Up to `count` files smaller than `large` whose first block lies in the same
-    chunk as the anchor's, the nearest to it: the files a full restore reads with one
-    request (a second walk, untimed; it keeps `count` files at most)."""
-    if anchor is None:
-        return {}
-    first = await trees.block_ids((await trees.lookup(snapshot.tree, anchor[0])), 0, 1)
-    where = repo.index.get_many(first).get(first[0]) if first and first[0] else None
-    if where is None:
-        return {anchor[0]: anchor[1]}
-    nearest: list[tuple[int, bytes, int]] = []          # a max-heap by distance: (-distance, path, size)
+async def _in_random_chunks(repo: Repository, trees: TreeCache, snapshot: Snapshot, count: int,
+                            salt: bytes) -> list[tuple[bytes, int]]:
+    """`count` small files, taken whole chunks at a time, the chunks in a random
+    order (a keyed hash of their names), and in a chunk by where their first block
+    lies: the files a full restore reads with the same few requests, in that order
+    (a second walk, untimed; it keeps `count` files at most)."""
+    kept: list[tuple[bytes, int, bytes, int]] = []      # a max-heap by (chunk key, offset), negated
     async for items in walk(trees, snapshot, Item(b"", None, b""), _unreadable):
-        small = [item for item in items if item.has_data and 0 < item.entry.size < large and item.entry.nlink < 2]
+        small = [item for item in items if item.has_data and 0 < item.entry.size < LARGE_FILE
+                 and item.entry.nlink < 2]
         firsts = [(item, (await trees.block_ids(item.entry, 0, 1) or [None])[0]) for item in small]
         found = repo.index.get_many(block for _, block in firsts if block is not None)
         for item, block in firsts:
             location = found.get(block)
-            if location is not None and location.chunk_id == where.chunk_id:
-                heapq.heappush(nearest, (-abs(location.offset - where.offset), item.path, item.entry.size))
-                if len(nearest) > count:
-                    heapq.heappop(nearest)
-    return {path: size for _, path, size in nearest}
+            if location is None:
+                continue
+            key = hashlib.blake2b(location.chunk_id, key=salt, digest_size=8).digest()
+            heapq.heappush(kept, (_negated(key), -location.offset, item.path, item.entry.size))
+            if len(kept) > count:
+                heapq.heappop(kept)
+    return [(path, size) for _, _, path, size in sorted(kept, reverse=True)]
+
+
+def _negated(key: bytes) -> bytes:
+    return bytes(255 - byte for byte in key)
 
 
 def _unreadable(item: Item, error: Exception) -> None:
     raise IntegrityError(f"directory {item.shown}", f"cannot be read: {error}")
 
 
-class _Sampler:
-    """Picks from a stream of files: `anchor`, one file smaller than the mean
-    (`large`), each equally likely (`few` is its neighbours in the chunks);
-    `heavy`, of the others, those that win an exponential race weighted by size
-    (a weighted sample without replacement, Efraimidis and Spirakis) until they
-    make `byte_budget`. A file larger than the budget is never picked, unless
-    the others cannot make half of it: then `heavy` takes the smallest such
-    file too (a sample of next to no bytes would measure nothing)."""
+class _Stretches:
+    """Picks stretches of large files from a stream of them: each file wins an
+    exponential race weighted by its size (a weighted sample without replacement,
+    Efraimidis and Spirakis), and of each winner a contiguous run of blocks at a
+    random place is taken: `share` of the file, at least STRETCH_BYTES (or all of
+    it); winners are taken until the stretches make `share` of all large bytes,
+    at least STRETCH_BYTES."""
 
-    def __init__(self, byte_budget: int, large: float, rng: random.Random):
-        self.byte_budget = byte_budget
-        self.large = large
+    def __init__(self, share: float, total: int, block_size: int, rng: random.Random):
+        self.share = share
+        self.block_size = block_size
         self.rng = rng
-        self.anchor: tuple[bytes, int] | None = None
-        self._small = 0
-        self._heavy: list[tuple[float, bytes, int]] = []     # a max-heap by key: (-key, path, size)
-        self._heavy_bytes = 0
-        self._smallest_too_large: tuple[int, bytes] | None = None
+        self._most = self._budget(total)                     # large bytes are at most all bytes
+        self._kept: list[tuple[float, bytes, int]] = []     # a max-heap by key: (-key, path, size)
+        self._kept_bytes = 0
+
+    def _stretch(self, size: int) -> int:
+        return min(size, max(STRETCH_BYTES, int(self.share * size)))
 
     def offer(self, path: bytes, size: int) -> None:
-        if size > self.byte_budget:
-            self._smallest_too_large = min(self._smallest_too_large or (size, path), (size, path))
-        elif size >= self.large:
-            self._weigh(path, size)
-        elif size:
-            self._small += 1
-            if self.rng.random() * self._small < 1:
-                self.anchor = (path, size)
-
-    def _weigh(self, path: bytes, size: int) -> None:
         key = -math.log(1.0 - self.rng.random()) / size
-        heapq.heappush(self._heavy, (-key, path, size))
-        self._heavy_bytes += size
-        while self._heavy_bytes - self._heavy[0][2] >= self.byte_budget:
-            self._heavy_bytes -= heapq.heappop(self._heavy)[2]
+        heapq.heappush(self._kept, (-key, path, size))
+        self._kept_bytes += self._stretch(size)
+        while self._kept_bytes - self._stretch(self._kept[0][2]) >= self._most:
+            self._kept_bytes -= self._stretch(heapq.heappop(self._kept)[2])
 
-    def heavy(self) -> dict[bytes, int]:
-        picked = {path: size for _, path, size in self._heavy}
-        if self._heavy_bytes < self.byte_budget / 2 and self._smallest_too_large:
-            size, path = self._smallest_too_large
-            picked[path] = size
-        return picked
+    def _budget(self, large_bytes: int) -> int:
+        return min(large_bytes, max(STRETCH_BYTES, int(self.share * large_bytes)))
+
+    def pick(self, large_bytes: int) -> Selection:
+        paths, blocks, taken = {}, {}, 0
+        for _, path, size in sorted(self._kept, reverse=True):
+            if taken >= self._budget(large_bytes):
+                break
+            count = -(-size // self.block_size)
+            length = -(-self._stretch(size) // self.block_size)
+            first = self.rng.randrange(count - length + 1)
+            blocks[path] = (first, first + length)
+            paths[path] = min(size, (first + length) * self.block_size) - first * self.block_size
+            taken += paths[path]
+        return Selection(paths, blocks)
 
 
 async def _restore_into(repo: Repository, snapshot: Snapshot, only: Selection | None, scratch: str,
                         part: str, size: int, result: TargetDrill, count: bool = True) -> RestoreReport:
     """Restore (a part of) the sample into scratch/part, count it (unless it is
-    restored again in another part), and remove it."""
+    restored again in another part or round), and remove it."""
     destination = os.path.join(scratch, part)
     _check_space(scratch, size)
     try:
         report = await restore(repo, snapshot, b"", destination, RestoreOptions(only=only))
     finally:
         remove_tree(destination)
-    result.restore_seconds += report.seconds
     result.damaged += report.damaged
     if count:
+        result.restore_seconds += report.seconds
         result.files += report.files
         result.bytes += report.bytes_written
     return report
@@ -328,24 +381,6 @@ def _check_space(scratch: str, size: int) -> None:
         raise RestoreError(f"not enough space in the scratch directory {scratch}: the sample needs "
                            f"{size / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free "
                            "(use --scratch elsewhere or a smaller --sample)")
-
-
-def fit(fixed: float, overhead: float, runs: list[tuple[int, RestoreReport]]) -> Model:
-    """The costs through the timed restores, each given with its places and less
-    `overhead` (what a restore of nothing took): the linear system solved by
-    Gauss-Seidel sweeps, each cost kept at or above zero (noise can push one
-    below). A cost that no restore measured (no bytes, say) stays zero."""
-    rows = [(places, _entries(report), report.bytes_written, max(0.0, report.seconds - overhead))
-            for places, report in runs]
-    costs = [0.0, 0.0, 0.0]                  # per place, per entry, per byte
-    for _ in range(100):
-        for unknown, row in enumerate(rows):              # one prices places, few entries, heavy bytes
-            weights, spent = row[:3], row[3]
-            if weights[unknown]:
-                others = sum(w * c for i, (w, c) in enumerate(zip(weights, costs)) if i != unknown)
-                costs[unknown] = max(0.0, (spent - others) / weights[unknown])
-    per_place, per_entry, per_byte = costs
-    return Model(fixed + per_place, per_entry, per_byte, per_place)
 
 
 def _entries(report: RestoreReport) -> int:

@@ -67,7 +67,7 @@ class RestoreOptions:
     verify: bool = False      # read every restored file back and check it
     dry_run: bool = False     # plan and check TARGET, count what would be restored, write nothing
     jobs: int = JOBS
-    only: Selection | None = None   # restore these files of the snapshot alone (a drill's sample)
+    only: Selection | None = None   # restore these files (or blocks of them) alone (a drill's sample)
 
 
 @dataclass
@@ -369,8 +369,9 @@ class Restorer:
         planned = 0
         for item in files:
             count = (item.entry.size + self.block_size - 1) // self.block_size
-            for first in range(0, count, BATCH_BLOCKS):
-                blocks = await self._blocks_to_write(item, first, min(count, first + BATCH_BLOCKS))
+            start, end = self.options.only.block_range(item, count) if self.options.only else (0, count)
+            for first in range(start, end, BATCH_BLOCKS):
+                blocks = await self._blocks_to_write(item, first, min(end, first + BATCH_BLOCKS))
                 if blocks is None:
                     break
                 for index, block_id in blocks:

@@ -11,8 +11,9 @@ destination, node id) per directory still to list, and one group of decoded
 nodes; nothing per file.
 
 A `Selection` narrows the walk to some files of the snapshot (and the
-directories on their way): a recovery drill restores a sample this way, with
-the same restorer as a full restore.
+directories on their way), and may narrow a file to a range of its blocks: a
+recovery drill restores a sample this way, with the same restorer as a full
+restore.
 
 Hard links: files of one snapshot with the same recorded inode are one file;
 the first name met keeps the data, the others become links to it
@@ -79,11 +80,18 @@ Unreadable = Callable[[Item, Exception], None]
 
 
 class Selection:
-    """Some paths of a snapshot (no leading slash), and the directories that lead to them."""
+    """Some paths of a snapshot (no leading slash), and the directories that lead to them;
+    of a file in `blocks`, only its blocks first..last-1 (the rest of it stays a hole)."""
 
-    def __init__(self, paths: dict[bytes, int]):
-        self.paths = paths                        # path -> size
+    def __init__(self, paths: dict[bytes, int], blocks: dict[bytes, tuple[int, int]] | None = None):
+        self.paths = paths                        # path -> bytes to restore of it
+        self.blocks = blocks or {}                # path -> (first, last) block
         self.directories = {path[:end] for path in paths for end in _slashes(path)}
+
+    def block_range(self, item: Item, count: int) -> tuple[int, int]:
+        """The blocks to restore of a file of `count` blocks."""
+        first, last = self.blocks.get(item.path, (0, count))
+        return first, min(last, count)
 
     @property
     def bytes(self) -> int:

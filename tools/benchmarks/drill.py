@@ -96,8 +96,10 @@ def measure(user: CloudfsUser, work: Path, sample: str, label: str) -> dict[str,
     drop_caches()
     restore_seconds, _ = user.run("restore", "--no-cache", "--no-progress", "latest", work / "restored" / label)
     shutil.rmtree(work / "restored" / label)
+    model = target["model"] or {}
     return {"projected": target["rto_seconds"], "restore": restore_seconds, "drill": drill_seconds,
-            "sample_mib": target["bytes"] / 2**20, "sample_files": target["files"]}
+            "sample_mib": target["bytes"] / 2**20, "sample_files": target["files"],
+            **{part: model.get(f"{part}_seconds", 0.0) for part in ("fixed", "small_files", "large_files")}}
 
 
 def report(results: dict[str, list[dict]], args) -> None:
@@ -109,9 +111,11 @@ def report(results: dict[str, list[dict]], args) -> None:
         error = median("projected") / median("restore") - 1
         rows.append([name, f"{median('restore'):.2f} s", f"{median('projected'):.2f} s", f"{error:+.0%}",
                      "met" if abs(error) <= GOAL else "missed", f"{median('drill'):.2f} s",
-                     f"{median('sample_files'):.0f} files, {median('sample_mib'):.1f} MiB"])
+                     f"{median('sample_files'):.0f} files, {median('sample_mib'):.1f} MiB",
+                     " + ".join(f"{median(part):.2f}" for part in ("fixed", "small_files", "large_files"))])
     print(f"\nmedians of {args.runs} runs, --sample {args.sample}:")
-    print_table(["data", "full restore", "projected RTO", "error", f"±{GOAL:.0%}", "drill took", "sample"], rows)
+    print_table(["data", "full restore", "projected RTO", "error", f"±{GOAL:.0%}", "drill took", "sample",
+                 "fixed + small + large"], rows)
 
 
 if __name__ == "__main__":
