@@ -59,7 +59,9 @@ def drill(repo, *options, timeout: float = 240) -> subprocess.CompletedProcess:
 @pytest.mark.timeout(600)                # five rounds; a loaded machine makes each slower
 def test_the_projected_rto_is_within_30_percent_of_a_full_restore(mixed_repo, tmp_path):
     """Five rounds of a drill and a full restore from an empty cache (as on a new
-    machine), whole commands; the medians compared (the machine is shared). The
+    machine), whole commands; each round's projection is compared with the restore
+    run right after it, in the same minutes of a shared machine, and the median of
+    the five ratios must be within 30 %. The
     sample: 1000 of the 1500 small files (the fewest sampled), in clusters, and
     at least a 32 MiB stretch of the large files' 88 MiB."""
     scratch = tmp_path / "scratch"
@@ -79,8 +81,9 @@ def test_the_projected_rto_is_within_30_percent_of_a_full_restore(mixed_repo, tm
         restored = mixed_repo.cloudfs("restore", "--no-cache", "latest", tmp_path / f"full-{round}")
         measured.append(time.monotonic() - started)
         assert restored.returncode == 0, restored.stderr
-    print(f"projected {projected}, measured {measured}")
-    assert abs(statistics.median(projected) - statistics.median(measured)) <= 0.3 * statistics.median(measured)
+    ratios = [p / m for p, m in zip(projected, measured)]
+    print(f"projected {projected}, measured {measured}, ratios {ratios}")
+    assert 0.7 <= statistics.median(ratios) <= 1.3
 
 
 def test_a_sample_bigger_than_the_snapshot_restores_all_of_it(mixed_repo, tmp_path):
