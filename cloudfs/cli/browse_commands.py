@@ -114,10 +114,9 @@ def run_browse(args) -> int:
 
 
 def run_restore(args) -> int:
-    from tqdm import tqdm
-
     from cloudfs.browse.names import Catalog
     from cloudfs.malloc import keep_freed_memory
+    from cloudfs.repo.indexload import progress_bar
     from cloudfs.restore import RestoreOptions, restore, split_argument
 
     name, path = split_argument(args.what)
@@ -128,8 +127,8 @@ def run_restore(args) -> int:
     keep_freed_memory()
     options = RestoreOptions(overwrite=args.overwrite, resume=args.resume, verify=args.verify,
                              dry_run=args.dry_run, jobs=args.jobs)
-    bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="restoring", file=sys.stderr,
-               disable=not (args.progress and sys.stderr.isatty()) or args.dry_run)
+    bar = progress_bar(args.progress and sys.stderr.isatty() and not args.dry_run, unit="B", unit_scale=True,
+                       unit_divisor=1024, desc="restoring", file=sys.stderr)
 
     def set_total(total: int) -> None:
         bar.total = total
