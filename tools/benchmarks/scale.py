@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from backup import Restic, drop_caches, restic_available  # noqa: E402
 from common import print_table  # noqa: E402
 from index import sealed_objects  # noqa: E402
+from whole import run_command  # noqa: E402
 
 import trio  # noqa: E402
 
@@ -64,7 +65,6 @@ CLOUDFS = [sys.executable, "-m", "cloudfs"]
 PASSWORD = "benchmark passphrase"
 BIG_DIRECTORY = 10_000        # entries of the directory `ls -l` lists
 EDITS = 10
-TIME = "/usr/bin/time"        # GNU time (Debian: apt-get install time)
 PUTS_AT_ONCE = 8
 
 
@@ -111,19 +111,6 @@ def make_tree(root: Path, files: int, dirs: int, seed: int, helpers: int = 2) ->
 
 
 # -- measuring commands ------------------------------------------------------------------------------
-
-
-def run_command(command: list, env: dict) -> tuple[float, float]:
-    """Run a command whole; its seconds and peak RSS (MiB). The peak comes from
-    GNU time: the maximum RSS wait4 reports for a child of this process would
-    include this process's own memory, which a forked child counts until exec."""
-    started = time.perf_counter()
-    result = subprocess.run([TIME, "-f", "%M", *map(str, command)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    seconds = time.perf_counter() - started
-    if result.returncode:
-        raise SystemExit(f"{' '.join(map(str, command))} failed:\n{result.stderr}")
-    return seconds, int(result.stderr.splitlines()[-1]) / 1024
 
 
 def memory_mib(pid: int, key: str) -> float:
