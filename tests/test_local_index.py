@@ -14,7 +14,7 @@ from cloudfs.errors import IntegrityError, StoreUnavailable
 from cloudfs.repo import BlobKind, RepoConfig, Repository
 from cloudfs.repo.chunk import BlobLocation
 from cloudfs.repo.index import INDEX_PREFIX, ChunkInfo
-from cloudfs.repo.localindex import INDEX_FILE, BlobIndex
+from cloudfs.repo.localindex import CACHE_KIB, INDEX_FILE, PAGE_BYTES, READ_AHEAD_SHARE, BlobIndex
 from cloudfs.store import LocalStore
 from tests.repo_helpers import PASSPHRASE, CountingStore, fast_kdf, s3_store
 
@@ -264,3 +264,38 @@ def test_memory_is_flat_in_the_number_of_blobs(tmp_path):
 
     small, large = peak_kib(208_000), peak_kib(1_008_000)
     assert large - small < 15 * 1024, f"peak RSS {small} KiB at 208 k blobs, {large} KiB at 1,008 k"
+
+
+def test_many_lookups_read_a_large_index_ahead_once(tmp_path):
+    """A cold index answers a random id with a random read; a process about to look
+    up a large share of its pages has the file read sequentially instead, once."""
+    index = BlobIndex(tmp_path / INDEX_FILE, REPO_ID)
+    batch = index.absorbing()
+    for n in range(200):
+        batch.add(f"index/{n:04}", [synthetic_chunk(f"chunk {n}", 1000, first=n * 1000).to_list()])
+    batch.commit()
+    size = index.path.stat().st_size
+    assert size > CACHE_KIB * 1024, "a file SQLite's own cache cannot hold"
+    share = int(size * READ_AHEAD_SHARE / PAGE_BYTES)
+    stored = [hashlib.sha256(b"blob %d" % (n * 7919 % 200_000)).digest() for n in range(share)]
+    absent = [os.urandom(32) for _ in range(share)]
+
+    assert len(index.get_many(stored[:share // 2])) == share // 2
+    assert index.reading_ahead is None, "a few lookups do not read the whole file"
+    assert index.get_many(absent) == {}
+    reading = index.reading_ahead
+    assert reading is not None and reading.name == "index-read-ahead"
+    reading.join(timeout=60)
+    assert not reading.is_alive()
+    assert len(index.get_many(stored)) == share
+    assert index.reading_ahead is reading, "read once per process"
+    index.close()
+
+
+def test_a_small_index_is_never_read_ahead(tmp_path):
+    index = BlobIndex(tmp_path / INDEX_FILE, REPO_ID)
+    index.add_object("index/0000", [synthetic_chunk("chunk", 1000)])
+    ids = [os.urandom(32) for _ in range(20_000)]
+    assert index.get_many(ids) == {}
+    assert index.reading_ahead is None, "SQLite's cache holds it"
+    index.close()

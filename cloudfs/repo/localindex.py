@@ -18,6 +18,11 @@ What callers may rely on:
   leaves the file claiming a blob no index object lists.
 - Memory is bounded: SQLite's page cache (CACHE_KIB) and the unnamed chunks,
   whatever the number of blobs.
+- A process that looks up many ids (a first snapshot's new blocks, a restore)
+  has the file read once, sequentially, by a thread, as soon as its lookups
+  reach READ_AHEAD_SHARE of the file's pages (if it fits in free memory):
+  against a cold page cache each random id otherwise costs a random read of
+  its own (docs/performance.md).
 - One connection per process, opened on first use and shared by threads under
   a lock (the packer's workers, the browse mount's readers). A connection never
   crosses a fork: `release()` before forking; a connection opened by another
@@ -52,8 +57,13 @@ log = logging.getLogger(__name__)
 INDEX_FILE = "index.sqlite"
 FORMAT = 1                    # raise when the schema changes: older files are rebuilt
 CACHE_KIB = 8 * 1024          # SQLite's page cache per connection
+PAGE_BYTES = 4096             # SQLite's default page size (what a random lookup reads)
 BUSY_TIMEOUT_MS = 60_000      # how long a writer waits for another process's write
 LOOKUP_BATCH = 500            # ids per `IN (...)` query
+# Read the file ahead once lookups reach this share of its pages (cold, a page read
+# at random costs ~0.1 ms here, reading the whole file ~10 µs a page)
+READ_AHEAD_SHARE = 1 / 32
+READ_AHEAD_SPAN = 1 << 20
 DAMAGE_CODES = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
 
 SCHEMA = (
@@ -132,6 +142,9 @@ class BlobIndex:
         self._db_pid = 0
         self._unnamed: dict[bytes, ChunkInfo] = {}        # chunk id -> chunk, this session
         self._unnamed_blobs: dict[bytes, BlobLocation] = {}
+        self._looked_up = 0
+        self.reading_ahead: threading.Thread | None = None   # reads the file ahead (this process's)
+        self._read_ahead_pid = 0
 
     # -- the connection ------------------------------------------------------------------
 
@@ -267,12 +280,29 @@ class BlobIndex:
                 wanted.append(blob_id)
             else:
                 found[blob_id] = unnamed
+        self._count_lookups(len(wanted))
         for start in range(0, len(wanted), LOOKUP_BATCH):
             batch = wanted[start:start + LOOKUP_BATCH]
             query = _LOCATE_MANY.format(",".join("?" * len(batch)))
             for blob_id, *rest in self._all(query, batch):
                 found[blob_id] = _location(blob_id, *rest)
         return found
+
+    def _count_lookups(self, count: int) -> None:
+        """Start reading the file ahead once this process's lookups make it worth it."""
+        with self._lock:
+            self._looked_up += count
+            if self._read_ahead_pid == _process.pid:
+                return
+            try:
+                size = self.path.stat().st_size
+            except OSError:
+                return
+            if _worth_reading_ahead(size, self._looked_up):
+                self._read_ahead_pid = _process.pid
+                self.reading_ahead = threading.Thread(target=_read_through, args=(self.path,),
+                                                      name="index-read-ahead", daemon=True)
+                self.reading_ahead.start()
 
     def locations_many(self, blob_ids: Iterable[bytes]) -> dict[bytes, list[BlobLocation]]:
         """Every known copy of each of these blobs, the one `get` gives first; blobs
@@ -556,6 +586,31 @@ class _transaction:
 
     def __exit__(self, kind, value, traceback):
         self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+def _worth_reading_ahead(size: int, looked_up: int) -> bool:
+    """Larger than SQLite's own cache, lookups enough to touch a good share of its
+    pages, and room for it in memory's free pages (else it would evict itself)."""
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return CACHE_KIB * 1024 < size < free // 2 and looked_up * PAGE_BYTES >= size * READ_AHEAD_SHARE
+
+
+def _read_through(path: Path) -> None:
+    """Read the file once from start to end, so the page cache holds it: the lookups
+    that follow find their pages there instead of reading each at random."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        span = bytearray(READ_AHEAD_SPAN)
+        while os.readv(fd, [span]):
+            pass
+    except OSError as error:
+        log.debug("reading the local index %s ahead stopped: %s", path, error)
+    finally:
+        os.close(fd)
 
 
 def _remove_database(path: Path) -> None:
