@@ -44,8 +44,12 @@ class FaultyProxy:
             self.plan.extend(faults)
 
     def drop_connections(self) -> None:
-        """Reset every open connection, so the next requests need new ones (and meet the plan)."""
+        """Break every open connection, so the next requests need new ones (and meet the
+        plan). Shut down before closing: a close alone neither wakes the thread blocked
+        reading the socket nor tells the peer while that read holds it, and the client
+        would wait for its read timeout (a black hole, which "stall" makes on purpose)."""
         for sock in list(self._sockets):
+            _shut_down(sock)
             _reset(sock)
         self._sockets.clear()
 
@@ -56,10 +60,7 @@ class FaultyProxy:
         self._thread.join(timeout=5)
         self._listener.close()
         for sock in list(self._sockets):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            _shut_down(sock)
             _close_quietly(sock)
 
     def __enter__(self):
@@ -150,6 +151,13 @@ def _reset(sock: socket.socket) -> None:
     except OSError:
         pass
     _close_quietly(sock)
+
+
+def _shut_down(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def _close_quietly(sock: socket.socket) -> None:

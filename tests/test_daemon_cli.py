@@ -157,6 +157,26 @@ def test_umount_with_the_store_down_unmounts_anyway_and_the_next_mount_commits(p
     protected.umount(mountpoint)
 
 
+def test_umount_with_the_store_gone_silent_waits_only_the_snapshot_timeout(protected, tmp_path):
+    """A network that swallows requests (no answer, no reset) holds an S3 request for
+    its 60 s read timeout; the umount must not wait for it."""
+    with FaultyProxy(int(protected.endpoint.rsplit(":", 1)[1])) as proxy:
+        mountpoint = mount_behind(proxy, protected, tmp_path)
+        proxy.add_faults(*["stall"] * 1000)
+        proxy.drop_connections()
+        (mountpoint / "pending").write_bytes(b"written while the store is silent")
+        protected.request("snapshot", wait=False)
+        time.sleep(1)                                    # its upload now waits for an answer
+        started = time.monotonic()
+        result = protected.umount(mountpoint, "--snapshot-timeout", "3")
+        assert time.monotonic() - started < 15
+        assert "did not complete" in result.stderr
+    protected.mount(mountpoint, "--interval", "3600")
+    protected.flush()
+    protected.assert_latest_matches()
+    protected.umount(mountpoint)
+
+
 def test_cloudfs_snapshot_answers_at_once_while_another_snapshot_waits_for_the_store(protected, tmp_path):
     with FaultyProxy(int(protected.endpoint.rsplit(":", 1)[1])) as proxy:
         mountpoint = mount_behind(proxy, protected, tmp_path)

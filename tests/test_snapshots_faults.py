@@ -211,16 +211,17 @@ def _ask_quietly(protected: Protected, op: str) -> None:
 def test_kill_9_mid_chunk_upload_commits_nothing_partial(protected, tmp_path):
     target = int(protected.endpoint.rsplit(":", 1)[1])
     with FaultyProxy(target) as proxy:
-        mountpoint = prepare(protected, tmp_path, "--endpoint-url", proxy.endpoint, "--retries", "1")
+        mountpoint = prepare(protected, tmp_path, "--endpoint-url", proxy.endpoint, "--retries", "1",
+                             "--bandwidth-limit", "2M")
         protected.seal()
-        protected.flush()                               # nothing uploading when the store hangs
+        protected.flush()
         with open(mountpoint / "new", "wb") as handle:
-            handle.write(os.urandom(8 << 20))
-        proxy.add_faults(*["stall"] * 50)               # every new connection hangs
-        proxy.drop_connections()
+            handle.write(os.urandom(8 << 20))           # four seconds of uploading
         protected.request("snapshot", wait=False)
-        wait_until(lambda: proxy.faults_injected > 0 and protected.status()["upload"]["uploading"],
-                   what="a hanging upload")
+        wait_until(lambda: protected.status()["upload"]["uploading"], what="the upload")
+        proxy.add_faults(*["stall"] * 50)               # the chunk's put is cut, its retry hangs
+        proxy.drop_connections()
+        wait_until(lambda: proxy.faults_injected > 0, what="a hanging upload")
         time.sleep(0.3)
         protected.kill()
         names = set(protected.stored_objects())

@@ -269,7 +269,11 @@ class S3Store(Store):
 
     async def _call(self, request, verb: str, name: str):
         async def attempt():
-            return await trio.to_thread.run_sync(request, limiter=self._limiter)
+            # Abandoned on cancel: a request into a silent network holds its thread for the
+            # read timeout, and whoever cancelled (an umount) must not wait that long. A
+            # put may still land after; an object written late is as harmless as one whose
+            # answer was lost (the snapshot object comes last, unreferenced data is pruned).
+            return await trio.to_thread.run_sync(request, limiter=self._limiter, abandon_on_cancel=True)
 
         try:
             return await retrying(
