@@ -100,7 +100,7 @@ async def _serve_requests(live: LiveMount, daemon: SnapshotDaemon, on_ready: Cal
 
     async with trio.open_nursery() as nursery:
         await daemon.start(nursery)   # the control socket answers from here on
-        nursery.start_soon(fuseproc.unmount_on_signal, mountpoint, before_unmounting)
+        await nursery.start(fuseproc.unmount_on_signal, mountpoint, before_unmounting)
         if exporter is not None:
             token = trio.lowlevel.current_trio_token()
             exporter.attach(lambda: trio.from_thread.run_sync(daemon.status, trio_token=token))

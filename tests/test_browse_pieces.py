@@ -313,7 +313,8 @@ def test_entries_get_numbers_from_their_directory_and_slots_go_when_the_kernel_f
     first, second = table.ino(slot, 0, plain), table.ino(slot, 1, plain)
     assert first != second and table.of(first) is slot and table.of(second) is slot
     other = table.slot(("t", snap.name, b"other"), snap, b"other", bytes(32))
-    assert table.ino(slot, 2, linked[0]) == table.ino(other, 5, linked[1])     # one inode for a hard link
+    link = table.ino(other, 2, linked[0])
+    assert link == table.ino(slot, 5, linked[1])      # one inode for a hard link
     table.open_listing(slot)
     for ino in (first, second):
         table.handed_out(ino)
@@ -324,6 +325,10 @@ def test_entries_get_numbers_from_their_directory_and_slots_go_when_the_kernel_f
     assert table.of(second) is None and len(table) == 1
     again = table.slot(("t", snap.name, b"docs"), snap, b"docs", bytes(32))
     assert table.ino(again, 0, plain) != first       # numbers are never reused
+    table.handed_out(link)
+    table.forget(link, 1)
+    assert table.locate(link) is None                 # the kernel holds no name of the link now
+    assert table.ino(again, 5, linked[1]) == link     # ... and meets it again under the same number
 
 
 def test_history_over_many_snapshots_reads_their_directories_a_group_at_a_time(s3_env, tmp_path, monkeypatch):

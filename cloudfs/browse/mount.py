@@ -152,6 +152,7 @@ async def _mount_and_serve(plan: BrowsePlan, operations: BrowseOperations, backg
         async with trio.open_nursery() as nursery:
             background.start(nursery)
             nursery.start_soon(_serve_until_unmounted, nursery)
+            await nursery.start(fuseproc.unmount_on_signal, mountpoint)
             await operations.initialized.wait()
             # Only now: the kernel sets the read-ahead from the INIT reply, which
             # would undo an earlier setting.
@@ -161,7 +162,6 @@ async def _mount_and_serve(plan: BrowsePlan, operations: BrowseOperations, backg
             operations.namespace.prefetch_tree(operations.namespace.catalog.latest)
             nursery.start_soon(operations.content.fetcher.write_disk_cache)
             nursery.start_soon(operations.namespace.refresh_periodically, plan.settings.refresh_seconds)
-            nursery.start_soon(fuseproc.unmount_on_signal, mountpoint)
         mounted = _still_mounted(plan)
     finally:
         pyfuse3.close(unmount=mounted)

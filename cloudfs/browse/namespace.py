@@ -38,7 +38,7 @@ import trio
 from cloudfs.browse.background import Background
 from cloudfs.browse.history import History
 from cloudfs.browse.names import LATEST, Catalog, looks_like_snapshot_name
-from cloudfs.browse.slots import Slot, SlotTable, index_of, is_entry_ino
+from cloudfs.browse.slots import Slot, SlotTable, is_entry_ino
 from cloudfs.browse.trees import Directory, TreeCache
 from cloudfs.errors import CloudfsError
 from cloudfs.repo import Repository, Snapshot
@@ -171,10 +171,11 @@ class Namespace:
         An entry's is made again from its directory node, which may be fetched."""
         if not is_entry_ino(ino):
             return self._nodes.get(ino)
-        slot = self.slots.of(ino)
-        if slot is None:
+        place = self.slots.locate(ino)
+        if place is None:
             return None
-        directory, index = await self.trees.directory(slot.node_id), index_of(ino)
+        slot, index = place
+        directory = await self.trees.directory(slot.node_id)
         if index >= len(directory.entries):
             return None
         return self.entry_node(slot, index, directory.entries[index])
@@ -184,10 +185,11 @@ class Namespace:
         if not is_entry_ino(ino):
             node = self._nodes.get(ino)
             return node.label() if node is not None else None
-        slot = self.slots.of(ino)
-        if slot is None:
+        place = self.slots.locate(ino)
+        if place is None:
             return None
-        directory, index = self.trees.cached_directory(slot.node_id), index_of(ino)
+        slot, index = place
+        directory = self.trees.cached_directory(slot.node_id)
         if directory is not None and index < len(directory.entries):
             return self.entry_node(slot, index, directory.entries[index]).label()
         return f"{slot.snapshot.name}:/{os.fsdecode(join(slot.path, b'?'))}"

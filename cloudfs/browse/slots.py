@@ -16,9 +16,14 @@ that directory and the slot is dropped. Slot numbers only grow, so a number
 the kernel still uses can never come to name another entry.
 
 Hard links: regular files of one snapshot view with the same recorded inode
-share one number, that of the first name handed out, so `cp -a`, `rsync -H`
-and `find -samefile` see links. Those (few) are remembered by recorded inode
-while the slot of that first name lives.
+share one number, so `cp -a`, `rsync -H` and `find -samefile` see links. It
+is not a slot's: it is made from the view, the snapshot and the recorded
+inode (a 62-bit hash with the top bit set, a space of its own), so it stays
+the same for the mount's life even when the kernel forgets every name of
+the link between two lookups (memory pressure, `drop_caches`) — a copy that
+meets the second name long after the first still sees one file. While the
+kernel may hold it, a link number points at the slot and index of a name it
+was handed out through, and its references count on that slot.
 
 Memory: one small record per directory the kernel holds entries of, and one
 per hard-linked file among them; nothing per plain entry.
@@ -26,6 +31,7 @@ per hard-linked file among them; nothing per plain entry.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 from cloudfs.repo import Snapshot
@@ -34,14 +40,16 @@ from cloudfs.snapshot.tree import Entry
 SHIFT = 32
 INDEX_MASK = (1 << SHIFT) - 1
 FIRST_SLOT = 1           # inode numbers below 1 << SHIFT are the namespace's own nodes
+LINK_BIT = 1 << 63       # hard links' numbers: slot numbers never reach it
 
 
 def is_entry_ino(ino: int) -> bool:
     return ino >> SHIFT >= FIRST_SLOT
 
 
-def index_of(ino: int) -> int:
-    return ino & INDEX_MASK
+def link_ino(view: str, snapshot_name: str, recorded_ino: int) -> int:
+    digest = hashlib.blake2b(f"{view}\0{snapshot_name}\0{recorded_ino}".encode(), digest_size=8).digest()
+    return LINK_BIT | int.from_bytes(digest, "big") >> 2
 
 
 @dataclass(eq=False, slots=True)
@@ -55,7 +63,7 @@ class Slot:
     node_id: bytes              # the directory node listing the entries
     lookups: int = 0            # the kernel's references to this directory's entries
     listings: int = 0           # open listings (opendir .. releasedir)
-    links: list[tuple] = field(default_factory=list)   # hard-link keys numbered here
+    links: list[int] = field(default_factory=list)   # hard-link numbers pointing here
 
     @property
     def view(self) -> str:
@@ -66,7 +74,7 @@ class SlotTable:
     def __init__(self):
         self._slots: dict[int, Slot] = {}
         self._by_key: dict[tuple, Slot] = {}
-        self._links: dict[tuple, int] = {}     # (view, snapshot name, recorded inode) -> inode number
+        self._links: dict[int, tuple[Slot, int]] = {}   # link number -> (slot, index) of one name
         self._next = FIRST_SLOT
 
     def __len__(self) -> int:
@@ -83,26 +91,32 @@ class SlotTable:
         return slot
 
     def of(self, ino: int) -> Slot | None:
-        """The slot an entry's inode number belongs to (None once dropped)."""
-        return self._slots.get(ino >> SHIFT)
+        """The slot an entry's inode number counts on (None once dropped)."""
+        place = self.locate(ino)
+        return None if place is None else place[0]
+
+    def locate(self, ino: int) -> tuple[Slot, int] | None:
+        """The slot and index an entry's inode number names (None once dropped)."""
+        if ino & LINK_BIT:
+            return self._links.get(ino)
+        slot = self._slots.get(ino >> SHIFT)
+        return None if slot is None else (slot, ino & INDEX_MASK)
 
     def ino(self, slot: Slot, index: int, entry: Entry) -> int:
         """The inode number of entry `index` of a slot's directory."""
         if not (entry.nlink > 1 and entry.is_file):
             return slot.number << SHIFT | index
-        link = (slot.view, slot.snapshot.name, entry.ino)
-        ino = self._links.get(link)
-        if ino is None:
-            ino = slot.number << SHIFT | index
-            self._links[link] = ino
-            slot.links.append(link)
+        ino = link_ino(slot.view, slot.snapshot.name, entry.ino)
+        if ino not in self._links:
+            self._links[ino] = (slot, index)
+            slot.links.append(ino)
         return ino
 
     # -- the kernel's references ----------------------------------------------------------
 
     def handed_out(self, ino: int) -> None:
         """One more reference: a lookup or readdirplus reply carried this inode."""
-        self._slots[ino >> SHIFT].lookups += 1
+        self.of(ino).lookups += 1
 
     def forget(self, ino: int, count: int) -> None:
         slot = self.of(ino)
@@ -126,5 +140,5 @@ class SlotTable:
             del self._slots[slot.number]
             del self._by_key[slot.key]
             for link in slot.links:
-                if self._links.get(link, 0) >> SHIFT == slot.number:
+                if self.of(link) is slot:
                     del self._links[link]

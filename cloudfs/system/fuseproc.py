@@ -119,10 +119,14 @@ def _read_until_closed(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-async def unmount_on_signal(mountpoint: str, before: Callable[[], Awaitable[None]] | None = None) -> None:
+async def unmount_on_signal(mountpoint: str, before: Callable[[], Awaitable[None]] | None = None,
+                            *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Unmount on SIGTERM, SIGINT or SIGHUP (lazily if files are open there), so
-    that pyfuse3.main() returns and the process stops cleanly."""
+    that pyfuse3.main() returns and the process stops cleanly. Start it with
+    `nursery.start` before saying the mount is ready: until the receiver is open
+    a SIGTERM kills the process and leaves a dead mount behind."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        task_status.started()
         async for signum in signals:
             log.warning("%s: unmounting %s", signal.Signals(signum).name, mountpoint)
             if before is not None:
