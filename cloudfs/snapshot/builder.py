@@ -114,7 +114,10 @@ class TreeBuilder:
         names to examine."""
         old = {e.name: e for e in await self.reader.directory(previous)} if previous else {}
         relist = self._rules.relists(path, previous is not None)
-        return old, relist, self.source.listdir(path) if relist else list(old)
+        if not relist:
+            return old, relist, list(old)
+        await self.source.until_listed(path)
+        return old, relist, self.source.listdir(path)
 
     async def _walk(self, directory: "_Directory", old: dict[bytes, Entry], relist: bool,
                     names: list[bytes]) -> None:
