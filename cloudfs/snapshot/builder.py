@@ -233,12 +233,9 @@ class TreeBuilder:
             opened = []
             for directory, path, entry in files:
                 try:
-                    reader = self.source.open(path)   # on the loop, like every open
+                    opened.append((self.source.open(path), directory, entry))   # on the loop, like every open
                 except FileNotFoundError:
                     self.stats.vanished += 1
-                    continue
-                reader.prefetch(entry.size, 0)   # the disk reads while the group waits for a thread
-                opened.append((reader, directory, entry))
             try:
                 results = await trio.to_thread.run_sync(
                     self._read_small_files, [(reader, entry.size) for reader, _, entry in opened],
@@ -257,6 +254,8 @@ class TreeBuilder:
                 directory.release(self._finish)
 
     def _read_small_files(self, files: list[tuple[FileReader, int]]) -> list[tuple[list, int]]:
+        for reader, size in files:
+            reader.prefetch(size, 0)   # the disk gets the group's reads at once, not one by one
         read = [_read(reader, 0, size) for reader, size in files]
         stored = self.sink.store_buffers_sync([data for data, _ in read], self.block_size)
         return [(ids, length) for ids, (_, length) in zip(stored, read)]
