@@ -206,14 +206,12 @@ class SnapshotDaemon:
         if self.settings is not None:
             if self._reconciled is None:
                 if not self._trusted or self._has_work():
-                    await self._seal_before_serving(nursery)
-                else:
-                    nursery.start_soon(self._run)
+                    self._seal_before_serving()
                 self._startup_decided.set()
             else:
                 # Taken before the first request is served: what earlier sessions left.
                 nursery.start_soon(self._seal_once_reconciled, not self._trusted or self._has_work())
-                nursery.start_soon(self._run)
+            nursery.start_soon(self._run)
             if not self._index_complete.is_set():
                 nursery.start_soon(self._complete_index)
             nursery.start_soon(self._count_snapshots)
@@ -250,24 +248,15 @@ class SnapshotDaemon:
         await self._until_reconciled()
         await self.rescanner.run()
 
-    async def _seal_before_serving(self, nursery: trio.Nursery) -> None:
-        """No request has been served, so nothing is in the kernel's cache: no flush.
-        The snapshot loop starts uploading as soon as the seal is handed over, while a
-        first mount's capture goes on (docs/live.md §13.1); this returns when the
-        capture is complete."""
-        def started(sealed: Sealed) -> None:
-            self._inflight = sealed
-            self._seals.append(_SealRecord(0, sealed.epoch, sealed.time_ns))
-            nursery.start_soon(self._run)
-
+    def _seal_before_serving(self) -> None:
+        """No request has been served, so nothing is in the kernel's cache: no flush."""
         try:
-            await self.sealer.seal_before_serving(self.manifest, trusted=self._trusted, started=started)
+            self._inflight = self.sealer.seal_now(self.manifest, incremental=True, trusted=self._trusted)
+            self._seals.append(_SealRecord(0, self._inflight.epoch, self._inflight.time_ns))
         except Exception as error:  # noqa: BLE001 - the mount serves whatever happens here
             log.exception("cannot seal at startup; will try again")
-            if self._inflight is None:
-                nursery.start_soon(self._run)
-                self._force_full = True
-                self._given_up(_one_line(error))
+            self._force_full = True
+            self._given_up(_one_line(error))
 
     def close(self) -> None:
         """After the loop ended: drop spool and graveyard (the sealed epochs stay in the
@@ -373,7 +362,6 @@ class SnapshotDaemon:
                                                       sealed.tags)
                 progress.cancel()
             await self._until_enough_targets_hold(snapshot)
-            await sealed.captured.wait()
             await self._commit(sealed, snapshot, manifest[0])
             committed = True
         except _PreviousGone as error:
@@ -391,8 +379,6 @@ class SnapshotDaemon:
                 self._reload_index_first()
         finally:
             if not committed:
-                with trio.CancelScope(shield=True):
-                    await sealed.captured.wait()   # its capture's thread is done with it
                 self.sealer.release(sealed)
                 self._wanted_tags = dict.fromkeys(sealed.tags) | self._wanted_tags  # for the retry
 
@@ -530,7 +516,6 @@ class SnapshotDaemon:
             with scope:
                 while True:
                     current = self.uploader.status.current
-                    bar.total = sealed.capture.bytes_to_read()   # grows while a first capture goes on
                     bar.n = current.bytes_read if current else 0
                     bar.refresh()
                     await trio.sleep(0.5)

@@ -23,7 +23,7 @@ import pytest
 
 from cloudfs import locals3
 from tests.faults import FaultyProxy
-from tests.live_fixtures import CLOUDFS, run_cloudfs
+from tests.live_fixtures import run_cloudfs
 from tests.snapshot_fixtures import (  # noqa: F401 - protected is a fixture
     Protected,
     new_protected,
@@ -198,39 +198,6 @@ def test_kill_9_mid_seal_loses_nothing(protected, tmp_path):
             writer.kill()  # its writes into cached pages would go on (the daemon is gone)
             writer.wait(timeout=30)
         remount_and_compare(protected, mountpoint)
-    check_every_byte(protected)
-
-
-def test_kill_9_while_the_first_capture_and_its_build_overlap(protected, tmp_path):
-    """A first mount captures the tree in a worker thread while the build already reads
-    it (docs/live.md §13.1). Killed while the capture is certainly going on (the mount
-    has not answered yet), and, as another first mount, once it answered (the build
-    going on alone): each time the next mount's snapshot is the tree, and the
-    repository holds nothing damaged."""
-    for d in range(50):
-        directory = protected.source / f"d{d:02}"
-        directory.mkdir()
-        for f in range(100):
-            (directory / f"f{f}").write_bytes(b"%d/%d " % (d, f) * (1 + f * 7))
-    for round_, while_capturing in enumerate((True, False)):
-        protected.state_dir = tmp_path / f"state-{round_}"       # a first mount each time
-        mounting = subprocess.Popen([*CLOUDFS, "mount", "--daemon", "--state-dir", str(protected.state_dir),
-                                     "--interval", "3600", str(protected.source)], env=protected.env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        protected.mounted_at.append(protected.source)
-        try:
-            if while_capturing:
-                wait_until(lambda: (protected.state_dir / "capture.db").exists()
-                           and protected.daemon_pid_or_none(), what="the capture")
-                assert mounting.poll() is None, "the mount answered: the capture was over"
-            else:
-                assert mounting.wait(timeout=60) == 0
-                assert not protected.status()["history"], "the build was over"
-            protected.kill()
-        finally:
-            mounting.kill()
-            mounting.wait(timeout=30)
-        remount_and_compare(protected, None)
     check_every_byte(protected)
 
 

@@ -94,9 +94,8 @@ class Capture:
     store: CaptureStore | None = None
 
     @classmethod
-    def on_disk(cls, time_ns: int, root: FrozenStat, state_dir: Path,
-                on_publish: Callable[[], None] | None = None) -> Capture:
-        store = CaptureStore(state_dir, on_publish)
+    def on_disk(cls, time_ns: int, root: FrozenStat, state_dir: Path) -> Capture:
+        store = CaptureStore(state_dir)
         return cls(time_ns, None, root, store.stats, store.listings, store.xattrs, store.targets,
                    store.reads, store)
 
@@ -110,11 +109,6 @@ class Capture:
             self.store.reads.plan(path, ino, ranges)
         else:
             self.reads[path] = ranges
-
-    def publish(self) -> None:
-        """Every entry of the directories listed so far is recorded (the walk goes on)."""
-        if self.store is not None:
-            self.store.publish()
 
     def finish(self) -> None:
         """The walk is done: what is buffered goes to disk."""
@@ -185,25 +179,15 @@ class CaptureWalker:
 
     # -- the two kinds of capture ----------------------------------------------------
 
-    def full(self, started: Callable[[Capture], None] | None = None,
-             on_publish: Callable[[], None] | None = None) -> Capture:
+    def full(self) -> Capture:
         """Everything: the builder lists every directory and compares every entry.
-        With a state directory, on disk (memory does not grow with the tree); then,
-        run in a worker thread, `started(capture)` hands the capture over before the
-        walk, and the builder reads each directory once it is published (each time,
-        `on_publish()`): docs/live.md §13.1."""
+        With a state directory, on disk (memory does not grow with the tree)."""
         if self.state_dir is not None:
-            self.capture = Capture.on_disk(self.capture.time_ns, self.capture.root, self.state_dir,
-                                           on_publish)
-        handed_over = False
+            self.capture = Capture.on_disk(self.capture.time_ns, self.capture.root, self.state_dir)
         try:
-            if started is not None:
-                started(self.capture)
-                handed_over = True      # closing it is now its new owner's (the builder may read it)
             self._walk_directory(b"", self.has_previous)
         except BaseException:
-            if not handed_over:
-                self.capture.close()
+            self.capture.close()
             raise
         self.capture.finish()
         return self.capture
@@ -349,43 +333,33 @@ class CaptureWalker:
     # -- the builder's walk, mirrored ---------------------------------------------------------
 
     def _walk_directory(self, path: bytes, has_previous: bool) -> None:
-        """A directory's own entries first, then (published) its subdirectories: what
-        the builder asks about a directory is recorded before it can ask."""
         if self._rules.reuses_subtree(path, has_previous):
             return  # the builder reuses the previous node
         relist = self._rules.relists(path, has_previous)
         names = self._listing(path) if relist else self._previous_names(path)
-        below = []
         for name in names:
             child = join(path, name)
             if self.exclude(child):
                 continue
             before = self.manifest.get(child) if has_previous and self.trusted else None
-            subdirectory = self._walk_child(child, before, relist)
-            if subdirectory is not None:
-                below.append(subdirectory)
-        self.capture.publish()
-        for subdirectory in below:
-            self._walk_directory(*subdirectory)
+            self._walk_child(child, before, relist)
 
     def _previous_names(self, path: bytes) -> list[bytes]:
         return [name for name in self.manifest.children(path) if not is_graveyard(path, name)]
 
-    def _walk_child(self, path: bytes, before: EntryStat | None, relisted: bool) -> tuple[bytes, bool] | None:
-        """Record one entry; a directory to walk is returned, with whether it has a previous node."""
+    def _walk_child(self, path: bytes, before: EntryStat | None, relisted: bool) -> None:
         if self._rules.unchanged(path, before.ino if before is not None else None, relisted,
                                  lambda: self._stat(path).st_ino):
-            return None
+            return
         st = self._stat(path)
         self._capture_xattrs(path)
         if stat.S_ISREG(st.st_mode):
             self._plan_read(path, st, before)
         elif stat.S_ISDIR(st.st_mode):
             # As TreeBuilder._subdirectory: another directory inode at this path is built afresh.
-            return path, before is not None and before.is_dir and before.ino == st.st_ino
+            self._walk_directory(path, before is not None and before.is_dir and before.ino == st.st_ino)
         elif stat.S_ISLNK(st.st_mode):
             self.capture.targets[path] = self._live.readlink(path)
-        return None
 
     def _plan_read(self, path: bytes, st: FrozenStat, before: EntryStat | None) -> None:
         same_file = before is not None and stat.S_ISREG(before.mode) and before.ino == st.st_ino

@@ -26,25 +26,14 @@ groups a directory or two behind its walk, so a reader loads a directory's
 rows in one query and keeps the directories on its current path and the ones
 it used last, up to ROWS_KEPT rows (`_Rows`). Connections are per thread (the builder reads on the trio thread,
 the manifest's delta in a worker thread).
-
-The first mount's capture runs in a worker thread while the builder already
-reads (docs/live.md §13.1). The thread that made the store is its writer; a
-directory is *published* once its listing is committed, and its listing is
-written in the same transaction as the rows of all its entries, after them
-(`publish`, at most every PUBLISH_EVERY seconds, and `finish`). Other threads
-see only committed rows, and the builder asks about a directory only once it
-is published, so a published directory's rows are complete and `_Rows` never
-keeps a directory that is not.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import struct
-import threading
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 
 import msgpack
@@ -56,7 +45,6 @@ from cloudfs.sqlitedb import ThreadConnections
 CAPTURE_NAME = "capture.db"
 _BATCH = 10_000
 ROWS_KEPT = 16_384   # rows a reading thread keeps in memory, beyond its current path
-PUBLISH_EVERY = 0.02  # seconds between commits that publish directories to the builder
 # mode, ino, dev, nlink, uid, gid, rdev, size, mtime_ns, ctime_ns: a FrozenStat's fields
 STAT = struct.Struct("<IQQQIIQQqq")
 _STAT, _XATTRS, _TARGET, _RANGES = range(4)
@@ -83,9 +71,7 @@ class CaptureStore:
     """The database of one full capture; `stats`, `listings`, `xattrs`, `targets`
     and `reads` are its maps."""
 
-    def __init__(self, state_dir: Path, on_publish: Callable[[], None] | None = None):
-        """`on_publish()` is called (in the writer's thread) after each commit that
-        published directories."""
+    def __init__(self, state_dir: Path):
         remove_leftovers(state_dir)
         self.path = Path(state_dir) / CAPTURE_NAME
         self._connections = ThreadConnections(
@@ -95,10 +81,6 @@ class CaptureStore:
         self._db().executescript(_SCHEMA)
         self._dir_ids: dict[bytes, int] = {}         # while capturing (one writer: the seal)
         self._pending: tuple[dict, ...] = ({}, {}, {}, {})   # per table: path -> value
-        self._pending_listings: dict[bytes, list[bytes]] = {}  # published at the next commit
-        self._writer = threading.get_ident()
-        self._on_publish = on_publish
-        self._published_at = time.monotonic()
         self._finished = False
         self.stat_count = 0
         self.read_count = 0
@@ -118,35 +100,10 @@ class CaptureStore:
 
     def finish(self) -> None:
         """The capture is complete: write what is buffered; from now on it is read only."""
-        self._publish()
-        self._dir_ids.clear()
-        self._finished = True
-
-    def publish(self) -> None:
-        """The walker has recorded every entry of the directories listed so far:
-        commit them, unless the last commit was less than PUBLISH_EVERY ago."""
-        if time.monotonic() - self._published_at >= PUBLISH_EVERY:
-            self._publish()
-
-    def _publish(self) -> None:
-        """Commit what is buffered, the listings last, in one transaction: a reader
-        that sees a directory's listing sees all of its entries."""
-        db = self._db()
-        db.execute("BEGIN")
         for column in range(len(_TABLES)):
             self._flush(column)
-        listings = [(msgpack.packb(names), self._dir_id(path))
-                    for path, names in self._pending_listings.items()]
-        db.executemany("UPDATE dirs SET names = ? WHERE id = ?", listings)
-        db.execute("COMMIT")
-        self._pending_listings.clear()
-        self._published_at = time.monotonic()
-        if listings and self._on_publish is not None:
-            self._on_publish()
-
-    def _writing_here(self) -> bool:
-        """Whether this is the walker, before the capture is finished: it sees what it buffered."""
-        return not self._finished and threading.get_ident() == self._writer
+        self._dir_ids.clear()
+        self._finished = True
 
     def close(self) -> None:
         """Close and delete the database (the snapshot is committed or given up); once."""
@@ -178,12 +135,9 @@ class CaptureStore:
                     for path, value in pending.items()]
             statement = f"INSERT OR REPLACE INTO {table} (dir, name, value) VALUES (?, ?, ?)"
         db = self._db()
-        alone = not db.in_transaction
-        if alone:
-            db.execute("BEGIN")
+        db.execute("BEGIN")
         db.executemany(statement, rows)
-        if alone:
-            db.execute("COMMIT")
+        db.execute("COMMIT")
         pending.clear()
 
     def _dir_id(self, path: bytes) -> int:
@@ -198,9 +152,8 @@ class CaptureStore:
     # -- reading (any thread) ----------------------------------------------------------------
 
     def get(self, path: bytes, column: int):
-        """What was recorded of `path` in `column` (None if nothing); other threads
-        than the walker's ask only about entries of published directories."""
-        if self._writing_here():      # the walker: its own buffer, else one row
+        """What was recorded of `path` in `column` (None if nothing)."""
+        if not self._finished:      # the seal: its own buffer, else one row
             pending = self._pending[column].get(path)
             if pending is not None:
                 return pending[1] if column == _RANGES else pending
@@ -236,9 +189,7 @@ class _Rows:
         if rows is not None:
             self.directories.move_to_end(path)
             return rows
-        rows, published = self._load(path)
-        if not published:
-            return rows     # not kept: the capture may still add to it
+        rows = self._load(path)
         self._make_room(path, len(rows))
         self.directories[path] = rows
         self._count += len(rows)
@@ -252,18 +203,17 @@ class _Rows:
             if not _is_within(path, directory):
                 self._count -= len(self.directories.pop(directory))
 
-    def _load(self, path: bytes) -> tuple[dict[bytes, list], bool]:
-        """name -> [stat, xattrs, target, ranges] of every entry recorded in `path`,
-        and whether the directory is published (its listing committed)."""
+    def _load(self, path: bytes) -> dict[bytes, list]:
+        """name -> [stat, xattrs, target, ranges] of every entry recorded in `path`."""
         db = self.store._db()
-        row = db.execute("SELECT id, names IS NOT NULL FROM dirs WHERE path = ?", (path,)).fetchone()
+        row = db.execute("SELECT id FROM dirs WHERE path = ?", (path,)).fetchone()
         if row is None:
-            return {}, False
+            return {}
         rows: dict[bytes, list] = {}
         for column, table in enumerate(_TABLES):
             for name, value in db.execute(f"SELECT name, value FROM {table} WHERE dir = ?", (row[0],)):
                 rows.setdefault(name, [None, None, None, None])[column] = _unpacked_value(column, value)
-        return rows, bool(row[1])
+        return rows
 
 
 def _is_within(path: bytes, directory: bytes) -> bool:
@@ -369,11 +319,10 @@ class _Listings(MutableMapping):
         self.store = store
 
     def __setitem__(self, path: bytes, names: list[bytes]) -> None:
-        self.store._pending_listings[path] = names   # written when published
+        store = self.store
+        store._db().execute("UPDATE dirs SET names = ? WHERE id = ?", (msgpack.packb(names), store._dir_id(path)))
 
     def __getitem__(self, path: bytes) -> list[bytes]:
-        if self.store._writing_here() and path in self.store._pending_listings:
-            return self.store._pending_listings[path]
         row = self.store._db().execute("SELECT names FROM dirs WHERE path = ?", (path,)).fetchone()
         if row is None or row[0] is None:
             raise KeyError(path)

@@ -18,11 +18,6 @@ obligations are dropped, so application writes go on without copying and never
 wait or fail because of it, and every later read of the frozen state raises
 SpoolFull, so no snapshot mixing two instants can be committed.
 
-The first mount's capture runs in a worker thread while the builder already
-reads (docs/live.md §13.1): `CaptureProgress` tells the builder, on the trio
-thread, when more directories are published, and `FrozenSource.until_listed`
-waits for the one it is about to list.
-
 Threads: `FrozenReader.pread` runs in the builder's worker threads. It reads
 the live file first and then, under `_lock`, the table of preserved pieces and
 the failure flag; a handler publishes a piece (under `_lock`) before it lets
@@ -38,9 +33,6 @@ import os
 import stat
 import threading
 from bisect import bisect_right
-from collections.abc import Callable
-
-import trio
 
 from cloudfs.live.capture import Capture
 from cloudfs.live.changes import TO_END, RangeSet
@@ -62,43 +54,6 @@ class FrozenStateLost(Exception):
 
 class CaptureMiss(RuntimeError):
     """The builder asked for something the seal did not capture: a bug, reported loudly."""
-
-
-class CaptureFailed(Exception):
-    """The capture the builder was following did not complete."""
-
-
-class CaptureProgress:
-    """How far a capture running in a worker thread has got, for the builder on the
-    trio thread. Made on the trio thread; `published` is called from the capture's
-    thread, `end` on the trio thread once the capture's thread has returned."""
-
-    def __init__(self):
-        self._token = trio.lowlevel.current_trio_token()
-        self._more = trio.Event()
-        self.ended = False
-        self.error: BaseException | None = None
-
-    def published(self) -> None:
-        """More directories are published (any thread; does not wait)."""
-        self._token.run_sync_soon(self._wake)
-
-    def end(self, error: BaseException | None = None) -> None:
-        self.ended, self.error = True, error
-        self._wake()
-
-    def _wake(self) -> None:
-        self._more.set()
-        self._more = trio.Event()
-
-    async def until(self, done: Callable[[], bool]) -> None:
-        """Until `done()` is true or the capture has ended (CaptureFailed if it failed)."""
-        while not done():
-            if self.error is not None:
-                raise CaptureFailed(f"the capture failed: {self.error}")
-            if self.ended:
-                return
-            await self._more.wait()
 
 
 class _Pieces:
@@ -131,10 +86,8 @@ class FrozenState:
     """One seal's capture plus copy-on-write; see the module docstring for the rules."""
 
     def __init__(self, capture: Capture, spool: Spool, graveyard: Graveyard, table: InodeTable,
-                 root_fd: int, progress: CaptureProgress | None = None):
+                 root_fd: int):
         self.capture = capture
-        #: Of a capture still going on in a worker thread (None: it is complete).
-        self.progress = progress
         self.spool = spool
         self.graveyard = graveyard
         self.table = table
@@ -304,12 +257,6 @@ class FrozenSource:
     def __init__(self, state: FrozenState):
         self.state = state
         self.capture = state.capture
-
-    async def until_listed(self, path: bytes) -> None:
-        """Until the capture, if it is still going on, has published directory `path`."""
-        progress = self.state.progress
-        if progress is not None:
-            await progress.until(lambda: path in self.capture.listings)
 
     def listdir(self, path: bytes) -> list[bytes]:
         try:

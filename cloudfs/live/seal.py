@@ -8,11 +8,6 @@ then one synchronous stretch — no other request runs during it: `journal.seal(
 the capture of everything the builder will look at (capture.py), and the
 FrozenState that makes the handlers copy-on-write from the next request on. Its
 duration is the only time writers wait for a seal; it is measured (`stall_s`).
-
-The startup seal of a first mount (`seal_before_serving`) captures everything
-in a worker thread instead, while the snapshot's build already reads what is
-captured; the mount serves nothing until that capture is complete, so it still
-describes one instant (docs/live.md §13.1).
 """
 
 from __future__ import annotations
@@ -20,7 +15,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +23,7 @@ import trio
 
 from cloudfs.system import mounttable
 from cloudfs.live.capture import Capture, CaptureWalker, Inconsistent
-from cloudfs.live.frozen import CaptureProgress, FrozenState
+from cloudfs.live.frozen import FrozenState
 from cloudfs.live.graveyard import Graveyard
 from cloudfs.live.manifest import Manifest
 from cloudfs.live.spool import Spool
@@ -74,12 +69,6 @@ class Sealed:
     flush_s: float = 0.0
     #: Tags for the snapshot of this seal (`cloudfs snapshot --tag`), set by the daemon.
     tags: tuple[str, ...] = ()
-    #: Set once the capture has ended (at once, unless it runs in a worker thread).
-    captured: trio.Event = field(default_factory=trio.Event)
-
-    def __post_init__(self):
-        if self.frozen.progress is None:
-            self.captured.set()
 
     @property
     def full(self) -> bool:
@@ -120,74 +109,23 @@ class Sealer:
         self.operations.frozen = frozen
         stall = time.perf_counter() - started
         previous = manifest.checkpoint.snapshot if trusted else None
-        self._log_sealed(epoch, capture, stall)
-        return Sealed(epoch, time_ns, capture, frozen, previous, stall)
-
-    async def seal_before_serving(self, manifest: Manifest, *, trusted: bool,
-                                  started: Callable[[Sealed], None]) -> Sealed:
-        """The startup seal, before the first request is served; `started(sealed)` is
-        called as soon as its snapshot can be built. A full capture (no trusted
-        manifest: a first mount) runs in a worker thread meanwhile, and the build
-        follows it directory by directory; this returns once the capture is complete
-        (on failure, the sealed state is given up and the error raised). Nothing may
-        be served before it returns: Rule 5 holds because nothing is served."""
-        if trusted or self.state_dir is None:
-            sealed = self.seal_now(manifest, incremental=True, trusted=trusted)
-            started(sealed)
-            return sealed
-        started_at = time.perf_counter()
-        time_ns = time.time_ns()
-        epoch, _ = self.journal.seal()
-        progress = CaptureProgress()
-        token = trio.lowlevel.current_trio_token()
-        handed: list[Sealed] = []
-
-        def hand_over(capture: Capture) -> None:   # in the capture's thread
-            handed.append(trio.from_thread.run_sync(self._install, epoch, time_ns, capture, progress,
-                                                    started, trio_token=token))
-
-        try:
-            capture = await trio.to_thread.run_sync(
-                lambda: self._walker(manifest, time_ns, trusted).full(hand_over, progress.published))
-        except BaseException as error:
-            progress.end(error)
-            if handed:
-                handed[0].frozen.fail(f"the capture failed: {error}")
-                handed[0].captured.set()
-            raise
-        progress.end()
-        sealed = handed[0]
-        sealed.frozen.progress = None
-        sealed.stall_s = time.perf_counter() - started_at
-        sealed.captured.set()
-        self._log_sealed(epoch, capture, sealed.stall_s)
-        return sealed
-
-    def _install(self, epoch: int, time_ns: int, capture: Capture, progress: CaptureProgress,
-                 started: Callable[[Sealed], None]) -> Sealed:
-        frozen = FrozenState(capture, self.spool, self.graveyard, self.operations.table, self.root_fd,
-                             progress)
-        self.operations.frozen = frozen
-        sealed = Sealed(epoch, time_ns, capture, frozen, None, 0.0)
-        started(sealed)
-        return sealed
-
-    def _log_sealed(self, epoch: int, capture: Capture, stall_s: float) -> None:
         log.info("sealed epoch %d (%s): %d paths captured, %d files (%d bytes) to read, in %.1f ms",
                  epoch, "full" if capture.full else "incremental", len(capture.stats),
-                 len(capture.reads), capture.bytes_to_read(), stall_s * 1000)
-
-    def _walker(self, manifest: Manifest, time_ns: int, trusted: bool) -> CaptureWalker:
-        return CaptureWalker(self.root_fd, manifest, block_size=self.block_size, has_previous=trusted,
-                             trusted=trusted, exclude=self.exclude, time_ns=time_ns, state_dir=self.state_dir)
+                 len(capture.reads), capture.bytes_to_read(), stall * 1000)
+        return Sealed(epoch, time_ns, capture, frozen, previous, stall)
 
     def _capture(self, manifest: Manifest, time_ns: int, incremental: bool, trusted: bool) -> Capture:
+        def walker() -> CaptureWalker:
+            return CaptureWalker(self.root_fd, manifest, block_size=self.block_size, has_previous=trusted,
+                                 trusted=trusted, exclude=self.exclude, time_ns=time_ns,
+                                 state_dir=self.state_dir)
+
         if incremental:
             try:
-                return self._walker(manifest, time_ns, trusted).incremental(self.journal.pending())
+                return walker().incremental(self.journal.pending())
             except Inconsistent as error:
                 log.warning("the tree does not match the journal (%s); capturing all of it", error)
-        return self._walker(manifest, time_ns, trusted).full()
+        return walker().full()
 
     def release(self, sealed: Sealed | None = None) -> None:
         """The snapshot is committed or given up: stop copy-on-write, drop spool and graveyard."""

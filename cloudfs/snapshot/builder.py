@@ -114,10 +114,7 @@ class TreeBuilder:
         names to examine."""
         old = {e.name: e for e in await self.reader.directory(previous)} if previous else {}
         relist = self._rules.relists(path, previous is not None)
-        if not relist:
-            return old, relist, list(old)
-        await self.source.until_listed(path)
-        return old, relist, self.source.listdir(path)
+        return old, relist, self.source.listdir(path) if relist else list(old)
 
     async def _walk(self, directory: "_Directory", old: dict[bytes, Entry], relist: bool,
                     names: list[bytes]) -> None:

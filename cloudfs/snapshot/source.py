@@ -23,8 +23,6 @@ class FileReader(Protocol):
 
 
 class Source(Protocol):
-    async def until_listed(self, path: bytes) -> None:
-        """Until `listdir(path)` can answer (a source still being captured)."""
     def listdir(self, path: bytes) -> list[bytes]: ...
     def lstat(self, path: bytes) -> os.stat_result: ...
     def readlink(self, path: bytes) -> bytes: ...
@@ -81,9 +79,6 @@ class DirectorySource:
 
     def _at(self, path: bytes) -> bytes:
         return path or b"."
-
-    async def until_listed(self, path: bytes) -> None:
-        pass   # always ready
 
     def listdir(self, path: bytes) -> list[bytes]:
         fd = os.open(self._at(path), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self.root_fd)
