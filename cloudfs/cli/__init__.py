@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "opens_repository", False):
+        from cloudfs.system.readahead import read_modules_ahead
+
+        read_modules_ahead()     # from a cold disk, the imports to come wait less
     logs.configure(args.verbose, args.log_format)
     try:
         return args.run(args) or 0
