@@ -40,6 +40,8 @@ def read_modules_ahead() -> threading.Thread:
 
 
 def _read_ahead() -> None:
+    if not hasattr(os, "posix_fadvise"):     # not Linux: nothing to ask for
+        return
     for path in module_files():
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
