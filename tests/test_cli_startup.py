@@ -7,6 +7,8 @@ mount, with Python's own import log (PYTHONPROFILEIMPORTTIME) as the witness.
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import os
 import subprocess
 import sys
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from cloudfs.cli import COMMAND_MODULES, build_parser, command_named
 from tests.live_fixtures import live  # noqa: F401 - fixture
 from tests.snapshot_fixtures import protected  # noqa: F401 - fixture
 
@@ -44,6 +47,37 @@ def test_building_the_parser_imports_nothing_heavy():
     modules = set(result.stdout.split())
     assert "cloudfs.cli.repo_commands" in modules
     assert heavy(modules) == []
+
+
+def test_a_command_is_parsed_by_its_own_module_alone():
+    """`cloudfs restore` builds the restore parser only: the other 12 command
+    modules are not read. The table that says which module adds which command
+    must be true, in the order the full parser lists them."""
+    listed = []
+    for module_name, commands in COMMAND_MODULES.items():
+        subparsers = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(module_name).register(subparsers)
+        assert tuple(subparsers.choices) == commands, module_name
+        listed += commands
+    full = next(action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction))
+    assert list(full.choices) == listed
+    assert command_named(["-v", "--log-format", "json", "restore", "latest", "/x"]) == "restore"
+    assert command_named(["--help"]) is command_named(["restor"]) is command_named([]) is None
+
+    help_text, modules = _help_and_modules("restore", "--help")
+    assert "SNAPSHOT[:PATH]" in help_text
+    assert "cloudfs.cli.browse_commands" in modules and "cloudfs.cli.repo_commands" not in modules
+    help_text, modules = _help_and_modules("--help")
+    assert "restore" in help_text and "cloudfs.cli.repo_commands" in modules
+
+
+def _help_and_modules(*args: str) -> tuple[str, set[str]]:
+    """cloudfs's main() with `args` in a new interpreter: what it printed, and the
+    modules it had imported (importlib's imports, which -X importtime does not log)."""
+    code = ("import sys, cloudfs.cli\ntry:\n    cloudfs.cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print(' '.join(sys.modules), file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
+    return result.stdout, set(result.stderr.split())
 
 
 def test_status_of_a_running_mount_imports_nothing_heavy(live):

@@ -3,15 +3,18 @@ what it refuses, how it resumes, and one clear line for every bad input."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
 import stat
 import subprocess
+import sys
 
 import pytest
 
 from cloudfs.browse.names import Catalog, gmt_name
+from cloudfs.system.readahead import module_files
 from tests.browse_fixtures import BrowseMount, new_repo
 from tests.cli_helpers import one_line_error
 from tests.tree_helpers import capture_directory, diff, make_rich_tree
@@ -201,3 +204,39 @@ def test_bad_inputs_get_one_line(two_snapshots, s3_env, tmp_path):
     empty = new_repo(s3_env, tmp_path / "empty")
     assert "no snapshots yet" in one_line_error(empty.cloudfs("restore", "latest", tmp_path / "x"))
     assert not (tmp_path / "x").exists()
+
+
+def test_what_a_restore_imports_was_read_ahead(two_snapshots, tmp_path):
+    """From a cold disk a restore's ~550 modules are asked for at once
+    (cloudfs.system.readahead); one it imports that is not among them is read
+    from disk only when imported, as every module was before."""
+    result = two_snapshots.cloudfs("restore", "latest", tmp_path / "out", PYTHONPROFILEIMPORTTIME="1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    interpreter = subprocess.run([sys.executable, "-X", "importtime", "-c", "pass"], capture_output=True,
+                                 text=True, timeout=60)
+    imported = _imported(result.stderr) - _imported(interpreter.stderr)
+    assert {"cloudfs.system.readahead", "cloudfs.restore.restorer", "botocore.client"} <= imported
+    read_ahead = set(module_files())
+    missed = sorted(name for name in imported if (path := _compiled_file(name)) and path not in read_ahead)
+    assert missed == []
+
+
+def _imported(importtime_log: str) -> set[str]:
+    return {line.rsplit("|", 1)[1].strip() for line in importtime_log.splitlines()
+            if line.startswith("import time:") and line.count("|") == 2}
+
+
+def _compiled_file(name: str) -> str | None:
+    """The file the interpreter reads to import `name` (None: built in, not compiled,
+    or an optional import that failed)."""
+    origin = getattr(sys.modules.get(name), "__file__", None)
+    if origin is None:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            return None
+        origin = spec.origin if spec is not None else None
+    if not origin or not os.path.isfile(origin):
+        return None
+    path = importlib.util.cache_from_source(origin) if origin.endswith(".py") else origin
+    return path if os.path.isfile(path) else None

@@ -66,6 +66,7 @@ def repository_options() -> argparse.ArgumentParser:
                             "profile, or --maintenance-profile)")
     group.add_argument("--cache-dir", type=Path, help="local cache (default ~/.cache/cloudfs)")
     group.add_argument("--no-cache", action="store_true", help="do not cache index and snapshot objects")
+    parser.set_defaults(opens_repository=True)
     return parser
 
 

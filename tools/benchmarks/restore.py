@@ -19,8 +19,10 @@ step, whole commands as users type them:
 
 Every restored tree and every copy is compared with its source byte for byte.
 Medians over the runs are printed with the ratio cloudfs/restic and issue 14's
-goals. Nothing is deleted until the end (deleting on this disk, mounted with
-`discard`, slows what follows).
+goals. Nothing is deleted during a run (deleting on this disk, mounted with
+`discard`, slows what follows); a run's outputs (5 copies of the file, 2 GiB
+each by default) are deleted after it, followed by a sync and a pause, so the
+disk holds one run's worth, not every run's.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from cloudfs.system.statedir import StateDir  # noqa: E402
 BUCKET = "bench"
 ENV = dict(os.environ)
 GRAVEYARD = ".cloudfs-graveyard"   # made at SOURCE's root by the live mount, not part of a snapshot
+SETTLE_SECONDS = 10                # after deleting a run's outputs (the disk discards what was freed)
 
 
 class Bench:
@@ -56,6 +59,12 @@ class Bench:
         self.counter = 0
         self.cloudfs = {name: CloudfsUser(server, BUCKET, self.fresh("home")) for name in self.data}
         self.restic: dict[str, Restic] = {}
+
+    def clear_outputs(self) -> None:
+        """Delete what the run made (restores, copies, caches), then let the disk settle."""
+        shutil.rmtree(self.work / "out")
+        os.sync()
+        time.sleep(SETTLE_SECONDS)
 
     def fresh(self, name: str) -> Path:
         self.counter += 1
@@ -214,6 +223,7 @@ def main() -> None:
             figures = {**bench.restores(), **bench.copies()}
             results.append(figures)
             print(f"run {run + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(figures.items())), flush=True)
+            bench.clear_outputs()
         report(results, args, bench.files, with_restic)
     finally:
         locals3.stop(server.proc)
