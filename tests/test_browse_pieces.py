@@ -357,3 +357,39 @@ def test_history_over_many_snapshots_reads_their_directories_a_group_at_a_time(s
     folder = trio.run(History(trees).listing, catalog, b"docs")
     assert folder.children == sorted([b"report.txt"] + [b"new-%d.txt" % i for i in range(30)])
     assert max(largest) < 30            # 30 distinct roots and nodes of docs/, never all at once
+
+
+def test_a_tree_prefetch_waits_while_the_mount_serves_requests(s3_env, tmp_path, monkeypatch):
+    """The whole-tree prefetch only guesses; a user's request goes first (at a
+    million entries an `ls -l` waited seconds behind it)."""
+    repo = new_repo(s3_env, tmp_path, block_size=BLOCK)
+    source = tmp_path / "source"
+    for index in range(20):
+        (source / f"d{index:02}").mkdir(parents=True)
+        (source / f"d{index:02}" / "file").write_text("x")
+    repo.take_snapshot(source)
+    opened = repo.open()
+    trees = TreeCache(BlobFetcher(opened))
+    monkeypatch.setattr("cloudfs.browse.trees.GROUP_BYTES", 1)     # one node a group
+    background = Background()
+    groups = []
+    decode = trees.directories
+
+    async def directories(node_ids, **kwargs):
+        groups.append(trio.current_time())
+        return await decode(node_ids, **kwargs)
+
+    trees.directories = directories
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            with background.serving():
+                nursery.start_soon(trees.prefetch_tree, repo.snapshots[0].tree, background.until_idle)
+                await trio.sleep(1)
+                assert groups == []                       # nothing while a request is being served
+                served = trio.current_time()
+            await trio.sleep(0.1)
+            assert groups == []                           # ... nor right after it
+        assert len(groups) == 21 and min(groups) >= served + 0.2    # the root and 20 directories, once idle
+
+    trio.run(main)

@@ -43,12 +43,14 @@ LABEL_AND_ACL_XATTRS = frozenset({b"security.selinux", b"system.posix_acl_access
 
 def _answers(handler):
     """Errors at the edge: repository trouble becomes EIO with a log line that
-    names what failed; anything unexpected is logged with its traceback."""
+    names what failed; anything unexpected is logged with its traceback. Each
+    request counts as the mount being busy (background guesses wait)."""
 
     @functools.wraps(handler)
     async def wrapper(self, *args):
         try:
-            return await handler(self, *args)
+            with self.namespace.background.serving():
+                return await handler(self, *args)
         except FUSEError:
             raise
         except CloudfsError as error:

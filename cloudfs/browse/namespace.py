@@ -352,10 +352,11 @@ class Namespace:
     def prefetch_tree(self, snapshot: Snapshot | None) -> None:
         """Fetch a snapshot's directory nodes in the background, once per mount
         (on its first lookup; the newest one as soon as the mount is ready,
-        since a file manager opens it first)."""
+        since a file manager opens it first), a group at a time while the
+        mount serves no request."""
         if snapshot is not None and snapshot.tree not in self._prefetched_trees:
             self._prefetched_trees.add(snapshot.tree)
-            self.background.spawn(self.trees.prefetch_tree, snapshot.tree)
+            self.background.spawn(self.trees.prefetch_tree, snapshot.tree, self.background.until_idle)
 
     # -- inside snapshots -----------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 from cloudfs.browse.blobs import BlobFetcher
 from cloudfs.errors import IntegrityError
@@ -150,12 +150,14 @@ class TreeCache:
             node = entry.subtree
         return entry
 
-    async def prefetch_tree(self, root: bytes, budget: int = PREFETCH_ENTRIES) -> int:
+    async def prefetch_tree(self, root: bytes, until_idle: Callable[[], Awaitable[None]] | None = None,
+                            budget: int = PREFETCH_ENTRIES) -> int:
         """Fetch the directory nodes below `root`, breadth first, a group at a
-        time; stop after `budget` entries. The first half of the cache's worth
-        is kept decoded, the rest only goes to the disk cache (without one, the
-        prefetch stops there). Failures are left for the reads that need those
-        nodes to report. Returns the number of nodes read."""
+        time, each once `until_idle` returns; stop after `budget` entries. The
+        first half of the cache's worth is kept decoded, the rest only goes to
+        the disk cache (without one, the prefetch stops there). Failures are
+        left for the reads that need those nodes to report. Returns the number
+        of nodes read."""
         kept = self.max_entries // 2
         if self.fetcher.disk is None:
             budget = min(budget, kept)
@@ -163,6 +165,8 @@ class TreeCache:
         while pending and entries < budget:
             batch = [pending.popleft() for _ in range(min(GROUP_LOOKUP, len(pending)))]
             for group in self.groups(batch):
+                if until_idle is not None:
+                    await until_idle()
                 found = await self.directories(group, remember=entries < kept)
                 for value in found.values():
                     if isinstance(value, Exception):
