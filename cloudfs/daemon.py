@@ -46,6 +46,7 @@ from cloudfs.alerts import Alarm, AlertBook, PinningContext
 from cloudfs.control import server as control_server
 from cloudfs.errors import AccessDenied, CloudfsError, StoreUnavailable, UsageError, leaf_errors
 from cloudfs.live.capture import manifest_delta
+from cloudfs.malloc import give_back_freed
 from cloudfs.live.capturestore import remove_leftovers as remove_capture_leftovers
 from cloudfs.live.graveyard import Graveyard
 from cloudfs.live.journal import NullJournal
@@ -364,6 +365,8 @@ class SnapshotDaemon:
             await self._until_enough_targets_hold(snapshot)
             await self._commit(sealed, snapshot, manifest[0])
             committed = True
+            if sealed.full:
+                give_back_freed()
         except _PreviousGone as error:
             log.warning("%s; the next snapshot compares everything", error)
             self._trusted = False
