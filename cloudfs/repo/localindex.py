@@ -63,6 +63,7 @@ LOOKUP_BATCH = 500            # ids per `IN (...)` query
 # Read the file ahead once lookups reach this share of its pages (cold, a page read
 # at random costs ~0.1 ms here, reading the whole file ~10 µs a page)
 READ_AHEAD_SHARE = 1 / 32
+SIZE_CHECK_LOOKUPS = 256     # lookups at least between two looks at the file's size
 READ_AHEAD_SPAN = 1 << 20
 DAMAGE_CODES = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
 
@@ -145,6 +146,7 @@ class BlobIndex:
         self._looked_up = 0
         self.reading_ahead: threading.Thread | None = None   # reads the file ahead (this process's)
         self._read_ahead_pid = 0
+        self._next_size_check = 0      # lookups at which the file's size is looked at again
 
     # -- the connection ------------------------------------------------------------------
 
@@ -292,8 +294,11 @@ class BlobIndex:
         """Start reading the file ahead once this process's lookups make it worth it."""
         with self._lock:
             self._looked_up += count
-            if self._read_ahead_pid == _process.pid:
+            if self._read_ahead_pid == _process.pid or self._looked_up < self._next_size_check:
                 return
+            # a backup looks up in batches of a few dozen: not a stat and two sysconf
+            # calls per batch under the lock, only when the lookups have grown enough
+            self._next_size_check = self._looked_up + max(SIZE_CHECK_LOOKUPS, self._looked_up // 8)
             try:
                 size = self.path.stat().st_size
             except OSError:
