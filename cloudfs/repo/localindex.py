@@ -63,7 +63,6 @@ LOOKUP_BATCH = 500            # ids per `IN (...)` query
 # Read the file ahead once lookups reach this share of its pages (cold, a page read
 # at random costs ~0.1 ms here, reading the whole file ~10 µs a page)
 READ_AHEAD_SHARE = 1 / 32
-SIZE_CHECK_LOOKUPS = 256     # lookups at least between two looks at the file's size
 READ_AHEAD_SPAN = 1 << 20
 DAMAGE_CODES = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
 
@@ -296,13 +295,14 @@ class BlobIndex:
             self._looked_up += count
             if self._read_ahead_pid == _process.pid or self._looked_up < self._next_size_check:
                 return
-            # a backup looks up in batches of a few dozen: not a stat and two sysconf
-            # calls per batch under the lock, only when the lookups have grown enough
-            self._next_size_check = self._looked_up + max(SIZE_CHECK_LOOKUPS, self._looked_up // 8)
             try:
                 size = self.path.stat().st_size
             except OSError:
                 return
+            # A backup looks up in batches of a few dozen: not a stat and two sysconf calls
+            # per batch under the lock, only once the lookups could make it worth it (the
+            # file only grows, and with it the lookups needed).
+            self._next_size_check = _fewest_lookups_worth_it(size)
             if _worth_reading_ahead(size, self._looked_up):
                 self._read_ahead_pid = _process.pid
                 self.reading_ahead = threading.Thread(target=_read_through, args=(self.path,),
@@ -591,6 +591,11 @@ class _transaction:
 
     def __exit__(self, kind, value, traceback):
         self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+def _fewest_lookups_worth_it(size: int) -> int:
+    """The lookups below which a file of `size` bytes or more is not worth reading ahead."""
+    return int(max(size, CACHE_KIB * 1024) * READ_AHEAD_SHARE / PAGE_BYTES)
 
 
 def _worth_reading_ahead(size: int, looked_up: int) -> bool:
