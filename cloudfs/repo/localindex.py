@@ -301,8 +301,8 @@ class BlobIndex:
                 return
             # A backup looks up in batches of a few dozen: not a stat and two sysconf calls
             # per batch under the lock, only once the lookups could make it worth it (the
-            # file only grows, and with it the lookups needed).
-            self._next_size_check = _fewest_lookups_worth_it(size)
+            # file only grows, and with it the lookups needed) and have grown by an eighth.
+            self._next_size_check = max(_fewest_lookups_worth_it(size), self._looked_up * 9 // 8)
             if _worth_reading_ahead(size, self._looked_up):
                 self._read_ahead_pid = _process.pid
                 self.reading_ahead = threading.Thread(target=_read_through, args=(self.path,),
