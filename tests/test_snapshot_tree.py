@@ -7,7 +7,7 @@ import pytest
 import trio
 
 from cloudfs.repo import Repository, RepoConfig
-from cloudfs.snapshot.builder import TreeBuilder
+from cloudfs.snapshot.builder import SMALL_BYTES_PER_JOB, TreeBuilder
 from cloudfs.snapshot.rules import PathChanges
 from cloudfs.snapshot.reader import TreeReader
 from cloudfs.snapshot.sink import RepositorySink
@@ -203,7 +203,7 @@ def test_the_walk_goes_on_while_a_directory_s_files_are_read(repo, tmp_path):
     root = tmp_path / "walked"
     for name in ("a", "b"):
         (root / name).mkdir(parents=True)
-        (root / name / "big.bin").write_bytes(os.urandom(3 * BLOCK))
+        (root / name / "big.bin").write_bytes(os.urandom(SMALL_BYTES_PER_JOB + BLOCK))   # a task each
     source = _WaitingSource(os.open(root, os.O_RDONLY | os.O_DIRECTORY), b"a/big.bin", b"b/big.bin")
     builder = TreeBuilder(source, RepositorySink(repo), TreeReader(repo), repo.config.block_size)
     try:
@@ -212,4 +212,33 @@ def test_the_walk_goes_on_while_a_directory_s_files_are_read(repo, tmp_path):
         source.close()
     trio.run(repo.flush)
     assert not source.waited_in_vain
+    assert_matches(repo, snapshot_root, root)
+
+
+class _BatchSink(RepositorySink):
+    """Records how many files each worker-thread job stored."""
+
+    def __init__(self, repo):
+        super().__init__(repo)
+        self.jobs = []
+
+    def store_buffers_sync(self, buffers, block_size):
+        self.jobs.append(len(buffers))
+        return super().store_buffers_sync(buffers, block_size)
+
+
+def test_files_of_a_few_blocks_are_read_in_one_job_and_a_larger_one_alone(repo, tmp_path):
+    root = tmp_path / "few-blocks"
+    root.mkdir()
+    for index in range(20):
+        (root / f"three-blocks-{index}").write_bytes(os.urandom(3 * BLOCK - index))
+    (root / "past-a-group").write_bytes(os.urandom(SMALL_BYTES_PER_JOB + 1))
+    source = DirectorySource.at(root)
+    sink = _BatchSink(repo)
+    try:
+        snapshot_root = trio.run(TreeBuilder(source, sink, TreeReader(repo), BLOCK).build, None, None)
+    finally:
+        source.close()
+    trio.run(repo.flush)
+    assert sorted(sink.jobs) == [1, 20]
     assert_matches(repo, snapshot_root, root)

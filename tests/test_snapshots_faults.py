@@ -384,7 +384,7 @@ def test_a_full_spool_gives_that_snapshot_up_and_a_fresh_seal_commits(small_chun
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     protected.mount(mountpoint, "--interval", "3600", "--spool-size", "256K", "--bandwidth-limit", "2M")
-    names = [f"new-{index}" for index in range(8)]
+    names = [f"new-{index}" for index in range(16)]
     for name in names:
         (mountpoint / name).write_bytes(os.urandom(512 << 10))
     given_up = protected.seal()

@@ -257,6 +257,7 @@ class FrozenSource:
     def __init__(self, state: FrozenState):
         self.state = state
         self.capture = state.capture
+        self._last_stat: tuple[bytes, object] | None = None   # the builder asks of one path in a row
 
     def listdir(self, path: bytes) -> list[bytes]:
         try:
@@ -265,10 +266,14 @@ class FrozenSource:
             raise CaptureMiss(f"the seal did not list {path!r}") from None
 
     def lstat(self, path: bytes):
-        try:
-            return self.capture.stats[path]
-        except KeyError:
-            raise CaptureMiss(f"the seal did not stat {path!r}") from None
+        last = self._last_stat
+        if last is not None and last[0] == path:
+            return last[1]
+        st = self.capture.stats.get(path)
+        if st is None:
+            raise CaptureMiss(f"the seal did not stat {path!r}")
+        self._last_stat = (path, st)
+        return st
 
     def readlink(self, path: bytes) -> bytes:
         try:

@@ -145,6 +145,7 @@ class BlobIndex:
         self._looked_up = 0
         self.reading_ahead: threading.Thread | None = None   # reads the file ahead (this process's)
         self._read_ahead_pid = 0
+        self._next_size_check = 0      # lookups at which the file's size is looked at again
 
     # -- the connection ------------------------------------------------------------------
 
@@ -292,12 +293,16 @@ class BlobIndex:
         """Start reading the file ahead once this process's lookups make it worth it."""
         with self._lock:
             self._looked_up += count
-            if self._read_ahead_pid == _process.pid:
+            if self._read_ahead_pid == _process.pid or self._looked_up < self._next_size_check:
                 return
             try:
                 size = self.path.stat().st_size
             except OSError:
                 return
+            # A backup looks up in batches of a few dozen: not a stat and two sysconf calls
+            # per batch under the lock, only once the lookups could make it worth it (the
+            # file only grows, and with it the lookups needed) and have grown by an eighth.
+            self._next_size_check = max(_fewest_lookups_worth_it(size), self._looked_up * 9 // 8)
             if _worth_reading_ahead(size, self._looked_up):
                 self._read_ahead_pid = _process.pid
                 self.reading_ahead = threading.Thread(target=_read_through, args=(self.path,),
@@ -586,6 +591,11 @@ class _transaction:
 
     def __exit__(self, kind, value, traceback):
         self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+def _fewest_lookups_worth_it(size: int) -> int:
+    """The lookups below which a file of `size` bytes or more is not worth reading ahead."""
+    return int(max(size, CACHE_KIB * 1024) * READ_AHEAD_SHARE / PAGE_BYTES)
 
 
 def _worth_reading_ahead(size: int, looked_up: int) -> bool:

@@ -14,9 +14,10 @@ read again.
 Concurrency: the tree is walked depth-first on the trio thread; each file to
 read is a task (at most FILE_TASKS at once), and its content is read, hashed,
 compressed and sealed in worker-thread jobs of READ_BATCH bytes (at most
-WORKER_THREADS at once, several per large file); files of one block or less
-are grouped, up to SMALL_FILES_PER_JOB per job, whatever directory they are
-in. The walk never waits for content: a directory's node is written by a task
+WORKER_THREADS at once, several per large file); files read whole of at most
+SMALL_BYTES_PER_JOB are grouped, up to SMALL_FILES_PER_JOB or about
+SMALL_BYTES_PER_JOB per job, whatever directory they are in. The walk never
+waits for content: a directory's node is written by a task
 of its own once its last child is done, while the walk goes on, so the
 threads stay busy across many small directories. Memory stays bounded: the
 directories not written yet are those with a file among the FILE_TASKS in
@@ -43,8 +44,9 @@ from cloudfs.snapshot.tree import Entry, encode_directory, subtree_totals
 
 READ_BATCH = 4 << 20
 FILE_TASKS = 32
-# Files of at most one block are read in groups, one worker-thread job per group:
-# a thread hop costs more here than reading and sealing a small file.
+# Files read whole of at most SMALL_BYTES_PER_JOB are read in groups, one worker-thread
+# job per group: a task, an open and a thread hop each cost more here than reading and
+# sealing a file of a few blocks (a tenth of the standard library's files are 64 KiB-1 MiB).
 SMALL_FILES_PER_JOB = 64
 SMALL_BYTES_PER_JOB = 1 << 20
 # Jobs in worker threads: about one per core, plus room for the jobs that are
@@ -209,7 +211,7 @@ class TreeBuilder:
         if plan is Content.REUSE or st.st_size == 0:
             entry.blocks, entry.block_list = (old.blocks, old.block_list) if plan is Content.REUSE else ([], None)
             directory.entries[entry.name] = entry
-        elif st.st_size <= self.block_size and plan is Content.WHOLE:
+        elif plan is Content.WHOLE and self._read_in_group(st.st_size):
             directory.hold()
             self._small.add(directory, path, entry)
             if self._small.full():
@@ -218,6 +220,10 @@ class TreeBuilder:
             await self._file_slots.acquire()
             directory.hold()
             self._nursery.start_soon(self._file_task, directory, path, st, old, entry, plan)
+
+    def _read_in_group(self, size: int) -> bool:
+        """Small enough for a group, and for its block ids to stay inline (no block list)."""
+        return size <= SMALL_BYTES_PER_JOB and block_count(size, self.block_size) <= blocklist.FANOUT
 
     async def _start_small_files(self) -> None:
         if self._small.files:
