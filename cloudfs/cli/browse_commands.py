@@ -73,8 +73,7 @@ def register(subparsers) -> None:
                          help="read the snapshot's listing and check TARGET, then say what would be "
                               "restored (files, bytes) without writing anything")
     restore.add_argument("--jobs", type=int, default=4, metavar="N",
-                         help="ranged reads in flight at once (default 4; one thread at a time "
-                              "verifies and writes what they bring)")
+                         help="ranged reads fetched and written at once (default 4)")
     restore.add_argument("--no-progress", dest="progress", action="store_false",
                          help="no progress bar (there is none either when stderr is not a terminal)")
     restore.add_argument("--json", action="store_true",

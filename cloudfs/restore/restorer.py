@@ -10,11 +10,11 @@ batch before it is filled and finished (at most two batches are held):
 1. create: directories (owner-only until the end), every file at its final
    size with ftruncate (so holes stay holes), symlinks, fifos, devices.
 2. fill: a batch's blobs are sorted by chunk and offset and fetched as spans
-   (one ranged GET each, small gaps included), JOBS at a time; a span's records
-   are verified (I5) in one thread job, WRITERS at a time, and each plaintext
-   is written to every place that needs it, so a block stored once in a batch
-   is fetched once. With --resume, blocks already on disk with the right keyed
-   hash are skipped: an interrupted restore picks up where it stopped.
+   (one ranged GET each, small gaps included), JOBS at a time; each record is
+   verified (I5) and its plaintext written to every place that needs it, so a
+   block stored once in a batch is fetched once. With --resume, blocks already
+   on disk with the right keyed hash are skipped: an interrupted restore picks
+   up where it stopped.
 3. finish: hard links, then xattrs, owners (as root), modes and times of the
    batch's files (a new file of one block gets them from the thread that wrote
    it, through the descriptor it wrote with); the directories at the very end,
@@ -56,10 +56,7 @@ TREE_ENTRIES = 16_384         # decoded directory entries kept (the walk reads e
 SPAN_BYTES = 16 << 20         # the largest ranged GET
 SPAN_FLOOR = 1 << 20          # ... and the largest a batch's share per job may make it
 SPAN_GAP = 1 << 20            # unwanted bytes a ranged GET may include to save a request
-JOBS = 4                      # spans fetched at once
-WRITERS = 1                   # ... and verified and written by one thread at a time: each writer
-                              # gives the GIL up around every system call, and four of them traded
-                              # it in 121,000 futex calls to restore 7,733 files, one in 8,200
+JOBS = 4                      # spans fetched and written at once
 SAMPLE_SECONDS = 1.0          # --dry-run: fetch for a time estimate for at most this long,
 SAMPLE_BYTES = 64 << 20       # ... and this much (downloads may cost money)
 
@@ -122,7 +119,6 @@ class Restorer:
         self.links = HardLinks()
         self._target_had_content = False
         self._warned: set[tuple] = set()
-        self._writers = trio.CapacityLimiter(WRITERS)
 
     async def run(self, snapshot: Snapshot, path: bytes, target: bytes, on_total) -> None:
         top = await self._top_item(snapshot, path, target)
@@ -477,8 +473,7 @@ class Restorer:
         async with spans:
             async for span in spans:
                 data = await fetch_span_bytes(self.repo, span)
-                written, failures = await trio.to_thread.run_sync(self._write_span, span, data, batch,
-                                                                  limiter=self._writers)
+                written, failures = await trio.to_thread.run_sync(self._write_span, span, data, batch)
                 for location, error in failures:
                     written += await self._from_another_copy(location, error, batch)
                 self.report.bytes_written += written
