@@ -16,8 +16,9 @@ batch before it is filled and finished (at most two batches are held):
    on disk with the right keyed hash are skipped: an interrupted restore picks
    up where it stopped.
 3. finish: hard links, then xattrs, owners (as root), modes and times of the
-   batch's files; the directories at the very end, deepest first (writing into
-   one changes its times).
+   batch's files (a new file of one block gets them from the thread that wrote
+   it, through the descriptor it wrote with); the directories at the very end,
+   deepest first (writing into one changes its times).
 
 A blob that fails verification or is missing, or a directory node that cannot
 be read, damages the files that need it: they are removed (never left with
@@ -43,7 +44,7 @@ from cloudfs.errors import CloudfsError, IntegrityError, StoreError, UsageError,
 from cloudfs.repo import Repository, Snapshot
 from cloudfs.repo.chunk import BlobLocation, open_record
 from cloudfs.restore.walk import DirectoryFinishes, HardLinks, Item, Selection, walk
-from cloudfs.restore.writing import RestoreError, RunWriter, remove
+from cloudfs.restore.writing import RestoreError, RunWriter, remove, write_new_file
 from cloudfs.snapshot.tree import subtree_totals
 
 log = logging.getLogger(__name__)
@@ -492,9 +493,7 @@ class Restorer:
 
         def write() -> int:
             with RunWriter() as writer:
-                for item, offset in batch[location.blob_id]:
-                    if item.damage is None:
-                        writer.add(item.destination, offset, plaintext)
+                self._write_places(writer, batch[location.blob_id], plaintext)
             return writer.written
 
         return await trio.to_thread.run_sync(write)
@@ -510,10 +509,30 @@ class Restorer:
                 if isinstance(plaintext, IntegrityError):
                     failures.append((location, plaintext))
                     continue
-                for item, offset in batch[location.blob_id]:
-                    if item.damage is None:
-                        writer.add(item.destination, offset, plaintext)
+                self._write_places(writer, batch[location.blob_id], plaintext)
         return writer.written, failures
+
+    def _write_places(self, writer: RunWriter, places: list[tuple[Item, int]], plaintext: bytes) -> None:
+        for item, offset in places:
+            if item.damage is not None:
+                continue
+            if self._whole_in_one_block(item):
+                self._write_whole_file(item, plaintext)
+                writer.written += len(plaintext)
+            else:
+                writer.add(item.destination, offset, plaintext)
+
+    def _whole_in_one_block(self, item: Item) -> bool:
+        """A new file that is one stored block (most small files), which its writer
+        creates, writes and finishes through one descriptor: four system calls
+        fewer than a write, then a pass by path. Not with --verify, which reads
+        the files back before their modes apply, nor for a drill's block ranges."""
+        return len(item.entry.blocks or ()) == 1 and _created_by_its_blocks(item) \
+            and not self.options.verify and self.options.only is None
+
+    def _write_whole_file(self, item: Item, plaintext: bytes) -> None:
+        write_new_file(item.destination, plaintext, lambda fd: self._apply_metadata(item, fd))
+        item.finished = True
 
     async def _verify(self, files: list[Item]) -> None:
         """Read every restored file back and compare each block's keyed hash."""
@@ -532,7 +551,7 @@ class Restorer:
     def _finish_items(self, items: list[Item]) -> None:
         """Links and metadata of a batch's entries other than directories."""
         for item in items:
-            if item.is_dir or item.damage is not None:
+            if item.is_dir or item.damage is not None or item.finished:
                 continue
             try:
                 if item.link_to is not None:
@@ -555,22 +574,23 @@ class Restorer:
         os.link(item.link_to.destination, item.destination)
         self.report.hard_links += 1
 
-    def _apply_metadata(self, item: Item) -> None:
-        """xattrs, then owner (as root), mode and times; in that order because
-        chown clears set-id bits and a read-only mode would stop xattrs."""
-        entry, destination = item.entry, item.destination
-        symlink = entry.is_symlink
+    def _apply_metadata(self, item: Item, fd: int | None = None) -> None:
+        """xattrs, then owner (as root), mode and times, by path or through `fd`;
+        in that order because chown clears set-id bits and a read-only mode
+        would stop xattrs."""
+        entry = item.entry
+        where, nofollow = (item.destination, {"follow_symlinks": False}) if fd is None else (fd, {})
         for name, value in entry.xattrs.items():
             try:
-                os.setxattr(destination, name, value, follow_symlinks=False)
+                os.setxattr(where, name, value, **nofollow)
             except OSError as error:
                 self._warn(("xattr", name, error.errno),
                            f"cannot set xattr {os.fsdecode(name)} ({error.strerror}), e.g. on {item.shown}")
         if self.as_root:
-            os.chown(destination, entry.uid, entry.gid, follow_symlinks=False)
-        if not symlink:
-            os.chmod(destination, stat.S_IMODE(entry.mode))
-        os.utime(destination, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+            os.chown(where, entry.uid, entry.gid, **nofollow)
+        if not entry.is_symlink:
+            os.chmod(where, stat.S_IMODE(entry.mode))
+        os.utime(where, ns=(entry.mtime_ns, entry.mtime_ns), **nofollow)
 
     # -- bookkeeping -------------------------------------------------------------------------
 

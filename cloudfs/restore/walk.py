@@ -53,6 +53,7 @@ class Item:
     replace: bool = False         # something else is there and goes first
     link_to: "Item | None" = None
     damage: str | None = None
+    finished: bool = False        # its data and metadata are written (a one-block file)
 
     @property
     def is_dir(self) -> bool:

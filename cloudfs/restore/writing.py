@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from collections.abc import Callable
 
 from cloudfs.errors import CloudfsError
 
@@ -66,6 +67,22 @@ class RunWriter:
             except OSError as error:
                 raise RestoreError(_write_failure(self._path, error)) from None
             self._buffers = []
+
+
+def write_new_file(path: bytes, data: bytes, finish: Callable[[int], None]) -> None:
+    """Create `path` (it must not exist), write `data` and `finish(fd)` it (its
+    metadata) through the one descriptor."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as error:
+        raise RestoreError(_write_failure(path, error)) from None
+    try:
+        _pwritev_all(fd, [data], 0)
+        finish(fd)
+    except OSError as error:
+        raise RestoreError(_write_failure(path, error)) from None
+    finally:
+        os.close(fd)
 
 
 def _write_failure(path: bytes, error: OSError) -> str:
