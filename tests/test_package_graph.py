@@ -16,7 +16,7 @@ pytestmark = pytest.mark.timeout(60)
 
 PACKAGE = Path(__file__).parent.parent / "cloudfs"
 
-BASE = {"errors", "fsutil", "sqlitedb"}
+BASE = {"errors", "fsutil", "sqlitedb", "malloc"}
 #: part -> the parts it may import (besides itself).
 MAY_IMPORT = {
     "errors": set(),
