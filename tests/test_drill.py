@@ -203,7 +203,8 @@ def test_an_interrupted_drill_leaves_no_scratch_behind(mixed_repo, tmp_path):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     process = subprocess.Popen([sys.executable, "-m", "cloudfs", "drill", "--sample", "100%", "--scratch", scratch],
-                               env=mixed_repo.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               env=mixed_repo.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=_ctrl_c_as_at_a_terminal)
     try:
         deadline = time.monotonic() + 60
         while not list(scratch.glob("*/repository/all/*")) and time.monotonic() < deadline:
@@ -215,3 +216,9 @@ def test_an_interrupted_drill_leaves_no_scratch_behind(mixed_repo, tmp_path):
         process.kill()
     assert process.returncode == 130 and "interrupted" in stderr, stderr
     assert os.listdir(scratch) == []
+
+
+def _ctrl_c_as_at_a_terminal() -> None:
+    """A suite started in the background (`cmd &` without job control) ignores SIGINT,
+    and so would the drill (Python keeps an ignored SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
