@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 
 log = logging.getLogger(__name__)
@@ -52,16 +53,21 @@ def give_back_freed() -> None:
     daemon after a snapshot: a first snapshot's burst otherwise stays resident for
     the mount's life although it is free."""
     try:
-        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+        _libc().malloc_trim(0)
     except (OSError, AttributeError) as error:     # not glibc
         log.debug("cannot trim the heap: %s", error)
 
 
 def _mallopt(*settings: tuple[int, int]) -> bool:
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name)
+        libc = _libc()
         return all(libc.mallopt(option, value) for option, value in settings)
     except (OSError, AttributeError) as error:     # not glibc
         log.debug("cannot tune malloc: %s", error)
         return False
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """The C library, found once: find_library runs `ldconfig -p` in a child process."""
+    return ctypes.CDLL(ctypes.util.find_library("c"))

@@ -92,8 +92,10 @@ class SlotTable:
 
     def of(self, ino: int) -> Slot | None:
         """The slot an entry's inode number counts on (None once dropped)."""
-        place = self.locate(ino)
-        return None if place is None else place[0]
+        if ino & LINK_BIT:
+            place = self._links.get(ino)
+            return None if place is None else place[0]
+        return self._slots.get(ino >> SHIFT)
 
     def locate(self, ino: int) -> tuple[Slot, int] | None:
         """The slot and index an entry's inode number names (None once dropped)."""
