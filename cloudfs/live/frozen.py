@@ -195,7 +195,7 @@ class FrozenState:
         a name the inode table knows, or a scan. Whatever is opened is checked to be
         that inode: an inode the graveyard keeps cannot be reused for another file.
         Trio thread (the inode table)."""
-        for opener in (lambda: os.open(path, _READ_FLAGS | os.O_NOFOLLOW, dir_fd=self.root_fd),
+        for opener in (lambda: self._open_path(path),
                        lambda: self.graveyard.open(ino, _READ_FLAGS),
                        lambda: self._open_by_table(ino),
                        lambda: self._open_by_scan(ino)):
@@ -208,6 +208,22 @@ class FrozenState:
             if fd >= 0:
                 os.close(fd)
         raise FrozenStateLost(f"{os.fsdecode(path)} (inode {ino}) cannot be found any more")
+
+    def open_sealed_path(self, ino: int, path: bytes) -> int | None:
+        """`open_live`'s first try alone, for any thread: a descriptor of inode `ino`
+        if it is still at its sealed path, else None. Safe beside the loop: what is
+        opened is checked to be the inode (which the graveyard keeps from reuse)."""
+        try:
+            fd = self._open_path(path)
+        except OSError:
+            return None
+        if self._is(fd, ino):
+            return fd
+        os.close(fd)
+        return None
+
+    def _open_path(self, path: bytes) -> int:
+        return os.open(path, _READ_FLAGS | os.O_NOFOLLOW, dir_fd=self.root_fd)
 
     def _is(self, fd: int, ino: int) -> bool:
         st = os.fstat(fd)
@@ -286,13 +302,31 @@ class FrozenSource:
         return dict(self.capture.xattrs.get(path, {}))
 
     def open(self, path: bytes) -> FileReader:
+        return self.opening(path).open()
+
+    def opening(self, path: bytes) -> "FrozenOpening":
         st = self.lstat(path)
         plan = self.capture.reads.get(path)
         if plan is None:
             raise CaptureMiss(f"the seal did not plan to read {path!r}")
         if self.state.failure is not None:
             raise SpoolFull(self.state.failure)
-        return FrozenReader(self.state, st.st_ino, self.state.open_live(st.st_ino, path), plan)
+        return FrozenOpening(self.state, path, st.st_ino, plan)
+
+
+class FrozenOpening:
+    """A sealed file to open: at its sealed path from any thread (nearly every file
+    is still there), anywhere else from the trio thread (`FrozenState.open_live`)."""
+
+    def __init__(self, state: FrozenState, path: bytes, ino: int, plan: RangeSet):
+        self.state, self.path, self.ino, self.plan = state, path, ino, plan
+
+    def open_in_thread(self) -> "FrozenReader | None":
+        fd = self.state.open_sealed_path(self.ino, self.path)
+        return None if fd is None else FrozenReader(self.state, self.ino, fd, self.plan)
+
+    def open(self) -> "FrozenReader":
+        return FrozenReader(self.state, self.ino, self.state.open_live(self.ino, self.path), self.plan)
 
 
 class FrozenReader:

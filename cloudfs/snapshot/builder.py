@@ -16,7 +16,9 @@ read is a task (at most FILE_TASKS at once), and its content is read, hashed,
 compressed and sealed in worker-thread jobs of READ_BATCH bytes (at most
 WORKER_THREADS at once, several per large file); files read whole of at most
 SMALL_BYTES_PER_JOB are grouped, up to SMALL_FILES_PER_JOB or about
-SMALL_BYTES_PER_JOB per job, whatever directory they are in. The walk never
+SMALL_BYTES_PER_JOB per job, whatever directory they are in, and opened in
+that job (`Source.opening`: what the source must look up is asked on the
+trio thread, the open happens beside it). The walk never
 waits for content: a directory's node is written by a task
 of its own once its last child is done, while the walk goes on, so the
 threads stay busy across many small directories. Memory stays bounded: the
@@ -39,7 +41,7 @@ import trio
 from cloudfs.snapshot import blocklist
 from cloudfs.snapshot.reader import TreeReader
 from cloudfs.snapshot.rules import Content, PathChanges, WalkRules, block_count, blocks_to_update
-from cloudfs.snapshot.source import FileReader, Source, join
+from cloudfs.snapshot.source import FileReader, Opening, Source, join
 from cloudfs.snapshot.tree import Entry, encode_directory, subtree_totals
 
 READ_BATCH = 4 << 20
@@ -231,24 +233,24 @@ class TreeBuilder:
             self._nursery.start_soon(self._small_files_task, self._small.take())
 
     async def _small_files_task(self, files: list[tuple["_Directory", bytes, Entry]]) -> None:
-        """Read and store a group of small files (of any directories) in one worker-thread job."""
+        """Read and store a group of small files (of any directories) in one worker-thread
+        job, which opens and closes them too: only the capture's answers are the loop's."""
         try:
-            opened = []
+            openings = []
             for directory, path, entry in files:
                 try:
-                    opened.append((self.source.open(path), directory, entry))   # on the loop, like every open
+                    openings.append((self.source.opening(path), directory, entry))
                 except FileNotFoundError:
                     self.stats.vanished += 1
-            try:
-                results = await trio.to_thread.run_sync(
-                    self._read_small_files, [(reader, entry.size) for reader, _, entry in opened],
-                    limiter=self._threads)
-            finally:
-                for reader, _, _ in opened:
-                    reader.close()
-            for (_, directory, entry), (ids, read) in zip(opened, results):
-                entry.blocks, entry.block_list = ids, None
-                self.stats.bytes_read += read
+            results = await trio.to_thread.run_sync(
+                self._read_small_files, [(opening, entry.size) for opening, _, entry in openings],
+                limiter=self._threads)
+            for (_, directory, entry), result in zip(openings, results):
+                if result is None:
+                    self.stats.vanished += 1
+                    continue
+                entry.blocks, entry.block_list = result[0], None
+                self.stats.bytes_read += result[1]
                 self.stats.files_read += 1
                 directory.entries[entry.name] = entry
         finally:
@@ -256,12 +258,22 @@ class TreeBuilder:
             for directory, _, _ in files:
                 directory.release(self._finish)
 
-    def _read_small_files(self, files: list[tuple[FileReader, int]]) -> list[tuple[list, int]]:
-        for reader, size in files:
-            reader.prefetch(size, 0)   # the disk gets the group's reads at once, not one by one
-        read = [_read(reader, 0, size) for reader, size in files]
-        stored = self.sink.store_buffers_sync([data for data, _ in read], self.block_size)
-        return [(ids, length) for ids, (_, length) in zip(stored, read)]
+    def _read_small_files(self, files: list[tuple[Opening, int]]) -> list[tuple[list, int] | None]:
+        """In a worker thread: (block ids, bytes read) of each file, None for one gone."""
+        readers: list[FileReader | None] = []
+        try:
+            for opening, size in files:
+                readers.append(reader := _open_in_thread(opening))
+                if reader is not None:
+                    reader.prefetch(size, 0)   # the disk gets the group's reads at once, not one by one
+            read = [_read(reader, 0, size) for reader, (_, size) in zip(readers, files) if reader is not None]
+        finally:
+            for reader in readers:
+                if reader is not None:
+                    reader.close()
+        stored = iter(self.sink.store_buffers_sync([data for data, _ in read], self.block_size))
+        lengths = iter(length for _, length in read)
+        return [None if reader is None else (next(stored), next(lengths)) for reader in readers]
 
     async def _file_task(self, directory: "_Directory", path: bytes, st, old: Entry | None, entry: Entry,
                          plan: Content) -> None:
@@ -323,6 +335,15 @@ class TreeBuilder:
         Returns the block ids and how many bytes were read."""
         data, read = _read(reader, offset, length)
         return self.sink.store_buffers_sync([data], self.block_size)[0], read
+
+
+def _open_in_thread(opening: Opening) -> FileReader | None:
+    """The reader of an opening, from a worker thread (asking the trio thread if it
+    must); None if the file is gone."""
+    try:
+        return opening.open_in_thread() or trio.from_thread.run_sync(opening.open)
+    except FileNotFoundError:
+        return None
 
 
 def _read(reader: FileReader, offset: int, length: int) -> tuple[bytes, int]:

@@ -22,12 +22,25 @@ class FileReader(Protocol):
     def close(self) -> None: ...
 
 
+class Opening(Protocol):
+    """A file about to be opened, with what its source needed to know of it (asked
+    for on the trio thread): the open itself can then happen in a worker thread,
+    where the system calls run beside the loop instead of in its turn."""
+
+    def open_in_thread(self) -> FileReader | None:
+        """The reader, in any thread; None if only the trio thread can open it."""
+
+    def open(self) -> FileReader:
+        """The reader (trio thread)."""
+
+
 class Source(Protocol):
     def listdir(self, path: bytes) -> list[bytes]: ...
     def lstat(self, path: bytes) -> os.stat_result: ...
     def readlink(self, path: bytes) -> bytes: ...
     def xattrs(self, path: bytes) -> dict[bytes, bytes]: ...
     def open(self, path: bytes) -> FileReader: ...
+    def opening(self, path: bytes) -> Opening: ...
 
 
 #: The live mount keeps files a sealed snapshot still needs here (cloudfs/live/graveyard.py);
@@ -113,6 +126,22 @@ class DirectorySource:
 
     def open(self, path: bytes) -> FileReader:
         return _FdReader(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | _NO_ATIME, dir_fd=self.root_fd))
+
+    def opening(self, path: bytes) -> Opening:
+        return _PathOpening(self, path)
+
+
+class _PathOpening:
+    """A directory's file: opened by path in whatever thread asks."""
+
+    def __init__(self, source: DirectorySource, path: bytes):
+        self.source, self.path = source, path
+
+    def open_in_thread(self) -> FileReader:
+        return self.source.open(self.path)
+
+    def open(self) -> FileReader:
+        return self.source.open(self.path)
 
 
 def exclusion_matcher(patterns: list[str]) -> "Callable[[bytes], bool] | None":
