@@ -17,6 +17,7 @@ metrics are served from the same status the control socket gives.
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import sys
@@ -81,6 +82,10 @@ def _serve_with(plan: MountPlan, source_fd: int, on_ready: Callable[[], None],
                                 rescan_interval=plan.rescan_interval,
                                 startup=live.reconcile)
         plan.state.announce(Holder(os.getpid(), str(plan.source), mountpoint, source_fd))
+        # Start-up's objects (modules, botocore's models) live as long as the mount: out of
+        # every full collection, which otherwise walked them all (~90 ms each, on the loop)
+        # about once a second while a first snapshot was captured and built.
+        gc.freeze()
         trio.run(_serve_requests, live, daemon, on_ready, exporter)
         served = True
     finally:
