@@ -10,7 +10,9 @@ every run, with the page cache dropped and empty local caches before each
 step, whole commands as users type them:
 
 - restore: `cloudfs restore latest TARGET` / `restic restore latest --target TARGET`
-  (the file's directory, then the tree), with the peak RSS of each command
+  (the file's directory, then the tree), with the peak RSS of each command;
+  cloudfs first in odd runs, restic first in even ones (what ran just
+  before a restore moves its time)
 - `cp -a` of the file, then of the tree, out of a fresh `cloudfs browse` /
   `restic mount` (and natively, from disk)
 - first listing right after mounting: `find -ls` and, on another fresh mount,
@@ -94,25 +96,33 @@ class Bench:
 
     # -- measurements -------------------------------------------------------------------------
 
-    def restores(self) -> dict:
+    def restores(self, restic_first: bool = False) -> dict:
+        """Each tool's restore of each data set; `restic_first` swaps who goes first
+        (what ran just before a restore moves its time: runs alternate)."""
         out = {}
-        for name, source in self.data.items():
-            user = self.cloudfs[name]
-            user.fresh_home(self.fresh("home"))
-            target = self.fresh("restore") / name
-            drop_caches()
-            out[f"restore_{name}"], out[f"restore_{name}_rss"] = user.run("restore", "latest", target,
-                                                                          "--no-progress")
-            assert_same_tree(source, target, ignore=(GRAVEYARD,), top_mode=False)
-            if self.with_restic:
-                restic = self.restic[name]
-                restic.env["RESTIC_CACHE_DIR"] = str(self.fresh("restic-cache"))
-                target = self.fresh("restic-restore")
-                drop_caches()
-                out[f"restic_restore_{name}"], out[f"restic_restore_{name}_rss"] = restic.timed(
-                    "restore", "latest", "--target", target)
-                assert_same_tree(source, target / str(source).lstrip("/"))
+        for name in self.data:
+            tools = [self._cloudfs_restore, self._restic_restore] if self.with_restic else [self._cloudfs_restore]
+            for restore in reversed(tools) if restic_first else tools:
+                out.update(restore(name))
         return out
+
+    def _cloudfs_restore(self, name: str) -> dict:
+        source, user = self.data[name], self.cloudfs[name]
+        user.fresh_home(self.fresh("home"))
+        target = self.fresh("restore") / name
+        drop_caches()
+        seconds, rss = user.run("restore", "latest", target, "--no-progress")
+        assert_same_tree(source, target, ignore=(GRAVEYARD,), top_mode=False)
+        return {f"restore_{name}": seconds, f"restore_{name}_rss": rss}
+
+    def _restic_restore(self, name: str) -> dict:
+        source, restic = self.data[name], self.restic[name]
+        restic.env["RESTIC_CACHE_DIR"] = str(self.fresh("restic-cache"))
+        target = self.fresh("restic-restore")
+        drop_caches()
+        seconds, rss = restic.timed("restore", "latest", "--target", target)
+        assert_same_tree(source, target / str(source).lstrip("/"))
+        return {f"restic_restore_{name}": seconds, f"restic_restore_{name}_rss": rss}
 
     def copies(self) -> dict:
         out = {}
@@ -220,7 +230,7 @@ def main() -> None:
         bench.prepare()
         results: list[dict] = []
         for run in range(args.runs):
-            figures = {**bench.restores(), **bench.copies()}
+            figures = {**bench.restores(restic_first=run % 2 == 1), **bench.copies()}
             results.append(figures)
             print(f"run {run + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(figures.items())), flush=True)
             bench.clear_outputs()
