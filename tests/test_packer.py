@@ -27,6 +27,17 @@ class FlakyStore(LocalStore):
         await super().put(name, data, exclusive=exclusive, sha256=sha256, retention=retention)
 
 
+class RecordingStore(LocalStore):
+    """A real local store that notes the size of each chunk it is given, in order."""
+
+    sizes: list[int] = []
+
+    async def put(self, name, data, *, exclusive=False, sha256=None, retention=None):
+        if name.startswith(CHUNKS_PREFIX):
+            RecordingStore.sizes.append(len(data))
+        await super().put(name, data, exclusive=exclusive, sha256=sha256, retention=retention)
+
+
 def make_repo(tmp_path, store_class=LocalStore, slots=2):
     config = RepoConfig(chunk_size=256 << 10, block_size=4096)
     repo = trio.run(lambda: Repository.init(store_class(tmp_path / "repo"), PASSPHRASE, config=config,
@@ -133,3 +144,22 @@ def test_a_chunk_of_tiny_blobs_closes_at_the_blob_limit_and_index_objects_follow
     assert len(trio.run(repo.store.list, INDEX_PREFIX)) >= 3     # one per 250 blobs, not one at the end
     for blob_id, plaintext in zip(sum(ids, []), sum(blobs, [])):
         assert trio.run(repo.get_blob, blob_id) == plaintext
+
+
+def test_the_first_chunks_of_each_upload_are_smaller_so_that_uploading_starts_early(tmp_path, monkeypatch):
+    """A chunk uploads once complete: the first ones of each upload (until a flush)
+    close at FIRST_CHUNK_BYTES, the rest at the chunk size (256 KiB here)."""
+    from cloudfs.repo import packer as packer_module
+
+    monkeypatch.setattr(packer_module, "FIRST_CHUNK_BYTES", (32 << 10, 64 << 10))
+    repo = make_repo(tmp_path, RecordingStore, slots=3)
+    blob = 8 << 10
+    for upload in range(2):
+        RecordingStore.sizes = []
+        store_from_threads(repo, [[os.urandom(blob) for _ in range(100)]])   # random: stored as it is
+        sizes = RecordingStore.sizes
+        limits = [32 << 10, 64 << 10] + [256 << 10] * (len(sizes) - 3)
+        assert len(sizes) >= 4, sizes
+        for size, limit in zip(sizes, limits):
+            assert limit <= size < limit + blob + (8 << 10), (upload, sizes)
+        assert sizes[-1] < (256 << 10) + blob + (8 << 10)    # what the flush shipped

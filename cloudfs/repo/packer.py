@@ -20,7 +20,15 @@ Concurrency rules (the only ones; keep them true when changing this file):
   new chunk while every slot is taken waits until an upload ends. A failed
   upload frees its slot too and fails every later call with the same error
   (until `reset_failure`), so no thread waits forever.
-- A chunk is closed when it reaches the chunk size or `MAX_BLOBS` blobs: a chunk
+- The first chunks of an upload (since the packer was created or last
+  flushed: a snapshot's) close early, at `FIRST_CHUNK_BYTES` (16 and 32 MiB),
+  the rest at the chunk size. A chunk uploads only once it is complete, so
+  with 64 MiB from the start a snapshot of up to ~64 MiB stored uploaded
+  nothing until the end of its build, then waited for the whole PUT
+  (0.31-0.37 s of a 2.6 s first backup of the standard library); small first
+  chunks start the uploads while the rest is sealed and leave a smaller last
+  one to wait for, at the price of two more objects per snapshot.
+- A chunk is closed when it reaches its size or `MAX_BLOBS` blobs: a chunk
   of tiny files would otherwise hold a hundred thousand of them, and its footer,
   its index entries and the locations waiting for an index object all grow with
   that number, in memory (I8).
@@ -59,6 +67,7 @@ from cloudfs.store.base import FilePayload
 
 
 MAX_BLOBS = 8192          # blobs per chunk: ~5 MB chunks of 600-byte files
+FIRST_CHUNK_BYTES = (16 << 20, 32 << 20)   # the first chunks of an upload (see above)
 INDEX_BLOBS = 16384       # blobs per index object during long uploads
 
 
@@ -69,6 +78,7 @@ class _OpenChunk:
     closed: bool = False      # no more reservations
     shipped: bool = False     # someone took it to finish and upload
     ids: list[bytes] = field(default_factory=list)
+    limit: int = 0            # the size at which it closes
 
 
 class Packer:
@@ -79,6 +89,7 @@ class Packer:
         self._lock = threading.Lock()
         self._slot_free = threading.Condition(self._lock)
         self._free_slots = slots
+        self._opened = 0                  # chunks opened since the last flush
         self._open: _OpenChunk | None = None
         self._pending: set[bytes] = set()
         self._failure: BaseException | None = None
@@ -136,18 +147,26 @@ class Packer:
                 if self._free_slots == 0:
                     self._slot_free.wait()
                     continue
+                self._open = _OpenChunk(ChunkBuilder(self.repo.master, self.directory), limit=self._next_limit())
                 self._free_slots -= 1
-                self._open = _OpenChunk(ChunkBuilder(self.repo.master, self.directory))
             chunk = self._open
             location = chunk.builder.reserve(blob_id, kind, payload_length, raw_length)
             chunk.ids.append(blob_id)
             chunk.writers += 1
-            if chunk.builder.size >= self.repo.config.chunk_size or len(chunk.ids) >= MAX_BLOBS:
+            if chunk.builder.size >= chunk.limit or len(chunk.ids) >= MAX_BLOBS:
                 self._open = None
                 chunk.closed = True
             self.repo.written.blobs += 1
             self.repo.written.raw_bytes += raw_length
         return chunk, location
+
+    def _next_limit(self) -> int:
+        """Under the lock, opening a chunk: the size at which it closes."""
+        size = self.repo.config.chunk_size
+        if self._opened < len(FIRST_CHUNK_BYTES):
+            size = min(size, FIRST_CHUNK_BYTES[self._opened])
+        self._opened += 1
+        return size
 
     def _finish_writing(self, chunk: _OpenChunk) -> bool:
         with self._lock:
@@ -174,6 +193,7 @@ class Packer:
         with self._lock:
             self._raise_if_failed()
             chunk, self._open = self._open, None
+            self._opened = 0
         if chunk is not None:
             chunk.closed = chunk.shipped = True
             data = chunk.builder.finish()
