@@ -46,7 +46,6 @@ from cloudfs.alerts import Alarm, AlertBook, PinningContext
 from cloudfs.control import server as control_server
 from cloudfs.errors import AccessDenied, CloudfsError, StoreUnavailable, UsageError, leaf_errors
 from cloudfs.live.capture import manifest_delta
-from cloudfs.malloc import give_back_freed
 from cloudfs.live.capturestore import remove_leftovers as remove_capture_leftovers
 from cloudfs.live.graveyard import Graveyard
 from cloudfs.live.journal import NullJournal
@@ -55,6 +54,7 @@ from cloudfs.live.rescan import DEFAULT_INTERVAL as DEFAULT_RESCAN_INTERVAL, Res
 from cloudfs.live.seal import Sealed, Sealer
 from cloudfs.live.spool import Spool, SpoolFull
 from cloudfs.live.startup import StartupReconcile
+from cloudfs.malloc import give_back_freed
 from cloudfs.repo import Repository, Snapshot
 from cloudfs.repo.snapshots import SNAPSHOTS_PREFIX
 from cloudfs.repo.config import parse_compression

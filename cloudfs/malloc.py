@@ -23,7 +23,6 @@ caches and read-ahead budget bound that peak.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import logging
 
@@ -69,5 +68,6 @@ def _mallopt(*settings: tuple[int, int]) -> bool:
 
 @functools.cache
 def _libc() -> ctypes.CDLL:
-    """The C library, found once: find_library runs `ldconfig -p` in a child process."""
-    return ctypes.CDLL(ctypes.util.find_library("c"))
+    """The C library's symbols, as the interpreter already has them loaded (no
+    `ctypes.util.find_library`, which runs `ldconfig -p` in a child process)."""
+    return ctypes.CDLL(None)

@@ -44,7 +44,7 @@ from cloudfs.errors import CloudfsError, IntegrityError, StoreError, UsageError,
 from cloudfs.repo import Repository, Snapshot
 from cloudfs.repo.chunk import BlobLocation, open_record
 from cloudfs.restore.walk import DirectoryFinishes, HardLinks, Item, Selection, walk
-from cloudfs.restore.writing import RestoreError, RunWriter, remove, write_new_file
+from cloudfs.restore.writing import RestoreError, RunWriter, remove
 from cloudfs.snapshot.tree import subtree_totals
 
 log = logging.getLogger(__name__)
@@ -517,8 +517,8 @@ class Restorer:
             if item.damage is not None:
                 continue
             if self._whole_in_one_block(item):
-                self._write_whole_file(item, plaintext)
-                writer.written += len(plaintext)
+                writer.write_new_file(item.destination, plaintext, lambda fd: self._apply_metadata(item, fd))
+                item.finished = True
             else:
                 writer.add(item.destination, offset, plaintext)
 
@@ -529,10 +529,6 @@ class Restorer:
         the files back before their modes apply, nor for a drill's block ranges."""
         return len(item.entry.blocks or ()) == 1 and _created_by_its_blocks(item) \
             and not self.options.verify and self.options.only is None
-
-    def _write_whole_file(self, item: Item, plaintext: bytes) -> None:
-        write_new_file(item.destination, plaintext, lambda fd: self._apply_metadata(item, fd))
-        item.finished = True
 
     async def _verify(self, files: list[Item]) -> None:
         """Read every restored file back and compare each block's keyed hash."""

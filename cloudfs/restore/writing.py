@@ -68,21 +68,20 @@ class RunWriter:
                 raise RestoreError(_write_failure(self._path, error)) from None
             self._buffers = []
 
-
-def write_new_file(path: bytes, data: bytes, finish: Callable[[int], None]) -> None:
-    """Create `path` (it must not exist), write `data` and `finish(fd)` it (its
-    metadata) through the one descriptor."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    except OSError as error:
-        raise RestoreError(_write_failure(path, error)) from None
-    try:
-        _pwritev_all(fd, [data], 0)
-        finish(fd)
-    except OSError as error:
-        raise RestoreError(_write_failure(path, error)) from None
-    finally:
-        os.close(fd)
+    def write_new_file(self, path: bytes, data: bytes, finish: Callable[[int], None]) -> None:
+        """Create `path` (it must not exist), write `data` and `finish(fd)` it (its
+        metadata) through the one descriptor, apart from the current run."""
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as error:
+            raise RestoreError(_write_failure(path, error)) from None
+        try:
+            self.written += _pwritev_all(fd, [data], 0)
+            finish(fd)
+        except OSError as error:
+            raise RestoreError(_write_failure(path, error)) from None
+        finally:
+            os.close(fd)
 
 
 def _write_failure(path: bytes, error: OSError) -> str:

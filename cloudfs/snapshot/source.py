@@ -137,11 +137,10 @@ class _PathOpening:
     def __init__(self, source: DirectorySource, path: bytes):
         self.source, self.path = source, path
 
-    def open_in_thread(self) -> FileReader:
-        return self.source.open(self.path)
-
     def open(self) -> FileReader:
         return self.source.open(self.path)
+
+    open_in_thread = open
 
 
 def exclusion_matcher(patterns: list[str]) -> "Callable[[bytes], bool] | None":

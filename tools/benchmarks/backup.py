@@ -38,7 +38,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table  # noqa: E402
 from whole import (CloudfsUser, Restic, assert_same_tree, copy_stdlib, drop_caches,  # noqa: E402,F401
-                   edit_small_files, peak_rss_mib, restic_available, tree_bytes, write_random_file)
+                   edit_small_files, in_turn, peak_rss_mib, restic_available, tree_bytes,
+                   write_random_file)
 
 from cloudfs import control, locals3  # noqa: E402
 
@@ -112,7 +113,7 @@ def main() -> None:
             for name, source in data.items():
                 one = Round(work, server, name, source, run, args.edits if name == "tree" else 0)
                 tools = [one.cloudfs, one.restic] if with_restic else [one.cloudfs]
-                for backup in reversed(tools) if run % 2 == 1 else tools:   # what ran before moves a time
+                for backup in in_turn(tools, run):
                     figures.update({f"{name}_{key}": value for key, value in backup(verify=run == 0).items()})
             results.append(figures)
             print(f"run {run + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(figures.items())), flush=True)

@@ -43,7 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table  # noqa: E402
 from whole import (CLOUDFS, CloudfsUser, Restic, assert_same_tree, copy_stdlib, drop_caches,  # noqa: E402
-                   peak_rss_mib, restic_available, run_command, write_random_file)
+                   in_turn, peak_rss_mib, restic_available, run_command, write_random_file)
 
 from cloudfs import locals3  # noqa: E402
 from cloudfs.system.statedir import StateDir  # noqa: E402
@@ -96,13 +96,12 @@ class Bench:
 
     # -- measurements -------------------------------------------------------------------------
 
-    def restores(self, restic_first: bool = False) -> dict:
-        """Each tool's restore of each data set; `restic_first` swaps who goes first
-        (what ran just before a restore moves its time: runs alternate)."""
+    def restores(self, run: int) -> dict:
+        """Each tool's restore of each data set, the tools taking turns going first."""
         out = {}
         for name in self.data:
             tools = [self._cloudfs_restore, self._restic_restore] if self.with_restic else [self._cloudfs_restore]
-            for restore in reversed(tools) if restic_first else tools:
+            for restore in in_turn(tools, run):
                 out.update(restore(name))
         return out
 
@@ -230,7 +229,7 @@ def main() -> None:
         bench.prepare()
         results: list[dict] = []
         for run in range(args.runs):
-            figures = {**bench.restores(restic_first=run % 2 == 1), **bench.copies()}
+            figures = {**bench.restores(run), **bench.copies()}
             results.append(figures)
             print(f"run {run + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(figures.items())), flush=True)
             bench.clear_outputs()

@@ -150,6 +150,12 @@ class Restic:
         return time.perf_counter() - start
 
 
+def in_turn(tools: list, run: int) -> list:
+    """The tools in the order run `run` uses: the first goes first in even runs (run 0,
+    the first), the last in odd ones; what ran just before a command moves its time."""
+    return tools if run % 2 == 0 else tools[::-1]
+
+
 def restic_available() -> bool:
     if shutil.which("restic"):
         return True
