@@ -237,6 +237,28 @@ def test_block_lists_read_through_the_cache_match_the_reference_reader(stored_fi
         assert trio.run(trees.block_ids, entry, first, last) == trio.run(reference.block_ids, entry, first, last)
 
 
+def test_a_prefetch_reads_block_lists_a_level_at_a_time_and_then_they_cost_no_get(stored_file):
+    """A restore's batch asks for the block lists of all its large files at once:
+    a GET per level of nodes, instead of one per node as each file comes up."""
+    repo, _ = stored_file
+    opened, store = open_counting(repo)
+    trees, reference = TreeCache(BlobFetcher(opened)), TreeReader(opened)
+
+    async def prefetch_then_read():
+        entry = await trees.lookup(repo.snapshots[0].tree, b"big.bin")
+        small = await trees.lookup(repo.snapshots[0].tree, b"small-3.txt")
+        store.gets.clear()
+        await trees.prefetch_block_lists([small, entry, entry])
+        prefetched = list(store.gets)
+        return entry, prefetched, await trees.block_ids(entry, 0, 512)
+
+    entry, prefetched, ids = trio.run(prefetch_then_read)
+    chunk_gets = [get for get in prefetched if get[0].startswith("chunks/")]
+    assert len(chunk_gets) == 2, chunk_gets     # the root, then both leaves in one ranged GET
+    assert len(store.gets) == len(prefetched), "block_ids found every node decoded"
+    assert ids == trio.run(reference.block_ids, entry, 0, 512) and len(ids) == 512
+
+
 def test_a_missing_blob_is_an_integrity_error_naming_it(stored_file):
     repo, _ = stored_file
     fetcher = BlobFetcher(repo.open())

@@ -358,6 +358,7 @@ class Restorer:
                 await trio.to_thread.run_sync(self._finish_items, batch.items)
 
     async def _fill(self, files: list[Item]) -> None:
+        await self.trees.prefetch_block_lists(item.entry for item in files)
         async for batch in self._batches(files):
             await self._fetch_and_write(batch)
         for item in files:
