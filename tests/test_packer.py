@@ -163,3 +163,66 @@ def test_the_first_chunks_of_each_upload_are_smaller_so_that_uploading_starts_ea
         for size, limit in zip(sizes, limits):
             assert limit <= size < limit + blob + (8 << 10), (upload, sizes)
         assert sizes[-1] < (256 << 10) + blob + (8 << 10)    # what the flush shipped
+
+
+def store_kinds_from_threads(repo, threads: int, count: int) -> dict[bytes, BlobKind]:
+    """Each thread stores `count` blobs, data and tree in turn; their ids and kinds."""
+    def store(thread: int) -> dict[bytes, BlobKind]:
+        stored = {}
+        for index in range(count):
+            kind = BlobKind.TREE if index % 2 else BlobKind.DATA
+            stored[repo.packer.store_sync(kind, os.urandom(3000 + 31 * thread))] = kind
+        return stored
+
+    async def run():
+        found: dict[bytes, BlobKind] = {}
+
+        async def worker(thread):
+            found.update(await trio.to_thread.run_sync(store, thread))
+
+        async with trio.open_nursery() as nursery:
+            for thread in range(threads):
+                nursery.start_soon(worker, thread)
+        await repo.flush()
+        return found
+
+    return trio.run(run)
+
+
+def test_tree_blobs_fill_chunks_of_their_own(tmp_path):
+    """Directory nodes and block lists stored among file data would be scattered
+    over every chunk: a restore's or a browse mount's walk of the tree then costs a
+    GET per group of nodes; in chunks of their own it costs a few."""
+    repo = make_repo(tmp_path, slots=3)
+    stored = store_kinds_from_threads(repo, threads=4, count=120)
+    locations = repo.index.get_many(stored)
+    tree_chunks = {loc.chunk_id for loc in locations.values() if loc.kind == BlobKind.TREE}
+    data_chunks = {loc.chunk_id for loc in locations.values() if loc.kind == BlobKind.DATA}
+    assert len(tree_chunks) >= 3 and len(data_chunks) >= 3, "1.4 MiB of blobs in 256 KiB chunks"
+    assert not tree_chunks & data_chunks
+    assert {loc.kind for loc in locations.values()} == {BlobKind.TREE, BlobKind.DATA}
+    reopened = trio.run(lambda: Repository.open(repo.store, PASSPHRASE, use_cache=False))
+    assert {blob_id: reopened.index.get(blob_id).kind for blob_id in stored} == stored
+
+
+def test_with_one_slot_both_kinds_share_the_open_chunk_rather_than_wait_forever(tmp_path):
+    repo = make_repo(tmp_path, slots=1)
+    stored = store_kinds_from_threads(repo, threads=3, count=100)
+    reopened = trio.run(lambda: Repository.open(repo.store, PASSPHRASE, use_cache=False))
+    assert len(stored) == 300
+    assert all(reopened.index.get(blob_id).kind == kind for blob_id, kind in stored.items())
+
+
+def test_a_flush_that_fails_raises_the_store_error_itself(tmp_path):
+    """A flush ships the open data and tree chunks side by side; a failure is the
+    store's error, as callers catch it, not an exception group."""
+    repo = make_repo(tmp_path, FlakyStore, slots=3)
+
+    async def run():
+        await trio.to_thread.run_sync(lambda: [repo.packer.store_sync(kind, os.urandom(2000))
+                                               for kind in (BlobKind.DATA, BlobKind.TREE)])
+        repo.store.failing = True
+        await repo.packer.flush()
+
+    with pytest.raises(StoreUnavailable):
+        trio.run(run)

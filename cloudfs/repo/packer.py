@@ -28,6 +28,12 @@ Concurrency rules (the only ones; keep them true when changing this file):
   (0.31-0.37 s of a 2.6 s first backup of the standard library); small first
   chunks start the uploads while the rest is sealed and leave a smaller last
   one to wait for, at the price of two more objects per snapshot.
+- Each kind of blob fills a chunk of its own (one open chunk per kind): tree
+  blobs sealed among file data would scatter a snapshot's tree over every
+  chunk, and walking it would cost a GET per node group. When every slot
+  holds an open chunk (`slots` 1: no upload to wait for), a blob goes into
+  the other kind's chunk instead of waiting forever. `flush` ships the open
+  chunks side by side; the first-chunk sizes apply to data chunks only.
 - A chunk is closed when it reaches its size or `MAX_BLOBS` blobs: a chunk
   of tiny files would otherwise hold a hundred thousand of them, and its footer,
   its index entries and the locations waiting for an index object all grow with
@@ -88,9 +94,9 @@ class Packer:
         self.directory = directory        # where chunks are built (default: the temp dir)
         self._lock = threading.Lock()
         self._slot_free = threading.Condition(self._lock)
-        self._free_slots = slots
-        self._opened = 0                  # chunks opened since the last flush
-        self._open: _OpenChunk | None = None
+        self._slots = self._free_slots = slots
+        self._opened = 0                  # data chunks opened since the last flush
+        self._open: dict[BlobKind, _OpenChunk] = {}   # the chunk each kind fills now
         self._pending: set[bytes] = set()
         self._failure: BaseException | None = None
         self.relied_on = ReliedOn()
@@ -140,28 +146,43 @@ class Packer:
         return blob_id in known or self.repo.index.stored_this_session(blob_id)
 
     def _reserve(self, blob_id: bytes, kind: BlobKind, payload_length: int, raw_length: int):
-        """Claim a place in the open chunk, opening one (in a free slot) if needed."""
+        """Claim a place in the chunk open for `kind`, opening one (in a free slot) if needed."""
         with self._lock:
-            while self._open is None:
-                self._raise_if_failed()
-                if self._free_slots == 0:
-                    self._slot_free.wait()
-                    continue
-                self._open = _OpenChunk(ChunkBuilder(self.repo.master, self.directory), limit=self._next_limit())
-                self._free_slots -= 1
-            chunk = self._open
+            chunk = self._chunk_for(kind)
             location = chunk.builder.reserve(blob_id, kind, payload_length, raw_length)
             chunk.ids.append(blob_id)
             chunk.writers += 1
             if chunk.builder.size >= chunk.limit or len(chunk.ids) >= MAX_BLOBS:
-                self._open = None
-                chunk.closed = True
+                self._close(chunk)
             self.repo.written.blobs += 1
             self.repo.written.raw_bytes += raw_length
         return chunk, location
 
+    def _chunk_for(self, kind: BlobKind) -> _OpenChunk:
+        """Under the lock: the chunk open for `kind`, opened in a free slot if there
+        is none. With every slot taken by an open chunk (no upload to wait for), the
+        other kind's chunk takes the blob."""
+        while kind not in self._open:
+            self._raise_if_failed()
+            if self._free_slots > 0:
+                limit = self._next_limit() if kind == BlobKind.DATA else self.repo.config.chunk_size
+                self._open[kind] = _OpenChunk(ChunkBuilder(self.repo.master, self.directory), limit=limit)
+                self._free_slots -= 1
+            elif len(self._open) == self._slots:
+                return next(iter(self._open.values()))
+            else:
+                self._slot_free.wait()
+        return self._open[kind]
+
+    def _close(self, chunk: _OpenChunk) -> None:
+        """Under the lock: no more reservations in `chunk`."""
+        chunk.closed = True
+        for kind, open_chunk in list(self._open.items()):
+            if open_chunk is chunk:
+                del self._open[kind]
+
     def _next_limit(self) -> int:
-        """Under the lock, opening a chunk: the size at which it closes."""
+        """Under the lock, opening a data chunk: the size at which it closes."""
         size = self.repo.config.chunk_size
         if self._opened < len(FIRST_CHUNK_BYTES):
             size = min(size, FIRST_CHUNK_BYTES[self._opened])
@@ -188,16 +209,28 @@ class Packer:
     # -- the trio thread ------------------------------------------------------------
 
     async def flush(self) -> None:
-        """Upload the partly filled chunk (its index object is the repository's to
-        write). Call with no store_sync in progress."""
+        """Upload the partly filled chunks, side by side (their index object is the
+        repository's to write). Call with no store_sync in progress."""
         with self._lock:
             self._raise_if_failed()
-            chunk, self._open = self._open, None
+            chunks = list(self._open.values())
+            self._open.clear()
             self._opened = 0
-        if chunk is not None:
+        failures: list[Exception] = []
+
+        async def ship(chunk: _OpenChunk) -> None:
             chunk.closed = chunk.shipped = True
-            data = chunk.builder.finish()
-            await self._upload(chunk, data, await trio.to_thread.run_sync(_sha256, data))
+            try:
+                data = chunk.builder.finish()
+                await self._upload(chunk, data, await trio.to_thread.run_sync(_sha256, data))
+            except Exception as error:   # raised below as itself, not in a group
+                failures.append(error)
+
+        async with trio.open_nursery() as nursery:
+            for chunk in chunks:
+                nursery.start_soon(ship, chunk)
+        if failures:
+            raise failures[0]
 
     async def _upload(self, chunk: _OpenChunk, data: FilePayload, digest: bytes) -> None:
         builder = chunk.builder
