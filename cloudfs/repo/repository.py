@@ -322,7 +322,7 @@ class Repository:
         return await trio.to_thread.run_sync(self.packer.store_sync, kind, plaintext)
 
     async def flush(self) -> None:
-        """Store the partly filled chunk, then one index object for every chunk
+        """Store the partly filled chunks, then one index object for every chunk
         stored that no index object names yet. Afterwards every blob put so far is
         durable. Call it when no blob is being stored."""
         await self.packer.flush()
