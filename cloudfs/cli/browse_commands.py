@@ -11,6 +11,7 @@ import sys
 from cloudfs.cli.common import (
     as_of_options,
     as_writer,
+    human_size,
     open_store_from,
     print_json,
     target_options,
@@ -191,7 +192,7 @@ def _print_plan(snapshot, path: bytes, target: str, report) -> None:
         rate = sampled / max(seconds, 1e-6)
         estimate = report.bytes_written / rate
         print(f"fetching and verifying it takes about {estimate:.{1 if estimate < 10 else 0}f} s at "
-              f"{rate / 2**20:.0f} MiB/s (measured on {sampled / 2**20:.1f} MiB just now); "
+              f"{human_size(rate)}/s (measured on {human_size(sampled)} just now); "
               "writing it to disk comes on top")
     for warning in report.warnings:
         print(f"warning: {warning}")
