@@ -10,7 +10,7 @@ import random
 import pytest
 import trio
 
-from cloudfs.browse.blobs import BlobFetcher, plan_spans
+from cloudfs.browse.blobs import BlobFetcher
 from cloudfs.browse.content import ContentReader
 from cloudfs.browse.background import Background
 from cloudfs.browse.diskcache import DiskCache
@@ -22,6 +22,7 @@ from cloudfs.browse.trees import TreeCache
 from cloudfs.errors import IntegrityError, UsageError
 from cloudfs.repo import Repository, Snapshot
 from cloudfs.repo.chunk import BlobLocation, chunk_name
+from cloudfs.repo.spans import plan_spans
 from cloudfs.snapshot.reader import TreeReader
 from cloudfs.snapshot.tree import Entry
 from tests.browse_fixtures import new_repo

@@ -38,11 +38,12 @@ from dataclasses import dataclass, field
 
 import trio
 
-from cloudfs.browse.blobs import STORE_DOWN, BlobFetcher, Span, fetch_span_bytes, plan_spans
+from cloudfs.browse.blobs import BlobFetcher
 from cloudfs.browse.trees import TreeCache
 from cloudfs.errors import CloudfsError, IntegrityError, StoreError, UsageError, first_cloudfs_error
 from cloudfs.repo import Repository, Snapshot
 from cloudfs.repo.chunk import BlobLocation, open_record
+from cloudfs.repo.spans import STORE_DOWN, Span, fetch_span_bytes, plan_spans
 from cloudfs.restore.walk import DirectoryFinishes, HardLinks, Item, Selection, walk
 from cloudfs.restore.writing import RestoreError, RunWriter, remove
 from cloudfs.snapshot.tree import subtree_totals
