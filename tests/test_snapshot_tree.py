@@ -90,6 +90,37 @@ def test_an_unchanged_tree_gives_the_same_root_and_stores_nothing_new(repo, tree
     assert repo.written.chunk_bytes == written
 
 
+def test_an_incremental_build_reads_the_previous_nodes_a_level_at_a_time(tmp_path):
+    """Edits in 60 directories three levels down: the walk needs their 60 previous
+    nodes and their parents'. Fetched one by one that was a GET per node; ahead of
+    the walk, a level at a time from the tree chunk, it is a GET per level."""
+    from tests.repo_helpers import CountingStore
+
+    store = CountingStore(LocalStore(tmp_path / "repo"))
+    config = RepoConfig(block_size=BLOCK, chunk_size=1 << 20)
+    repo = trio.run(lambda: Repository.init(store, PASSPHRASE, config=config, kdf=fast_kdf(),
+                                            create_container=True, use_cache=False))
+    root = tmp_path / "tree"
+    leaves = [root / f"a{a}" / f"b{b}" / f"c{c}" for a in range(3) for b in range(4) for c in range(5)]
+    for leaf in leaves:
+        leaf.mkdir(parents=True)
+        for index in range(3):
+            (leaf / f"file{index}.txt").write_bytes(os.urandom(300))
+    first, _, _ = build(repo, root)
+    for leaf in leaves:
+        (leaf / "file1.txt").write_bytes(os.urandom(300))
+    changes = PathChanges(data={os.fsencode(leaf.relative_to(root) / "file1.txt"): None for leaf in leaves})
+    fresh = trio.run(lambda: Repository.open(store, PASSPHRASE, use_cache=False))   # nothing cached
+    store.gets.clear()
+    second, stats, _ = build(fresh, root, first, changes)
+    node_gets = [get for get in store.gets if get[0].startswith("chunks/")]
+    # 76 nodes on 4 levels (1 + 3 + 12 + 60): a span per level, and the walk's own
+    # first way down before the prefetch is ahead of it; one by one it was 76
+    assert len(node_gets) <= 12, node_gets
+    assert stats.bytes_read == 60 * 300
+    assert_matches(fresh, second, root)
+
+
 def test_changed_blocks_of_a_big_file_are_the_only_ones_read(repo, tree):
     first, full, _ = build(repo, tree)
     big = tree / "big.bin"

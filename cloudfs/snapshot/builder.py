@@ -25,7 +25,8 @@ threads stay busy across many small directories. Memory stays bounded: the
 directories not written yet are those with a file among the FILE_TASKS in
 flight or in the group being filled, and their ancestors. An incremental
 build fetches the previous nodes of the directories it will walk ahead of the
-walk, PREFETCH_NODES at once (`_prefetch_previous`); small files are hinted
+walk, a level at a time, each level's nodes with as few ranged GETs as their
+places allow (`_prefetch_previous`); small files are hinted
 to the kernel (`FileReader.prefetch`) before a group is read.
 """
 
@@ -54,8 +55,10 @@ SMALL_BYTES_PER_JOB = 1 << 20
 # Jobs in worker threads: about one per core, plus room for the jobs that are
 # blocked while the chunk they completed uploads.
 WORKER_THREADS = 4
-# Previous directory nodes fetched at once ahead of an incremental walk.
-PREFETCH_NODES = 8
+# Previous directory nodes an incremental build fetches ahead of its walk, at most
+# (a third of the tree reader's cache at ~3 KiB a node), and at once.
+PREFETCH_NODES = 8192
+PREFETCH_GROUP = 512
 
 
 class BlobSink(Protocol):
@@ -100,7 +103,7 @@ class TreeBuilder:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             if previous_root is not None and changes is not None:
-                nursery.start_soon(self._prefetch_previous, b"", previous_root, trio.Semaphore(PREFETCH_NODES))
+                nursery.start_soon(self._prefetch_previous, previous_root)
             await self._walk(root, *await self._listing(b"", previous_root))
             await self._start_small_files()
         self.stats.files, self.stats.bytes = root.entry.tree_files, root.entry.tree_bytes
@@ -165,22 +168,31 @@ class TreeBuilder:
         parent.hold()
         await self._walk(_Directory(path, entry, parent), *listing)
 
-    async def _prefetch_previous(self, path: bytes, node: bytes, slots: trio.Semaphore) -> None:
+    async def _prefetch_previous(self, root: bytes) -> None:
         """Fetch the previous nodes of the directories the walk will visit (those a
-        change lies under), several at once and ahead of the walk, which would
-        otherwise wait for them one by one, a GET each (into the reader's cache).
-        Only a head start: a node that cannot be read here is left to the walk,
-        which reads it again and fails as it would have, if it needs it at all."""
-        try:
-            async with slots:
-                entries = await self.reader.directory(node)
-        except Exception:   # noqa: BLE001 - see above
-            return
-        async with trio.open_nursery() as nursery:
-            for entry in entries:
-                child = join(path, entry.name)
-                if entry.subtree is not None and not self._rules.reuses_subtree(child, True):
-                    nursery.start_soon(self._prefetch_previous, child, entry.subtree, slots)
+        change lies under) ahead of the walk, which would otherwise wait for them one
+        by one, a GET each: a level at a time, each level's nodes in one round of
+        coalesced ranged GETs (a snapshot's nodes sit together in tree chunks: an
+        edit of 100 files across the standard library took 83 GETs, one per node).
+        Only a head start, of at most PREFETCH_NODES nodes: a node that cannot be
+        read here is left to the walk, which reads it again and fails as it would
+        have, if it needs it at all."""
+        level, budget = [(b"", root)], PREFETCH_NODES
+        while level and budget > 0:
+            level = level[:budget]
+            budget -= len(level)
+            try:
+                for start in range(0, len(level), PREFETCH_GROUP):
+                    await self.reader.prefetch([node for _, node in level[start:start + PREFETCH_GROUP]])
+                below = []
+                for path, node in level:
+                    for entry in await self.reader.directory(node):
+                        child = join(path, entry.name)
+                        if entry.subtree is not None and not self._rules.reuses_subtree(child, True):
+                            below.append((child, entry.subtree))
+            except Exception:   # noqa: BLE001 - see above
+                return
+            level = below
 
     def _finish(self, directory: "_Directory") -> None:
         self._nursery.start_soon(self._write_node, directory)

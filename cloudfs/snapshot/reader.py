@@ -1,7 +1,9 @@
 """Reading snapshots: directory nodes, block lists and file content, verified.
 
 Every blob comes through Repository.get_blob, which authenticates it and checks
-its keyed hash (I5). Tree blobs are small and read again and again (by the next
+its keyed hash (I5), or, for tree blobs wanted together (`prefetch`), through
+spans: neighbours in a chunk fetched with one ranged GET, each record opened and
+checked on its own. Tree blobs are small and read again and again (by the next
 snapshot's builder, by the snapshot mount), so they are kept in a bounded LRU.
 """
 
@@ -13,6 +15,7 @@ from typing import AsyncIterator
 import trio
 
 from cloudfs.repo import Repository
+from cloudfs.repo.spans import SPAN_GAP, fetch_span, plan_spans
 from cloudfs.snapshot import blocklist
 from cloudfs.snapshot.source import join
 from cloudfs.snapshot.tree import Entry, decode_directory
@@ -40,12 +43,42 @@ class TreeReader:
         finally:
             del self._fetching[blob_id]
             arrived.set()
+        self._remember(blob_id, data)
+        return data
+
+    async def prefetch(self, blob_ids: list[bytes]) -> None:
+        """Fetch these tree blobs into the cache, neighbours in a chunk with one ranged
+        GET (a snapshot's nodes are in chunks of their own, docs/format.md), the
+        spans side by side. Only a head start: a blob that cannot be read here is
+        left to `tree_blob`, which reads it alone and fails as it would have; a
+        store that cannot be reached raises."""
+        wanted = [b for b in dict.fromkeys(blob_ids) if b not in self._cache and b not in self._fetching]
+        locations = self.repo.index.get_many(wanted)
+        arrived = trio.Event()
+        for blob_id in locations:
+            self._fetching[blob_id] = arrived
+        try:
+            async with trio.open_nursery() as nursery:
+                for span in plan_spans(locations.values(), max_gap=SPAN_GAP):
+                    nursery.start_soon(self._fetch_span, span)
+        finally:
+            for blob_id in locations:
+                del self._fetching[blob_id]
+            arrived.set()
+
+    async def _fetch_span(self, span) -> None:
+        for blob_id, data in (await fetch_span(self.repo, span)).items():
+            if not isinstance(data, Exception):
+                self._remember(blob_id, data)
+
+    def _remember(self, blob_id: bytes, data: bytes) -> None:
+        if blob_id in self._cache:
+            return
         self._cache[blob_id] = data
         self._cache_bytes += len(data)
         while self._cache_bytes > self._cache_limit and len(self._cache) > 1:
             _, evicted = self._cache.popitem(last=False)
             self._cache_bytes -= len(evicted)
-        return data
 
     async def directory(self, node_id: bytes) -> list[Entry]:
         return decode_directory(await self.tree_blob(node_id))
