@@ -90,10 +90,9 @@ def test_an_unchanged_tree_gives_the_same_root_and_stores_nothing_new(repo, tree
     assert repo.written.chunk_bytes == written
 
 
-def test_an_incremental_build_reads_the_previous_nodes_a_level_at_a_time(tmp_path):
-    """Edits in 60 directories three levels down: the walk needs their 60 previous
-    nodes and their parents'. Fetched one by one that was a GET per node; ahead of
-    the walk, a level at a time from the tree chunk, it is a GET per level."""
+def edited_in_sixty_directories(tmp_path):
+    """A repository (counting its requests) with a snapshot of 60 directories three
+    levels down, a file edited in each since; the changes; a session with nothing cached."""
     from tests.repo_helpers import CountingStore
 
     store = CountingStore(LocalStore(tmp_path / "repo"))
@@ -111,13 +110,41 @@ def test_an_incremental_build_reads_the_previous_nodes_a_level_at_a_time(tmp_pat
         (leaf / "file1.txt").write_bytes(os.urandom(300))
     changes = PathChanges(data={os.fsencode(leaf.relative_to(root) / "file1.txt"): None for leaf in leaves})
     fresh = trio.run(lambda: Repository.open(store, PASSPHRASE, use_cache=False))   # nothing cached
+    return store, fresh, root, first, changes
+
+
+@pytest.mark.parametrize("whole", [True, False], ids=["small tree chunk", "large tree chunk"])
+def test_an_incremental_build_reads_the_previous_nodes_in_few_gets(tmp_path, monkeypatch, whole):
+    """Edits in 60 directories three levels down: the walk needs their 60 previous
+    nodes and their parents'. Fetched one by one that was a GET per node (76). A
+    small tree chunk is read whole by the first node read; from a larger one the
+    nodes come a level at a time as spans, ahead of the walk (and the walk's own
+    first way down before the prefetch is ahead of it)."""
+    from cloudfs.snapshot import reader
+
+    if not whole:
+        monkeypatch.setattr(reader, "WHOLE_CHUNK_BYTES", 0)
+    store, fresh, root, first, changes = edited_in_sixty_directories(tmp_path)
     store.gets.clear()
     second, stats, _ = build(fresh, root, first, changes)
     node_gets = [get for get in store.gets if get[0].startswith("chunks/")]
-    # 76 nodes on 4 levels (1 + 3 + 12 + 60): a span per level, and the walk's own
-    # first way down before the prefetch is ahead of it; one by one it was 76
-    assert len(node_gets) <= 12, node_gets
+    if whole:
+        assert len(node_gets) == 1 and node_gets[0][1:3] == (0, None), node_gets
+    else:
+        assert len(node_gets) <= 12, node_gets
     assert stats.bytes_read == 60 * 300
+    assert_matches(fresh, second, root)
+
+
+def test_a_tree_chunk_that_cannot_be_read_whole_is_read_node_by_node(tmp_path):
+    store, fresh, root, first, changes = edited_in_sixty_directories(tmp_path)
+    tree_chunk = next((tmp_path / "repo").glob(f"chunks/*/{fresh.index.get(first).chunk_id.hex()}"))
+    data = bytearray(tree_chunk.read_bytes())
+    data[-40] ^= 1                                    # the footer: it lists the chunk's blobs
+    tree_chunk.write_bytes(bytes(data))
+    store.gets.clear()
+    second, stats, _ = build(fresh, root, first, changes)
+    assert len([get for get in store.gets if get[0].startswith("chunks/")]) > 1
     assert_matches(fresh, second, root)
 
 

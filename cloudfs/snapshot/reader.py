@@ -14,11 +14,18 @@ from typing import AsyncIterator
 
 import trio
 
-from cloudfs.repo import Repository
-from cloudfs.repo.spans import SPAN_GAP, fetch_span, plan_spans
+from cloudfs.errors import IntegrityError, StoreError
+from cloudfs.repo import BlobKind, Repository
+from cloudfs.repo.chunk import chunk_name, parse_footer
+from cloudfs.repo.spans import SPAN_GAP, STORE_DOWN, Span, fetch_span, open_span, plan_spans
 from cloudfs.snapshot import blocklist
 from cloudfs.snapshot.source import join
 from cloudfs.snapshot.tree import Entry, decode_directory
+
+# A chunk this small that holds a wanted tree blob is read whole, and every tree blob
+# in it kept: a snapshot's small tree chunk holds the nodes the next levels of a walk
+# will want, which otherwise cost a round trip per level.
+WHOLE_CHUNK_BYTES = 2 << 20
 
 
 class TreeReader:
@@ -28,6 +35,7 @@ class TreeReader:
         self._cache_bytes = 0
         self._cache_limit = cache_bytes
         self._fetching: dict[bytes, trio.Event] = {}   # asked for and on its way
+        self._whole_reads: dict[bytes, trio.Event] = {}   # small chunks read whole (or being read)
 
     async def tree_blob(self, blob_id: bytes) -> bytes:
         """A tree blob, fetched once however many tasks ask for it at the same time."""
@@ -39,7 +47,9 @@ class TreeReader:
             return data
         self._fetching[blob_id] = arrived = trio.Event()
         try:
-            data = await self.repo.get_blob(blob_id)
+            data = await self._from_small_chunk(blob_id)
+            if data is None:
+                data = await self.repo.get_blob(blob_id)
         finally:
             del self._fetching[blob_id]
             arrived.set()
@@ -47,29 +57,83 @@ class TreeReader:
         return data
 
     async def prefetch(self, blob_ids: list[bytes]) -> None:
-        """Fetch these tree blobs into the cache, neighbours in a chunk with one ranged
-        GET (a snapshot's nodes are in chunks of their own, docs/format.md), the
-        spans side by side. Only a head start: a blob that cannot be read here is
-        left to `tree_blob`, which reads it alone and fails as it would have; a
-        store that cannot be reached raises."""
+        """Fetch these tree blobs into the cache, side by side: from a small chunk
+        (WHOLE_CHUNK_BYTES) the whole chunk and every tree blob in it, from others
+        spans (neighbours with one ranged GET; a snapshot's nodes are in chunks of
+        their own, docs/format.md). Only a head start: a blob that cannot be read
+        here is left to `tree_blob`, which reads it alone and fails as it would
+        have; a store that cannot be reached raises."""
         wanted = [b for b in dict.fromkeys(blob_ids) if b not in self._cache and b not in self._fetching]
         locations = self.repo.index.get_many(wanted)
         arrived = trio.Event()
         for blob_id in locations:
             self._fetching[blob_id] = arrived
         try:
+            by_chunk: dict[bytes, list] = {}
+            for location in locations.values():
+                by_chunk.setdefault(location.chunk_id, []).append(location)
             async with trio.open_nursery() as nursery:
-                for span in plan_spans(locations.values(), max_gap=SPAN_GAP):
-                    nursery.start_soon(self._fetch_span, span)
+                for chunk_id, in_chunk in by_chunk.items():
+                    nursery.start_soon(self._fetch_from_chunk, chunk_id, in_chunk)
         finally:
             for blob_id in locations:
                 del self._fetching[blob_id]
             arrived.set()
 
-    async def _fetch_span(self, span) -> None:
-        for blob_id, data in (await fetch_span(self.repo, span)).items():
-            if not isinstance(data, Exception):
-                self._remember(blob_id, data)
+    async def _from_small_chunk(self, blob_id: bytes) -> bytes | None:
+        """A tree blob, read with every other tree blob of its chunk if that is small
+        (WHOLE_CHUNK_BYTES); None if it is not, or the blob is not found that way."""
+        location = self.repo.index.get(blob_id)
+        if location is None or not await self._read_chunk_whole(location.chunk_id):
+            return None
+        return self._cache.get(blob_id)
+
+    async def _read_chunk_whole(self, chunk_id: bytes) -> bool:
+        """Read a small chunk whole, once, keeping every tree blob in it; False if it
+        is not small, or cannot be read that way (the callers then read what they
+        want alone, and meet what is wrong with it)."""
+        reading = self._whole_reads.get(chunk_id)
+        if reading is not None:
+            await reading.wait()
+            return True
+        record = self.repo.index.chunk(chunk_id)
+        if record is None or record.size > WHOLE_CHUNK_BYTES:
+            return False
+        self._whole_reads[chunk_id] = done = trio.Event()
+        try:
+            await self._fetch_whole_chunk(chunk_id)
+        except STORE_DOWN:
+            raise
+        except (IntegrityError, StoreError):
+            return False
+        finally:
+            done.set()
+        return True
+
+    async def _fetch_from_chunk(self, chunk_id: bytes, locations: list) -> None:
+        if await self._read_chunk_whole(chunk_id):
+            locations = [location for location in locations if location.blob_id not in self._cache]
+        for span in plan_spans(locations, max_gap=SPAN_GAP):
+            for blob_id, data in (await fetch_span(self.repo, span)).items():
+                if not isinstance(data, Exception):
+                    self._remember(blob_id, data)
+
+    async def _fetch_whole_chunk(self, chunk_id: bytes) -> None:
+        """Every tree blob of a chunk, from one GET of all of it (its footer lists them)."""
+        name = chunk_name(chunk_id)
+        data = await self.repo.store.get(name)
+
+        def open_trees() -> dict:
+            trees = [loc for loc in parse_footer(self.repo.master, name, data) if loc.kind == BlobKind.TREE]
+            if not trees:
+                return {}
+            span = Span(chunk_id, min(loc.offset for loc in trees),
+                        max(loc.offset + loc.length for loc in trees), tuple(trees))
+            return open_span(self.repo, span, memoryview(data)[span.start:span.end])
+
+        for blob_id, plaintext in (await trio.to_thread.run_sync(open_trees)).items():
+            if not isinstance(plaintext, Exception):
+                self._remember(blob_id, plaintext)
 
     def _remember(self, blob_id: bytes, data: bytes) -> None:
         if blob_id in self._cache:
