@@ -35,7 +35,7 @@ class TreeReader:
         self._cache_bytes = 0
         self._cache_limit = cache_bytes
         self._fetching: dict[bytes, trio.Event] = {}   # asked for and on its way
-        self._whole_reads: dict[bytes, trio.Event] = {}   # small chunks read whole (or being read)
+        self._whole_reads: dict[bytes, trio.Event] = {}   # small chunks being read whole
 
     async def tree_blob(self, blob_id: bytes) -> bytes:
         """A tree blob, fetched once however many tasks ask for it at the same time."""
@@ -89,9 +89,10 @@ class TreeReader:
         return self._cache.get(blob_id)
 
     async def _read_chunk_whole(self, chunk_id: bytes) -> bool:
-        """Read a small chunk whole, once, keeping every tree blob in it; False if it
-        is not small, or cannot be read that way (the callers then read what they
-        want alone, and meet what is wrong with it)."""
+        """Read a small chunk whole, keeping every tree blob in it (or wait for the
+        task reading it); False if it is not small, or cannot be read that way. What
+        is wanted may still not be in the cache after True: the callers then read it
+        alone, and meet what is wrong with it."""
         reading = self._whole_reads.get(chunk_id)
         if reading is not None:
             await reading.wait()
@@ -107,6 +108,7 @@ class TreeReader:
         except (IntegrityError, StoreError):
             return False
         finally:
+            del self._whole_reads[chunk_id]
             done.set()
         return True
 
