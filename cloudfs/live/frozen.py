@@ -195,8 +195,10 @@ class FrozenState:
         a name the inode table knows, or a scan. Whatever is opened is checked to be
         that inode: an inode the graveyard keeps cannot be reused for another file.
         Trio thread (the inode table)."""
-        for opener in (lambda: self._open_path(path),
-                       lambda: self.graveyard.open(ino, _READ_FLAGS),
+        fd = self.open_sealed_path(ino, path)
+        if fd is not None:
+            return fd
+        for opener in (lambda: self.graveyard.open(ino, _READ_FLAGS),
                        lambda: self._open_by_table(ino),
                        lambda: self._open_by_scan(ino)):
             try:
@@ -214,16 +216,13 @@ class FrozenState:
         if it is still at its sealed path, else None. Safe beside the loop: what is
         opened is checked to be the inode (which the graveyard keeps from reuse)."""
         try:
-            fd = self._open_path(path)
+            fd = os.open(path, _READ_FLAGS | os.O_NOFOLLOW, dir_fd=self.root_fd)
         except OSError:
             return None
         if self._is(fd, ino):
             return fd
         os.close(fd)
         return None
-
-    def _open_path(self, path: bytes) -> int:
-        return os.open(path, _READ_FLAGS | os.O_NOFOLLOW, dir_fd=self.root_fd)
 
     def _is(self, fd: int, ino: int) -> bool:
         st = os.fstat(fd)

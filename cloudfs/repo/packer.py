@@ -80,6 +80,7 @@ INDEX_BLOBS = 16384       # blobs per index object during long uploads
 @dataclass
 class _OpenChunk:
     builder: ChunkBuilder
+    kind: BlobKind            # the kind it was opened for (a single slot mixes them)
     writers: int = 0          # threads sealing into it right now
     closed: bool = False      # no more reservations
     shipped: bool = False     # someone took it to finish and upload
@@ -166,7 +167,7 @@ class Packer:
             self._raise_if_failed()
             if self._free_slots > 0:
                 limit = self._next_limit() if kind == BlobKind.DATA else self.repo.config.chunk_size
-                self._open[kind] = _OpenChunk(ChunkBuilder(self.repo.master, self.directory), limit=limit)
+                self._open[kind] = _OpenChunk(ChunkBuilder(self.repo.master, self.directory), kind, limit=limit)
                 self._free_slots -= 1
             elif len(self._open) == self._slots:
                 return next(iter(self._open.values()))
@@ -177,9 +178,7 @@ class Packer:
     def _close(self, chunk: _OpenChunk) -> None:
         """Under the lock: no more reservations in `chunk`."""
         chunk.closed = True
-        for kind, open_chunk in list(self._open.items()):
-            if open_chunk is chunk:
-                del self._open[kind]
+        del self._open[chunk.kind]
 
     def _next_limit(self) -> int:
         """Under the lock, opening a data chunk: the size at which it closes."""
